@@ -1,0 +1,303 @@
+//! Frames: one postcard message, then its CRC-32, COBS-encoded and ended by a `0x00` byte.
+//!
+//! ```text
+//! frame   = cobs(message ‖ crc32_le(message)) ‖ 0x00
+//! ```
+//!
+//! COBS leaves no `0x00` inside a frame, so a reader can always resynchronise at the next
+//! delimiter, and needs at most one frame of buffer. `N`, a const generic on both the encoder
+//! and the decoder, is the largest frame in bytes, delimiter included ([`DEFAULT_MAX_FRAME`]).
+//!
+//! The decoder is feed-style ([`FrameDecoder::feed`]): give it whatever bytes arrived, in
+//! chunks of any size; it answers how many it consumed and either "need more", a typed message
+//! borrowed from its buffer, or an error. After an error it skips to the next delimiter, so one
+//! bad frame costs one frame.
+
+use core::fmt;
+use crc::{Crc, CRC_32_ISO_HDLC};
+use postcard::ser_flavors::{crc::CrcModifier, Cobs, Slice};
+use serde::{Deserialize, Serialize};
+
+/// Default largest frame, delimiter included: enough for a record body of about 900 bytes.
+pub const DEFAULT_MAX_FRAME: usize = 1024;
+
+/// Bytes of a frame that are not the message: CRC, COBS overhead up to 254 bytes, delimiter.
+pub const FRAME_OVERHEAD_SMALL: usize = 4 + 2 + 1;
+
+/// CRC-32/ISO-HDLC (the zip and Ethernet CRC), little-endian after the message.
+pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
+
+/// Why a message could not be framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The frame would be longer than the buffer (or the maximum frame size).
+    TooLarge,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::TooLarge => f.write_str("message does not fit in one frame"),
+        }
+    }
+}
+
+/// Why a frame's message could not be decoded (after its CRC matched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageError {
+    /// The message ended early.
+    UnexpectedEnd,
+    /// A varint is too long or overflows its type.
+    BadVarint,
+    /// A `bool` byte other than 0 or 1.
+    BadBool,
+    /// Text that is not UTF-8.
+    BadUtf8,
+    /// An `Option` tag other than 0 or 1.
+    BadOption,
+    /// An enum discriminant (message kind, op, mode, reason) this version does not know.
+    UnknownVariant,
+    /// Any other encoding error.
+    Other,
+}
+
+impl MessageError {
+    fn from_postcard(e: postcard::Error) -> Self {
+        use postcard::Error as P;
+        match e {
+            P::DeserializeUnexpectedEnd => MessageError::UnexpectedEnd,
+            P::DeserializeBadVarint => MessageError::BadVarint,
+            P::DeserializeBadBool => MessageError::BadBool,
+            P::DeserializeBadChar | P::DeserializeBadUtf8 => MessageError::BadUtf8,
+            P::DeserializeBadOption => MessageError::BadOption,
+            P::DeserializeBadEnum => MessageError::UnknownVariant,
+            _ => MessageError::Other,
+        }
+    }
+
+    /// A short stable name, for machine-readable error bodies.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MessageError::UnexpectedEnd => "unexpected_end",
+            MessageError::BadVarint => "bad_varint",
+            MessageError::BadBool => "bad_bool",
+            MessageError::BadUtf8 => "bad_utf8",
+            MessageError::BadOption => "bad_option",
+            MessageError::UnknownVariant => "unknown_variant",
+            MessageError::Other => "bad_encoding",
+        }
+    }
+}
+
+/// Why a frame was refused. The decoder has skipped to the next delimiter when it reports one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// More than `N - 1` bytes arrived without a delimiter.
+    TooLarge,
+    /// The bytes are not valid COBS.
+    Cobs,
+    /// Too short to hold a message and its CRC.
+    TooShort,
+    /// The CRC does not match: the frame was damaged on the way.
+    Crc,
+    /// The CRC matched but the message does not decode.
+    Message(MessageError),
+    /// Bytes remain after the message.
+    TrailingBytes,
+}
+
+impl FrameError {
+    /// A short stable name, for machine-readable error bodies.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrameError::TooLarge => "frame_too_large",
+            FrameError::Cobs => "bad_cobs",
+            FrameError::TooShort => "frame_too_short",
+            FrameError::Crc => "bad_crc",
+            FrameError::Message(m) => m.as_str(),
+            FrameError::TrailingBytes => "trailing_bytes",
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge => f.write_str("frame longer than the maximum frame size"),
+            FrameError::Cobs => f.write_str("frame is not valid COBS"),
+            FrameError::TooShort => f.write_str("frame too short for a message and its CRC"),
+            FrameError::Crc => f.write_str("frame CRC mismatch"),
+            FrameError::Message(m) => write!(f, "message does not decode ({})", m.as_str()),
+            FrameError::TrailingBytes => f.write_str("bytes left after the message"),
+        }
+    }
+}
+
+/// Encodes `msg` as one frame into `buf`, returning the frame (delimiter included).
+///
+/// The frame is at most `buf.len()` bytes; give a buffer of the maximum frame size `N`.
+pub fn encode<'b, M: Serialize + ?Sized>(
+    msg: &M,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
+    let cobs = Cobs::try_new(Slice::new(buf)).map_err(|_| EncodeError::TooLarge)?;
+    postcard::serialize_with_flavor(msg, CrcModifier::new(cobs, CRC32.digest()))
+        .map_err(|_| EncodeError::TooLarge)
+}
+
+/// An encoder that owns one frame of buffer.
+pub struct FrameEncoder<const N: usize = DEFAULT_MAX_FRAME> {
+    buf: [u8; N],
+}
+
+impl<const N: usize> Default for FrameEncoder<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> FrameEncoder<N> {
+    /// An encoder for frames of at most `N` bytes.
+    pub const fn new() -> Self {
+        FrameEncoder { buf: [0; N] }
+    }
+
+    /// Encodes `msg` as one frame; the slice is valid until the next call.
+    pub fn encode<M: Serialize + ?Sized>(&mut self, msg: &M) -> Result<&[u8], EncodeError> {
+        encode(msg, &mut self.buf).map(|f| &*f)
+    }
+}
+
+/// What one call to [`FrameDecoder::feed`] found.
+#[derive(Debug, PartialEq)]
+pub struct Fed<M> {
+    /// Bytes of the input consumed; feed the rest again.
+    pub consumed: usize,
+    /// `Ok(None)`: all input consumed, need more; `Ok(Some(m))`: a message;
+    /// `Err(e)`: a bad frame, skipped.
+    pub result: Result<Option<M>, FrameError>,
+}
+
+/// A streaming frame decoder with one frame of buffer (`N` bytes, delimiter included).
+pub struct FrameDecoder<const N: usize = DEFAULT_MAX_FRAME> {
+    buf: [u8; N],
+    len: usize,
+    discarding: bool,
+    reset_next: bool,
+    frames: u32,
+    in_frame: bool,
+}
+
+impl<const N: usize> Default for FrameDecoder<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> FrameDecoder<N> {
+    /// A decoder at a frame boundary.
+    pub const fn new() -> Self {
+        FrameDecoder {
+            buf: [0; N],
+            len: 0,
+            discarding: false,
+            reset_next: false,
+            frames: 0,
+            in_frame: false,
+        }
+    }
+
+    /// Frames completed so far (good or bad); the index of the next frame.
+    pub fn frames(&self) -> u32 {
+        self.frames
+    }
+
+    /// Whether bytes of an unfinished frame are buffered (a stream that ends here is cut).
+    pub fn is_mid_frame(&self) -> bool {
+        !self.reset_next && (self.len > 0 || self.discarding || self.in_frame)
+    }
+
+    /// Consumes bytes from `input` up to and including the next delimiter, and decodes the
+    /// frame it ends. Call again with `&input[fed.consumed..]` until all input is consumed.
+    /// A message borrows from the decoder until the next call.
+    pub fn feed<'d, M: Deserialize<'d>>(&'d mut self, input: &[u8]) -> Fed<M> {
+        if self.reset_next {
+            self.len = 0;
+            self.reset_next = false;
+        }
+        for (i, &b) in input.iter().enumerate() {
+            if b == 0 {
+                if self.discarding {
+                    self.discarding = false;
+                    self.in_frame = false;
+                    self.len = 0;
+                    continue;
+                }
+                if self.len == 0 {
+                    // Empty frame: a bare delimiter, allowed as padding or to resynchronise.
+                    continue;
+                }
+                self.reset_next = true;
+                self.in_frame = false;
+                self.frames = self.frames.wrapping_add(1);
+                let n = self.len;
+                return Fed {
+                    consumed: i + 1,
+                    result: decode_frame(&mut self.buf[..n]).map(Some),
+                };
+            }
+            if self.discarding {
+                continue;
+            }
+            if self.len + 1 >= N {
+                // No room for this byte and the delimiter: skip to the next delimiter.
+                self.discarding = true;
+                self.len = 0;
+                self.frames = self.frames.wrapping_add(1);
+                return Fed {
+                    consumed: i + 1,
+                    result: Err(FrameError::TooLarge),
+                };
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+            self.in_frame = true;
+        }
+        Fed {
+            consumed: input.len(),
+            result: Ok(None),
+        }
+    }
+}
+
+/// Decodes one COBS frame (delimiter removed) in place and deserialises its message.
+fn decode_frame<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameError> {
+    let n = cobs::decode_in_place(frame).map_err(|_| FrameError::Cobs)?;
+    let frame: &'d [u8] = frame;
+    if n < 5 {
+        return Err(FrameError::TooShort);
+    }
+    let (msg, crc) = frame[..n].split_at(n - 4);
+    let mut want = [0u8; 4];
+    want.copy_from_slice(crc);
+    if CRC32.checksum(msg) != u32::from_le_bytes(want) {
+        return Err(FrameError::Crc);
+    }
+    let (m, rest) = postcard::take_from_bytes::<M>(msg)
+        .map_err(|e| FrameError::Message(MessageError::from_postcard(e)))?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes);
+    }
+    Ok(m)
+}
+
+/// Decodes exactly one whole frame (with or without its delimiter) from `frame`.
+///
+/// `frame` is used as scratch space (COBS decodes in place).
+pub fn decode<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameError> {
+    let end = frame.iter().position(|&b| b == 0).unwrap_or(frame.len());
+    if end + 1 < frame.len() {
+        return Err(FrameError::TrailingBytes);
+    }
+    decode_frame(&mut frame[..end])
+}
