@@ -1,0 +1,191 @@
+//! The device-side storage trait that the sync engine and the change-tracking API work behind.
+//!
+//! A store holds records keyed by `(table, local id)`. Every record on a device has a stable
+//! [`LocalId`], given when it was created offline or when it first arrived from the server, and
+//! the [`ServerId`] once the server knows it. A detail points at its parent by the parent's
+//! local id, so nothing on the device has to be rewritten when the server assigns ids: the
+//! server id is one more column, and ids an app holds stay valid across syncs.
+//!
+//! # Crash contract
+//! Writes happen between [`LocalStore::begin`] and [`LocalStore::commit`]. A store promises
+//! that after a crash or power cut at any instruction, the next [`LocalStore::load_state`] and
+//! reads see either everything up to the last completed `commit` or, if that commit completed,
+//! everything it wrote: never part of a transaction. Reads inside a transaction see its own
+//! writes. Methods say what they write; none of them is visible to a later session before the
+//! `commit` that follows it.
+
+use crate::hlc::Hlc;
+use crate::id::{LocalId, RecordRef, ServerId, TableId};
+use crate::meta::SyncMeta;
+use crate::wire::{Op, RejectReason};
+use serde::{Deserialize, Serialize};
+
+/// A record's header: everything but its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Table of the record.
+    pub table: TableId,
+    /// Its stable device-local id.
+    pub local: LocalId,
+    /// Its server id, once known.
+    pub server: Option<ServerId>,
+    /// Local id of its parent record (details only).
+    pub parent: Option<LocalId>,
+    /// Sync metadata.
+    pub meta: SyncMeta,
+    /// Full-refresh generation that last delivered this record (see [`DeviceState::refresh`]).
+    pub mark: u32,
+}
+
+/// Device-wide sync state, written by every [`LocalStore::commit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Cursor of the last applied reply; `None` before the first sync.
+    pub cursor: Option<u64>,
+    /// Last clock stamp given or seen.
+    pub clock: Hlc,
+    /// Next local id to give (shared by all tables; never reused).
+    pub next_local: u32,
+    /// Last edit number given (see [`SyncMeta::edits`]).
+    pub edit_seq: u32,
+    /// Number of completed syncs; the next batch id.
+    pub syncs: u64,
+    /// Generation of the last full refresh.
+    pub refresh: u32,
+    /// The next sync must ask for a full refresh (set after a rejected update, so the device
+    /// gets the server's version back).
+    pub needs_full: bool,
+}
+
+impl Default for DeviceState {
+    fn default() -> Self {
+        DeviceState {
+            cursor: None,
+            clock: Hlc::default(),
+            next_local: 1,
+            edit_seq: 0,
+            syncs: 0,
+            refresh: 0,
+            needs_full: false,
+        }
+    }
+}
+
+/// Which records [`LocalStore::next`] walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Every record of the table, deleted ones included.
+    All,
+    /// Records a sync has to send ([`SyncMeta::is_pending`]).
+    Pending,
+    /// Records whose parent is this local id.
+    Children(LocalId),
+}
+
+impl Filter {
+    /// Whether `rec` passes the filter.
+    pub fn accepts(&self, rec: &Record) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Pending => rec.meta.is_pending(),
+            Filter::Children(p) => rec.parent == Some(*p),
+        }
+    }
+}
+
+/// An entry of the rejected log: a change the server refused, kept for the app to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEntry {
+    /// Position in the log (given by the store, increasing).
+    pub seq: u32,
+    /// Table of the change.
+    pub table: TableId,
+    /// What the change did.
+    pub op: Op,
+    /// The record as it was named in the change.
+    pub key: RecordRef,
+    /// Local id of the record on this device, when it had one.
+    pub local: Option<LocalId>,
+    /// Why the server (or the device, for a change orphaned by a server delete) refused it.
+    pub reason: RejectReason,
+    /// Clock of the refused change.
+    pub at: Hlc,
+}
+
+/// Storage of one device. Async so that a NOR-flash store can await its flash; a store on a
+/// blocking medium (SQLite) just never awaits.
+///
+/// The engine keeps all sync rules; a store only keeps records and answers lookups.
+#[allow(async_fn_in_trait)] // Device executors are single-threaded; no Send bound is wanted.
+pub trait LocalStore {
+    /// The store's own error.
+    type Error: core::fmt::Debug;
+
+    /// Reads the committed device state ([`DeviceState::default`] on a fresh store).
+    /// Writes nothing.
+    async fn load_state(&mut self) -> Result<DeviceState, Self::Error>;
+
+    /// Starts a transaction. Writes nothing durable.
+    async fn begin(&mut self) -> Result<(), Self::Error>;
+
+    /// Makes every write since [`begin`](Self::begin) durable together with `state`, atomically:
+    /// after a crash inside it, either all of them or none of them survive.
+    async fn commit(&mut self, state: &DeviceState) -> Result<(), Self::Error>;
+
+    /// Drops every write since [`begin`](Self::begin). A crash inside it leaves the same state.
+    async fn rollback(&mut self) -> Result<(), Self::Error>;
+
+    /// The record `(table, local)`, if present. Writes nothing.
+    async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, Self::Error>;
+
+    /// Copies the body of `(table, local)` into `buf` and returns its length; `Ok(None)` when the
+    /// record is absent. Fails if `buf` is too small. Writes nothing.
+    async fn get_body(
+        &mut self,
+        table: TableId,
+        local: LocalId,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, Self::Error>;
+
+    /// The record of `table` whose server id is `server`. Writes nothing.
+    async fn by_server(
+        &mut self,
+        table: TableId,
+        server: ServerId,
+    ) -> Result<Option<Record>, Self::Error>;
+
+    /// Inserts or replaces the record `(rec.table, rec.local)`; `body: None` keeps the stored
+    /// body (the record must exist then). Part of the open transaction.
+    async fn put(&mut self, rec: &Record, body: Option<&[u8]>) -> Result<(), Self::Error>;
+
+    /// Removes `(table, local)` for good (absent is not an error). Part of the open transaction.
+    async fn remove(&mut self, table: TableId, local: LocalId) -> Result<(), Self::Error>;
+
+    /// The record of `table` with the smallest local id greater than `after` that passes
+    /// `filter`. Walks in local-id order. Writes nothing.
+    async fn next(
+        &mut self,
+        table: TableId,
+        after: Option<LocalId>,
+        filter: Filter,
+    ) -> Result<Option<Record>, Self::Error>;
+
+    /// Appends to the rejected log (its `seq` is given by the store). Part of the open
+    /// transaction.
+    async fn push_rejected(
+        &mut self,
+        entry: &RejectedEntry,
+        body: &[u8],
+    ) -> Result<(), Self::Error>;
+
+    /// The rejected-log entry after position `after`, with its body copied into `buf`
+    /// (returns the body length). Writes nothing.
+    async fn next_rejected(
+        &mut self,
+        after: Option<u32>,
+        buf: &mut [u8],
+    ) -> Result<Option<(RejectedEntry, usize)>, Self::Error>;
+
+    /// Empties the rejected log. Part of the open transaction.
+    async fn clear_rejected(&mut self) -> Result<(), Self::Error>;
+}
