@@ -1,0 +1,2 @@
+//! Push benchmark (written below).
+fn main() {}

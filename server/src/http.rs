@@ -1,0 +1,692 @@
+//! The HTTP server: `POST /v1/sync`, `GET /healthz`, `GET /metrics`.
+//!
+//! A sync streams both ways. The request body is decoded frame by frame as hyper delivers it
+//! (one frame of buffer), checked with [`RequestCheck`], and its changes go through a bounded
+//! channel to a blocking task that applies them inside one database transaction. Only when the
+//! body ended well (an `End` with the right count, nothing after it) is the transaction
+//! committed; any error rolls it back and is answered with a status and a JSON body
+//! `{"error": code, "message": text, "frame": index or null}`. The reply is then read from a
+//! snapshot by another blocking task and streamed through a bounded channel.
+
+use crate::auth::hash_token;
+use crate::store::{ChangeSource, Device, Incoming, OwnedChange, ReplyItem, ReplyPlan, StoreError};
+use crate::store::{OwnedRejected, SyncOutcome};
+use crate::{now_ms, Server, CONTENT_TYPE_V1, MAX_FRAME};
+use bytes::Bytes;
+use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
+use ferrysync_core::stream::{RequestCheck, StreamError};
+use ferrysync_core::wire::{Accepted, Done, Hello, Rejected, Reply, Request};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn, Instrument};
+
+/// Reply bytes gathered before they are handed to hyper.
+const CHUNK: usize = 16 * 1024;
+/// Chunks (request batches or reply chunks) in flight between the network and the database.
+const CHANNEL_DEPTH: usize = 8;
+
+/// Serves HTTP on `listener` until `shutdown` completes, then stops accepting and waits for
+/// the connections in flight (and their syncs) to finish.
+pub async fn run(
+    listener: TcpListener,
+    server: Arc<Server>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let server = server.clone();
+                let service = hyper::service::service_fn(move |req| handle(server.clone(), req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    info!(
+        connections = graceful.count(),
+        "shutting down: finishing requests in flight"
+    );
+    graceful.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// A response body: either whole bytes or a stream from a channel.
+#[derive(Debug)]
+pub struct ReplyBody {
+    full: Option<Bytes>,
+    rx: Option<mpsc::Receiver<Result<Bytes, io::Error>>>,
+}
+
+impl ReplyBody {
+    fn full(b: impl Into<Bytes>) -> Self {
+        ReplyBody {
+            full: Some(b.into()),
+            rx: None,
+        }
+    }
+
+    fn stream(rx: mpsc::Receiver<Result<Bytes, io::Error>>) -> Self {
+        ReplyBody {
+            full: None,
+            rx: Some(rx),
+        }
+    }
+}
+
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        match &mut this.rx {
+            None => Poll::Ready(None),
+            Some(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.full.is_none() && self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.full, &self.rx) {
+            (Some(b), None) => SizeHint::with_exact(b.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    frame: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            frame: None,
+        }
+    }
+
+    fn at(mut self, frame: Option<u32>) -> Self {
+        self.frame = frame;
+        self
+    }
+
+    fn frame(e: FrameError, index: u32) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.as_str(),
+            format!("frame {index}: {e}"),
+        )
+        .at(Some(index))
+    }
+
+    fn stream(e: StreamError, index: Option<u32>) -> Self {
+        let status = match e {
+            StreamError::SchemaMismatch { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match index {
+            Some(i) => format!("frame {i}: {e}"),
+            None => e.to_string(),
+        };
+        ApiError::new(status, e.as_str(), message).at(index)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        error!(error = %e, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error; see the server log",
+        )
+    }
+
+    fn into_response(self, server: &Server) -> Response<ReplyBody> {
+        server.metrics.error(self.status.as_u16(), self.code);
+        if self.status.is_server_error() {
+            warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        } else {
+            info!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+        }
+        let body = serde_json::json!({
+            "error": self.code,
+            "message": self.message,
+            "frame": self.frame,
+        });
+        let mut resp = Response::new(ReplyBody::full(format!("{body}\n")));
+        *resp.status_mut() = self.status;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                RETRY_AFTER,
+                HeaderValue::from(server.config.retry_after_secs),
+            );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ReplyBody> {
+    let mut resp = Response::new(ReplyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+async fn handle(
+    server: Arc<Server>,
+    req: HttpRequest<IncomingBody>,
+) -> Result<Response<ReplyBody>, Infallible> {
+    let id = server.next_request.fetch_add(1, Relaxed);
+    let span = tracing::info_span!(
+        "request",
+        id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        device = tracing::field::Empty
+    );
+    async move {
+        let started = Instant::now();
+        let result = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
+            (&Method::GET, "/metrics") => Ok(text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                server.metrics.render(),
+            )),
+            (&Method::POST, "/v1/sync") => sync(&server, req, started).await,
+            (_, "/healthz" | "/metrics" | "/v1/sync") => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET for /healthz and /metrics, POST for /v1/sync",
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint (try POST /v1/sync, GET /healthz, GET /metrics)",
+            )),
+        };
+        let mut resp = result.unwrap_or_else(|e| e.into_response(&server));
+        resp.headers_mut()
+            .insert("x-request-id", HeaderValue::from(id));
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Holds a sync slot; gives it back (and updates the gauge) when dropped.
+struct SyncSlot {
+    server: Arc<Server>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for SyncSlot {
+    fn drop(&mut self) {
+        self.server.metrics.in_flight(-1);
+    }
+}
+
+fn bearer(req: &HttpRequest<IncomingBody>) -> Option<&str> {
+    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn sync(
+    server: &Arc<Server>,
+    req: HttpRequest<IncomingBody>,
+    started: Instant,
+) -> Result<Response<ReplyBody>, ApiError> {
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.split(';').next().map(str::trim) != Some(CONTENT_TYPE_V1) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type must be {CONTENT_TYPE_V1}, got {ct:?}"),
+        ));
+    }
+    let Some(token) = bearer(&req) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send Authorization: Bearer <token> (see `ferrysync device add`)",
+        ));
+    };
+    let hash = hash_token(token);
+    let store = server.store.clone();
+    let device = match blocking(move || store.authenticate(&hash)).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "unknown token",
+            ))
+        }
+        Some(d) if d.revoked => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "revoked_token",
+                format!("device {} was revoked", d.id),
+            ))
+        }
+        Some(d) => d,
+    };
+    tracing::Span::current().record("device", device.id);
+    let Ok(permit) = server.syncs.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "more than {} syncs running; retry later",
+                server.config.max_concurrent_syncs
+            ),
+        ));
+    };
+    server.metrics.in_flight(1);
+    let slot = SyncSlot {
+        server: server.clone(),
+        _permit: permit,
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > server.config.max_body_bytes) {
+        return Err(body_too_large(server));
+    }
+    let (hello, outcome) = receive(server, &device, req.into_body()).await?;
+    let rejected: Vec<_> = outcome.rejected.iter().map(|r| r.reason).collect();
+    server
+        .metrics
+        .sync_committed(outcome.applied, outcome.mappings.len(), &rejected);
+    info!(
+        device = device.id,
+        batch = hello.batch_id,
+        applied = outcome.applied,
+        mappings = outcome.mappings.len(),
+        rejected = rejected.len(),
+        "batch committed"
+    );
+    Ok(reply(server, slot, device, hello, outcome, started))
+}
+
+fn body_too_large(server: &Server) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "request body over the limit of {} bytes",
+            server.config.max_body_bytes
+        ),
+    )
+}
+
+enum ToDb {
+    Changes(Vec<OwnedChange>),
+    Commit,
+}
+
+/// The database side of a sync: a change source fed by the body reader.
+struct ChannelSource {
+    rx: mpsc::Receiver<ToDb>,
+    pending: std::vec::IntoIter<OwnedChange>,
+}
+
+impl ChangeSource for ChannelSource {
+    fn next(&mut self) -> Option<Incoming> {
+        loop {
+            if let Some(c) = self.pending.next() {
+                return Some(Incoming::Change(c));
+            }
+            match self.rx.blocking_recv()? {
+                ToDb::Changes(v) => self.pending = v.into_iter(),
+                ToDb::Commit => return Some(Incoming::Commit),
+            }
+        }
+    }
+}
+
+struct DbTask {
+    tx: mpsc::Sender<ToDb>,
+    join: JoinHandle<Result<SyncOutcome, StoreError>>,
+}
+
+impl DbTask {
+    fn start(server: &Server, device: &Device) -> Self {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let store = server.store.clone();
+        let device = device.clone();
+        let params = server.sync_params();
+        let join = tokio::task::spawn_blocking(move || {
+            let mut src = ChannelSource {
+                rx,
+                pending: Vec::new().into_iter(),
+            };
+            store.sync(&device, params, &mut src)
+        });
+        DbTask { tx, join }
+    }
+
+    /// Ends the sync: commits if `commit`, else rolls back. Waits for the database.
+    async fn finish(self, commit: bool) -> Result<SyncOutcome, ApiError> {
+        if commit {
+            // A send error means the task already ended; its result says why.
+            let _ = self.tx.send(ToDb::Commit).await;
+        }
+        drop(self.tx);
+        match self.join.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(StoreError::Aborted)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "aborted",
+                "sync aborted",
+            )),
+            Ok(Err(e)) => Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    }
+}
+
+/// Reads and applies the request body; returns its hello and the committed outcome.
+async fn receive(
+    server: &Server,
+    device: &Device,
+    mut body: IncomingBody,
+) -> Result<(Hello, SyncOutcome), ApiError> {
+    let cfg = &server.config;
+    let mut dec: Box<FrameDecoder<MAX_FRAME>> = Box::new(FrameDecoder::new());
+    let mut check = RequestCheck::new(server.schema.hash());
+    let mut hello: Option<Hello> = None;
+    let mut db: Option<DbTask> = None;
+    let mut received: u64 = 0;
+    let read = async {
+        loop {
+            let next = tokio::time::timeout(cfg.body_timeout, body.frame())
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        format!("no request bytes for {} s", cfg.body_timeout.as_secs_f64()),
+                    )
+                })?;
+            let Some(frame) = next else { break };
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_error",
+                    format!("reading the request body failed: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len() as u64;
+            if received > cfg.max_body_bytes {
+                return Err(body_too_large(server));
+            }
+            let mut batch = Vec::new();
+            let mut input: &[u8] = &data;
+            while !input.is_empty() {
+                let index = dec.frames();
+                let fed = dec.feed::<Request<'_>>(input);
+                input = &input[fed.consumed..];
+                match fed.result {
+                    Ok(None) => {}
+                    Err(e) => return Err(ApiError::frame(e, index)),
+                    Ok(Some(msg)) => {
+                        check
+                            .handle(&msg)
+                            .map_err(|e| ApiError::stream(e, Some(index)))?;
+                        match msg {
+                            Request::Hello(h) => {
+                                hello = Some(h);
+                                db = Some(DbTask::start(server, device));
+                            }
+                            Request::Change(c) => batch.push(OwnedChange::from_wire(&c)),
+                            Request::End(_) => {}
+                        }
+                    }
+                }
+                if dec.frames() > cfg.max_frames {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_many_frames",
+                        format!("request over the limit of {} frames", cfg.max_frames),
+                    )
+                    .at(Some(cfg.max_frames)));
+                }
+            }
+            if !batch.is_empty() {
+                if let Some(db) = &db {
+                    if db.tx.send(ToDb::Changes(batch)).await.is_err() {
+                        // The database task ended early; `finish` reports why.
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if dec.is_mid_frame() {
+            return Err(ApiError::stream(StreamError::Truncated, Some(dec.frames())));
+        }
+        check
+            .finish()
+            .map_err(|e| ApiError::stream(e, Some(check.frame())))
+    }
+    .await;
+    match (read, db, hello) {
+        (Ok(()), Some(db), Some(hello)) => Ok((hello, db.finish(true).await?)),
+        (Ok(()), _, _) => Err(ApiError::stream(StreamError::Truncated, None)),
+        (Err(e), db, _) => {
+            if let Some(db) = db {
+                // Roll back before answering, so the error means "nothing changed".
+                let _ = db.finish(false).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes reply frames into chunks sent to the response body.
+struct ReplyWriter {
+    enc: Box<FrameEncoder<MAX_FRAME>>,
+    chunk: Vec<u8>,
+    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+    /// Frames after `Accepted`.
+    frames: u32,
+    records: u64,
+}
+
+impl ReplyWriter {
+    fn put(&mut self, msg: &Reply<'_>) -> Result<(), StoreError> {
+        let frame = self.enc.encode(msg).map_err(|e| {
+            StoreError::Corrupt(format!("reply frame does not fit {MAX_FRAME} bytes: {e}"))
+        })?;
+        self.chunk.extend_from_slice(frame);
+        if !matches!(msg, Reply::Accepted(_) | Reply::Done(_)) {
+            self.frames = self.frames.saturating_add(1);
+        }
+        if matches!(msg, Reply::Upsert(_) | Reply::Remove(_)) {
+            self.records += 1;
+        }
+        if self.chunk.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK + MAX_FRAME));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| StoreError::Closed)
+    }
+}
+
+fn reply(
+    server: &Arc<Server>,
+    slot: SyncSlot,
+    device: Device,
+    hello: Hello,
+    outcome: SyncOutcome,
+    started: Instant,
+) -> Response<ReplyBody> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let server2 = server.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
+        let _slot = slot;
+        let server = server2;
+        let mut w = ReplyWriter {
+            enc: Box::new(FrameEncoder::new()),
+            chunk: Vec::with_capacity(CHUNK + MAX_FRAME),
+            tx,
+            frames: 0,
+            records: 0,
+        };
+        let result = (|| {
+            w.put(&Reply::Accepted(Accepted {
+                batch_id: hello.batch_id,
+                server_time: now_ms(),
+            }))?;
+            for m in &outcome.mappings {
+                w.put(&Reply::Mapping(*m))?;
+            }
+            for r in &outcome.rejected {
+                w.put(&rejected(r))?;
+            }
+            let plan = ReplyPlan {
+                scope: &device.scope,
+                mode: hello.mode,
+                cursor: hello.cursor,
+                extra: &outcome.losers,
+            };
+            let cursor = server.store.read_reply(&plan, &mut |item| match item {
+                ReplyItem::Reset => w.put(&Reply::Reset),
+                ReplyItem::Upsert(u) => w.put(&Reply::Upsert(u)),
+                ReplyItem::Remove(r) => w.put(&Reply::Remove(r)),
+            })?;
+            let count = w.frames;
+            w.put(&Reply::Done(Done { cursor, count }))?;
+            w.flush()?;
+            Ok::<u64, StoreError>(cursor)
+        })();
+        server.metrics.reply_records(w.records);
+        match result {
+            Ok(cursor) => {
+                server.metrics.observe_latency(started.elapsed());
+                info!(
+                    frames = w.frames,
+                    records = w.records,
+                    cursor,
+                    ms = started.elapsed().as_millis() as u64,
+                    "reply sent"
+                );
+            }
+            Err(StoreError::Closed) => {
+                info!("client went away during the reply (it commits nothing without Done)")
+            }
+            Err(e) => {
+                error!(error = %e, "reply failed; cutting the stream (the device commits nothing)");
+                let _ = w.tx.blocking_send(Err(io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let mut resp = Response::new(ReplyBody::stream(rx));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_V1));
+    resp
+}
+
+fn rejected(r: &OwnedRejected) -> Reply<'_> {
+    Reply::Rejected(Rejected {
+        table: r.table,
+        op: r.op,
+        key: r.key,
+        reason: r.reason,
+        body: &r.body,
+    })
+}

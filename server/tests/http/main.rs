@@ -1,0 +1,6 @@
+//! Sync over real HTTP on 127.0.0.1: the pattern's story, conflicts, rejections, retries,
+//! hierarchies, scopes, error statuses, delta and full replies, health and metrics.
+
+mod common;
+
+mod story;
