@@ -70,7 +70,8 @@ impl MessageError {
             P::DeserializeBadBool => MessageError::BadBool,
             P::DeserializeBadChar | P::DeserializeBadUtf8 => MessageError::BadUtf8,
             P::DeserializeBadOption => MessageError::BadOption,
-            P::DeserializeBadEnum => MessageError::UnknownVariant,
+            // Serde's derived enum code reports an unknown variant as a custom error.
+            P::DeserializeBadEnum | P::SerdeDeCustom => MessageError::UnknownVariant,
             _ => MessageError::Other,
         }
     }
@@ -186,6 +187,7 @@ pub struct FrameDecoder<const N: usize = DEFAULT_MAX_FRAME> {
     reset_next: bool,
     frames: u32,
     in_frame: bool,
+    last_msg: Option<usize>,
 }
 
 impl<const N: usize> Default for FrameDecoder<N> {
@@ -204,7 +206,21 @@ impl<const N: usize> FrameDecoder<N> {
             reset_next: false,
             frames: 0,
             in_frame: false,
+            last_msg: None,
         }
+    }
+
+    /// The message bytes (COBS decoded, CRC checked and removed) of the frame the last
+    /// [`feed`](Self::feed) completed, even when its message did not decode; `None` when the
+    /// frame failed before its CRC matched. Valid until the next `feed`.
+    ///
+    /// Lets a server read a newer client's protocol version with
+    /// [`wire::peek_protocol`](crate::wire::peek_protocol) when the message itself is not v1.
+    pub fn last_message(&self) -> Option<&[u8]> {
+        if !self.reset_next {
+            return None;
+        }
+        self.last_msg.and_then(|n| self.buf.get(..n))
     }
 
     /// Frames completed so far (good or bad); the index of the next frame.
@@ -224,6 +240,7 @@ impl<const N: usize> FrameDecoder<N> {
         if self.reset_next {
             self.len = 0;
             self.reset_next = false;
+            self.last_msg = None;
         }
         for (i, &b) in input.iter().enumerate() {
             if b == 0 {
@@ -243,7 +260,7 @@ impl<const N: usize> FrameDecoder<N> {
                 let n = self.len;
                 return Fed {
                     consumed: i + 1,
-                    result: decode_frame(&mut self.buf[..n]).map(Some),
+                    result: decode_frame(&mut self.buf[..n], &mut self.last_msg).map(Some),
                 };
             }
             if self.discarding {
@@ -271,7 +288,10 @@ impl<const N: usize> FrameDecoder<N> {
 }
 
 /// Decodes one COBS frame (delimiter removed) in place and deserialises its message.
-fn decode_frame<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameError> {
+fn decode_frame<'d, M: Deserialize<'d>>(
+    frame: &'d mut [u8],
+    msg_len: &mut Option<usize>,
+) -> Result<M, FrameError> {
     let n = cobs::decode_in_place(frame).map_err(|_| FrameError::Cobs)?;
     let frame: &'d [u8] = frame;
     if n < 5 {
@@ -283,6 +303,7 @@ fn decode_frame<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameE
     if CRC32.checksum(msg) != u32::from_le_bytes(want) {
         return Err(FrameError::Crc);
     }
+    *msg_len = Some(msg.len());
     let (m, rest) = postcard::take_from_bytes::<M>(msg)
         .map_err(|e| FrameError::Message(MessageError::from_postcard(e)))?;
     if !rest.is_empty() {
@@ -299,5 +320,5 @@ pub fn decode<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameErr
     if end + 1 < frame.len() {
         return Err(FrameError::TrailingBytes);
     }
-    decode_frame(&mut frame[..end])
+    decode_frame(&mut frame[..end], &mut None)
 }

@@ -51,6 +51,19 @@ pub struct Hello {
     pub mode: Mode,
 }
 
+/// Reads the protocol version of a request message without decoding the rest of it.
+///
+/// A `Hello` of a later version may carry fields this version cannot decode; the version is
+/// always its first field (discriminant 0, then a varint `u16`), so a server can still answer
+/// "unsupported version" instead of "malformed". `msg` is the frame's message bytes (COBS
+/// decoded, CRC removed). Returns `None` if the message is not a `Hello`.
+pub fn peek_protocol(msg: &[u8]) -> Option<u16> {
+    match msg.split_first() {
+        Some((0, rest)) => postcard::take_from_bytes::<u16>(rest).ok().map(|(v, _)| v),
+        _ => None,
+    }
+}
+
 /// One changed record of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change<'a> {
@@ -217,4 +230,27 @@ pub enum Reply<'a> {
     Remove(Remove),
     /// Last frame.
     Done(Done),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek_protocol_reads_only_the_version() {
+        let mut buf = [0u8; 64];
+        let hello = Request::Hello(Hello {
+            protocol: 300,
+            schema_hash: 1,
+            batch_id: 2,
+            cursor: None,
+            mode: Mode::Full,
+        });
+        let bytes = postcard::to_slice(&hello, &mut buf).unwrap();
+        assert_eq!(peek_protocol(bytes), Some(300));
+        // A later Hello with unknown trailing fields still shows its version.
+        assert_eq!(peek_protocol(&[0, 2, 0xff, 0xff]), Some(2));
+        assert_eq!(peek_protocol(&[2, 1]), None);
+        assert_eq!(peek_protocol(&[]), None);
+    }
 }

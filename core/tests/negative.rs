@@ -502,11 +502,9 @@ fn unknown_discriminants() -> [(Side, &'static [u8]); 7] {
 
 /// An unknown discriminant must be reported as `MessageError::UnknownVariant`.
 ///
-/// It is reported as `MessageError::Other` today: postcard hands the variant index to serde's
-/// derived visitor, which fails with a custom error (`postcard::Error::SerdeDeCustom`), never
-/// with `DeserializeBadEnum`, and `MessageError::from_postcard` maps only the latter.
+/// Postcard hands the variant index to serde's derived visitor, which fails with a custom
+/// error (`postcard::Error::SerdeDeCustom`), not `DeserializeBadEnum`; both must map here.
 #[test]
-#[ignore = "bug: core/src/frame.rs MessageError::from_postcard maps unknown variants (postcard SerdeDeCustom) to Other, not UnknownVariant"]
 fn unknown_discriminants_are_unknown_variant() {
     for bad in unknown_discriminants() {
         assert_eq!(
@@ -653,9 +651,9 @@ fn unsupported_version_and_schema_mismatch() {
 }
 
 /// A future Hello that appends a field is not a v1 Hello: the v1 decoder refuses the frame
-/// (`TrailingBytes`) before any stream check sees its version. A server that wants to answer
-/// `unsupported_version` to such a peer must read `protocol` from the raw message bytes
-/// (discriminant 0, then a u16 varint) itself; this test pins that behaviour.
+/// (`TrailingBytes`) before any stream check sees its version. The decoder still shows the
+/// CRC-checked message bytes, and `wire::peek_protocol` reads the version from them, so a
+/// server can answer `unsupported_version` rather than "malformed".
 #[test]
 fn future_hello_with_more_fields() {
     // Hello { protocol: 2, schema_hash: 0, batch_id: 0, cursor: None, mode: Delta, <new: 7> }
@@ -664,9 +662,18 @@ fn future_hello_with_more_fields() {
         decode_one(Side::Request, &mut raw_frame(&v2)),
         Err(FrameError::TrailingBytes)
     );
-    let (disc, rest) = postcard::take_from_bytes::<u32>(&v2).unwrap();
-    let (protocol, _) = postcard::take_from_bytes::<u16>(rest).unwrap();
-    assert_eq!((disc, protocol), (0, 2));
+    let frame = raw_frame(&v2);
+    let mut dec = FrameDecoder::<1024>::new();
+    let fed = dec.feed::<Request<'_>>(&frame);
+    assert_eq!(fed.result, Err(FrameError::TrailingBytes));
+    assert_eq!(dec.last_message(), Some(&v2[..]));
+    assert_eq!(ferrysync_core::wire::peek_protocol(&v2), Some(2));
+    // A damaged frame shows no message bytes.
+    let mut bad = raw_frame(&v2);
+    bad[1] ^= 1;
+    let mut dec = FrameDecoder::<1024>::new();
+    assert!(dec.feed::<Request<'_>>(&bad).result.is_err());
+    assert_eq!(dec.last_message(), None);
 }
 
 #[test]
