@@ -3,4 +3,6 @@
 
 mod common;
 
+mod conflicts;
+mod rejections;
 mod story;
