@@ -67,7 +67,11 @@ async fn newer_update_wins_and_older_loses_and_loser_gets_the_winner() {
         text3(COMPANY, "ACME A", "Lyon", "0"),
     );
     let ra = s
-        .sync(&a, hello(4, Some(cursor_a), Mode::Delta), &[stale.clone()])
+        .sync(
+            &a,
+            hello(4, Some(cursor_a), Mode::Delta),
+            std::slice::from_ref(&stale),
+        )
         .await;
     assert!(ra.rejected.is_empty());
     assert_eq!(company_name(&s, id), "ACME B");
@@ -319,7 +323,7 @@ async fn delete_wins_over_concurrent_update_and_later_updates_are_rejected() {
         text3(COMPANY, "B edit", "x", "0"),
     );
     let r = s
-        .sync(&b, hello(3, None, Mode::Full), &[older.clone()])
+        .sync(&b, hello(3, None, Mode::Full), std::slice::from_ref(&older))
         .await;
     let rej = r.rejection(RejectReason::Deleted);
     assert_eq!(rej.body, older.body);
@@ -334,7 +338,7 @@ async fn delete_wins_over_concurrent_update_and_later_updates_are_rejected() {
         text3(COMPANY, "B again", "x", "0"),
     );
     let r = s
-        .sync(&b, hello(4, None, Mode::Full), &[newer.clone()])
+        .sync(&b, hello(4, None, Mode::Full), std::slice::from_ref(&newer))
         .await;
     assert_eq!(r.rejection(RejectReason::Deleted).body, newer.body);
     assert_eq!(s.count("company"), 0);
