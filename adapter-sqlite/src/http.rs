@@ -1,0 +1,259 @@
+//! [`HttpTransport`]: the engine's [`Transport`] over HTTP, streaming both ways.
+//!
+//! The request body is a chunked upload fed from a bounded channel while the engine reads
+//! pending changes from the store, and the reply is read chunk by chunk as it arrives, so
+//! neither side holds a whole batch in memory.
+
+use bytes::Bytes;
+use ferrysync_core::transport::Transport;
+use std::fmt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Content type of protocol v1 bodies.
+pub const CONTENT_TYPE: &str = "application/vnd.ferrysync.v1";
+
+/// Request bytes are gathered into chunks of about this size before they go on the wire.
+const CHUNK: usize = 16 * 1024;
+
+/// Why an HTTP exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// No connection to the server.
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// The server answered with an error status.
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable code from the error body (`bad_crc`, `schema_mismatch`...).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection broke during the exchange.
+    Broken(String),
+    /// The transport was used out of order (a bug in the caller).
+    Misuse(&'static str),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Unreachable { url, detail } => write!(
+                f,
+                "server unreachable at {url} ({detail}): check --server and that `ferrysync serve` is running"
+            ),
+            HttpError::Status { status: 401, message, .. } => write!(
+                f,
+                "the server refused the token (401: {message}): check --token, or enrol the device again with `ferrysync device add`"
+            ),
+            HttpError::Status { status: 409, message, .. } => write!(
+                f,
+                "schema mismatch (409: {message}): the device and the server must use the same schema file"
+            ),
+            HttpError::Status { status: 503, message, .. } => {
+                write!(f, "server busy (503: {message}): try again in a moment")
+            }
+            HttpError::Status {
+                status,
+                code,
+                message,
+            } => write!(f, "server answered {status} {code}: {message}"),
+            HttpError::Broken(d) => write!(f, "connection broken during sync: {d}"),
+            HttpError::Misuse(m) => write!(f, "transport misuse: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+type Upload = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// A [`Transport`] that POSTs to `{server}/v1/sync` with a bearer token.
+///
+/// Must be used inside a tokio runtime (the upload runs as a task).
+pub struct HttpTransport {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    upload: Option<Upload>,
+    buffered: Vec<u8>,
+    request: Option<JoinHandle<reqwest::Result<reqwest::Response>>>,
+    response: Option<reqwest::Response>,
+    leftover: Bytes,
+    /// Bytes sent in the last exchange.
+    pub bytes_sent: u64,
+    /// Bytes received in the last exchange.
+    pub bytes_received: u64,
+}
+
+impl HttpTransport {
+    /// A transport to the server at `server` (e.g. `http://127.0.0.1:7878`).
+    pub fn new(server: &str, token: &str) -> Self {
+        HttpTransport {
+            client: reqwest::Client::new(),
+            url: format!("{}/v1/sync", server.trim_end_matches('/')),
+            token: token.to_owned(),
+            upload: None,
+            buffered: Vec::with_capacity(CHUNK),
+            request: None,
+            response: None,
+            leftover: Bytes::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    fn open(&mut self) -> Upload {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let request = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body)
+            .send();
+        self.request = Some(tokio::spawn(request));
+        self.response = None;
+        self.leftover = Bytes::new();
+        self.bytes_sent = 0;
+        self.bytes_received = 0;
+        tx
+    }
+
+    async fn flush(&mut self) -> Result<(), HttpError> {
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffered,
+            Vec::with_capacity(CHUNK),
+        ));
+        let Some(tx) = &self.upload else {
+            return Err(HttpError::Misuse("flush without an open request"));
+        };
+        if tx.send(Ok(chunk)).await.is_err() {
+            // The request task ended early (the server answered or the connection failed):
+            // its outcome says why.
+            return Err(self.outcome_error().await);
+        }
+        Ok(())
+    }
+
+    async fn outcome_error(&mut self) -> HttpError {
+        self.upload = None;
+        match self.request.take() {
+            Some(task) => match task.await {
+                Ok(Ok(resp)) => status_error(resp).await,
+                Ok(Err(e)) => self.client_error(&e),
+                Err(e) => HttpError::Broken(e.to_string()),
+            },
+            None => HttpError::Misuse("no request in flight"),
+        }
+    }
+
+    fn client_error(&self, e: &reqwest::Error) -> HttpError {
+        if e.is_connect() {
+            HttpError::Unreachable {
+                url: self.url.clone(),
+                detail: root_cause(e),
+            }
+        } else {
+            HttpError::Broken(root_cause(e))
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+async fn status_error(resp: reqwest::Response) -> HttpError {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    HttpError::Status {
+        status,
+        code: field("error").unwrap_or_else(|| "http_error".into()),
+        message: field("message").unwrap_or(text),
+    }
+}
+
+impl Transport for HttpTransport {
+    type Error = HttpError;
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), HttpError> {
+        if self.upload.is_none() {
+            let tx = self.open();
+            self.upload = Some(tx);
+        }
+        self.bytes_sent += bytes.len() as u64;
+        self.buffered.extend_from_slice(bytes);
+        if self.buffered.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), HttpError> {
+        self.flush().await?;
+        // Closing the channel ends the chunked upload.
+        self.upload = None;
+        let task = self
+            .request
+            .take()
+            .ok_or(HttpError::Misuse("finish without send"))?;
+        let resp = match task.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(self.client_error(&e)),
+            Err(e) => return Err(HttpError::Broken(e.to_string())),
+        };
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        self.response = Some(resp);
+        Ok(())
+    }
+
+    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, HttpError> {
+        if self.leftover.is_empty() {
+            let Some(resp) = self.response.as_mut() else {
+                return Ok(0);
+            };
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    self.bytes_received += chunk.len() as u64;
+                    self.leftover = chunk;
+                }
+                Ok(None) => {
+                    self.response = None;
+                    return Ok(0);
+                }
+                Err(e) => {
+                    self.response = None;
+                    return Err(HttpError::Broken(root_cause(&e)));
+                }
+            }
+        }
+        let n = buf.len().min(self.leftover.len());
+        buf[..n].copy_from_slice(&self.leftover.split_to(n));
+        Ok(n)
+    }
+}

@@ -1,0 +1,678 @@
+//! [`SqliteStore`]: the device store on SQLite.
+//!
+//! Each schema table is a real SQL table the app can query: `id` (the stable device-local id),
+//! `server_id`, the parent column named by the schema (holding the parent's local `id`), one
+//! typed column per field, and the sync metadata as columns: `is_from_server`, `is_modified`,
+//! `is_active`, `edits` (the local edit counter), `modified_wall`, `modified_counter`,
+//! `modified_device` (the hybrid clock of the last change) and `refresh_mark`. Device state
+//! lives in `_fs_state`, the rejected log in `_fs_rejected`.
+//!
+//! Crash safety comes from SQLite: `begin` is `BEGIN IMMEDIATE`, `commit` writes the state row
+//! and `COMMIT`s, the journal is WAL with `synchronous = FULL`, so a killed app or a power cut
+//! leaves the last committed transaction and nothing of a later one.
+
+use ferrysync_core::body::{self, Value};
+use ferrysync_core::hlc::Hlc;
+use ferrysync_core::id::{LocalId, RecordRef, ServerId, TableId};
+use ferrysync_core::meta::SyncMeta;
+use ferrysync_core::schema::{FieldType, Schema};
+use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
+use ferrysync_core::wire::{Op, RejectReason};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::fmt;
+use std::path::Path;
+
+/// Column names the adapter uses itself; a schema field may not take them.
+pub const RESERVED: &[&str] = &[
+    "id",
+    "server_id",
+    "is_from_server",
+    "is_modified",
+    "is_active",
+    "edits",
+    "modified_wall",
+    "modified_counter",
+    "modified_device",
+    "refresh_mark",
+];
+
+/// An error of the SQLite store.
+#[derive(Debug)]
+pub enum StoreError {
+    /// SQLite failed.
+    Sqlite(rusqlite::Error),
+    /// The schema cannot be stored: a bad identifier or a reserved column name.
+    Schema(String),
+    /// The database was made for another schema (different hash).
+    SchemaChanged {
+        /// Hash stored in the database.
+        stored: u64,
+        /// Hash of the schema given.
+        given: u64,
+    },
+    /// A stored row does not fit the schema (edited by hand?).
+    Corrupt(String),
+    /// A caller's buffer is too small for a body.
+    BufferTooSmall,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Schema(m) => write!(f, "schema: {m}"),
+            StoreError::SchemaChanged { stored, given } => write!(
+                f,
+                "this database was made for schema {stored:#018x}, not {given:#018x}: use a new file"
+            ),
+            StoreError::Corrupt(m) => write!(f, "stored data does not fit the schema: {m}"),
+            StoreError::BufferTooSmall => f.write_str("body buffer too small"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+/// Checks that `name` is a plain SQL identifier.
+pub fn check_ident(name: &str) -> Result<(), StoreError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("_fs");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Schema(format!(
+            "`{name}` is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*, not starting with _fs)"
+        )))
+    }
+}
+
+struct TableSql {
+    get: String,
+    by_server: String,
+    body: String,
+    insert: String,
+    update_header: String,
+    remove: String,
+    next_all: String,
+    next_pending: String,
+    next_children: String,
+}
+
+const HEADER_COLS: &str =
+    "id, server_id, {parent}, is_from_server, is_modified, is_active, edits, \
+                           modified_wall, modified_counter, modified_device, refresh_mark";
+
+impl TableSql {
+    fn new(schema: &Schema<'_>, t: usize) -> Result<(Self, String), StoreError> {
+        let def = &schema.tables[t];
+        check_ident(def.name)?;
+        let parent_col = def.parent_field.unwrap_or("NULL");
+        if let Some(p) = def.parent_field {
+            check_ident(p)?;
+            if RESERVED.contains(&p) {
+                return Err(StoreError::Schema(format!(
+                    "`{p}` is a reserved column name"
+                )));
+            }
+        }
+        for f in def.fields {
+            check_ident(f.name)?;
+            if RESERVED.contains(&f.name) {
+                return Err(StoreError::Schema(format!(
+                    "field `{}` of `{}` is a reserved column name",
+                    f.name, def.name
+                )));
+            }
+        }
+        let name = def.name;
+        let header = HEADER_COLS.replace("{parent}", parent_col);
+        let fields: Vec<&str> = def.fields.iter().map(|f| f.name).collect();
+        let field_cols = fields.join(", ");
+        let mut ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {name} (\n  id INTEGER PRIMARY KEY,\n  server_id INTEGER,\n"
+        );
+        if let Some(p) = def.parent_field {
+            ddl.push_str(&format!("  {p} INTEGER,\n"));
+        }
+        for f in def.fields {
+            let ty = match f.ty {
+                FieldType::Bool | FieldType::I64 | FieldType::U64 => "INTEGER",
+                FieldType::F64 => "REAL",
+                FieldType::Text => "TEXT",
+                FieldType::Bytes => "BLOB",
+            };
+            let null = if f.optional { "" } else { " NOT NULL" };
+            ddl.push_str(&format!("  {} {ty}{null},\n", f.name));
+        }
+        ddl.push_str(
+            "  is_from_server INTEGER NOT NULL,\n  is_modified INTEGER NOT NULL,\n  \
+             is_active INTEGER NOT NULL,\n  edits INTEGER NOT NULL,\n  \
+             modified_wall INTEGER NOT NULL,\n  modified_counter INTEGER NOT NULL,\n  \
+             modified_device INTEGER NOT NULL,\n  refresh_mark INTEGER NOT NULL\n);\n",
+        );
+        ddl.push_str(&format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {name}_server ON {name}(server_id) WHERE server_id IS NOT NULL;\n\
+             CREATE INDEX IF NOT EXISTS {name}_pending ON {name}(id) WHERE is_modified OR NOT is_active OR NOT is_from_server;\n"
+        ));
+        if let Some(p) = def.parent_field {
+            ddl.push_str(&format!(
+                "CREATE INDEX IF NOT EXISTS {name}_{p} ON {name}({p}, id);\n"
+            ));
+        }
+        let n_fields = fields.len();
+        let placeholders: Vec<String> = (1..=11 + n_fields).map(|i| format!("?{i}")).collect();
+        let all_cols = if n_fields == 0 {
+            header.clone()
+        } else {
+            format!("{header}, {field_cols}")
+        };
+        // Placeholders are numbered and all header values are always bound; a master has no
+        // parent column, so its statements just never name ?3.
+        let (insert_cols, insert_vals) = if def.parent_field.is_some() {
+            (all_cols.clone(), placeholders.join(", "))
+        } else {
+            let vals: Vec<&str> = placeholders
+                .iter()
+                .filter(|p| p.as_str() != "?3")
+                .map(|p| p.as_str())
+                .collect();
+            (all_cols.replacen("NULL, ", "", 1), vals.join(", "))
+        };
+        let parent_set = match def.parent_field {
+            Some(p) => format!("{p} = ?3, "),
+            None => String::new(),
+        };
+        let parent_where = def.parent_field.unwrap_or("NULL");
+        let sql = TableSql {
+            get: format!("SELECT {header} FROM {name} WHERE id = ?1"),
+            by_server: format!("SELECT {header} FROM {name} WHERE server_id = ?1"),
+            body: format!(
+                "SELECT {} FROM {name} WHERE id = ?1",
+                if n_fields == 0 { "NULL" } else { &field_cols }
+            ),
+            insert: format!("INSERT OR REPLACE INTO {name} ({insert_cols}) VALUES ({insert_vals})"),
+            update_header: format!(
+                "UPDATE {name} SET server_id = ?2, {parent_set}is_from_server = ?4, is_modified = ?5, \
+                 is_active = ?6, edits = ?7, modified_wall = ?8, modified_counter = ?9, \
+                 modified_device = ?10, refresh_mark = ?11 WHERE id = ?1"
+            ),
+            remove: format!("DELETE FROM {name} WHERE id = ?1"),
+            next_all: format!("SELECT {header} FROM {name} WHERE id > ?1 ORDER BY id LIMIT 1"),
+            next_pending: format!(
+                "SELECT {header} FROM {name} WHERE id > ?1 AND (is_modified OR NOT is_active OR NOT is_from_server) ORDER BY id LIMIT 1"
+            ),
+            next_children: format!(
+                "SELECT {header} FROM {name} WHERE {parent_where} = ?2 AND id > ?1 ORDER BY id LIMIT 1"
+            ),
+        };
+        Ok((sql, ddl))
+    }
+}
+
+/// A device store on one SQLite file (or in memory).
+pub struct SqliteStore {
+    conn: Connection,
+    schema: Schema<'static>,
+    tables: Vec<TableSql>,
+}
+
+const STATE_DDL: &str = "
+CREATE TABLE IF NOT EXISTS _fs_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _fs_state (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  cursor INTEGER,
+  clock_wall INTEGER NOT NULL, clock_counter INTEGER NOT NULL, clock_device INTEGER NOT NULL,
+  next_local INTEGER NOT NULL, edit_seq INTEGER NOT NULL, syncs INTEGER NOT NULL,
+  refresh INTEGER NOT NULL, needs_full INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _fs_rejected (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  tbl INTEGER NOT NULL, op INTEGER NOT NULL,
+  key_is_local INTEGER NOT NULL, key INTEGER NOT NULL, local INTEGER,
+  reason INTEGER NOT NULL,
+  at_wall INTEGER NOT NULL, at_counter INTEGER NOT NULL, at_device INTEGER NOT NULL,
+  body BLOB NOT NULL
+);
+";
+
+fn op_code(op: Op) -> i64 {
+    match op {
+        Op::Add => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+    }
+}
+
+fn op_from(code: i64) -> Result<Op, StoreError> {
+    Ok(match code {
+        0 => Op::Add,
+        1 => Op::Update,
+        2 => Op::Delete,
+        _ => return Err(StoreError::Corrupt(format!("op code {code}"))),
+    })
+}
+
+const REASONS: [RejectReason; 7] = [
+    RejectReason::UnknownTable,
+    RejectReason::InvalidBody,
+    RejectReason::OutOfScope,
+    RejectReason::ParentMissing,
+    RejectReason::Deleted,
+    RejectReason::UnknownRecord,
+    RejectReason::BadKey,
+];
+
+fn header_from(table: TableId, row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        table,
+        local: LocalId(row.get::<_, i64>(0)? as u32),
+        server: row.get::<_, Option<i64>>(1)?.map(|s| ServerId(s as u64)),
+        parent: row.get::<_, Option<i64>>(2)?.map(|p| LocalId(p as u32)),
+        meta: SyncMeta {
+            is_from_server: row.get(3)?,
+            is_modified: row.get(4)?,
+            is_active: row.get(5)?,
+            edits: row.get::<_, i64>(6)? as u32,
+            modified_at: Hlc::new(
+                row.get::<_, i64>(7)? as u64,
+                row.get::<_, i64>(8)? as u32,
+                row.get::<_, i64>(9)? as u32,
+            ),
+        },
+        mark: row.get::<_, i64>(10)? as u32,
+    })
+}
+
+fn value_sql<'a>(v: &Value<'a>) -> ToSqlOutput<'a> {
+    ToSqlOutput::Borrowed(match *v {
+        Value::Null => ValueRef::Null,
+        Value::Bool(b) => ValueRef::Integer(i64::from(b)),
+        Value::I64(i) => ValueRef::Integer(i),
+        // Bit-preserving: a u64 above i64::MAX is stored negative and read back unchanged.
+        Value::U64(u) => ValueRef::Integer(u as i64),
+        Value::F64(f) => ValueRef::Real(f),
+        Value::Text(t) => ValueRef::Text(t.as_bytes()),
+        Value::Bytes(b) => ValueRef::Blob(b),
+    })
+}
+
+fn sql_value<'a>(ty: FieldType, v: ValueRef<'a>) -> Option<Value<'a>> {
+    Some(match (ty, v) {
+        (_, ValueRef::Null) => Value::Null,
+        (FieldType::Bool, ValueRef::Integer(i)) => Value::Bool(i != 0),
+        (FieldType::I64, ValueRef::Integer(i)) => Value::I64(i),
+        (FieldType::U64, ValueRef::Integer(i)) => Value::U64(i as u64),
+        (FieldType::F64, ValueRef::Real(f)) => Value::F64(f),
+        (FieldType::F64, ValueRef::Integer(i)) => Value::F64(i as f64),
+        (FieldType::Text, ValueRef::Text(t)) => Value::Text(std::str::from_utf8(t).ok()?),
+        (FieldType::Bytes, ValueRef::Blob(b)) => Value::Bytes(b),
+        _ => return None,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in the SQLite file at `path`.
+    pub fn open(path: impl AsRef<Path>, schema: Schema<'static>) -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open(path)?, schema)
+    }
+
+    /// A store in memory (tests, tools).
+    pub fn open_in_memory(schema: Schema<'static>) -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory()?, schema)
+    }
+
+    /// A store on an open connection: sets WAL and `synchronous = FULL`, creates the tables,
+    /// and checks that the file was made for this schema.
+    pub fn with_connection(conn: Connection, schema: Schema<'static>) -> Result<Self, StoreError> {
+        schema
+            .validate()
+            .map_err(|e| StoreError::Schema(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL answers with a row (the new mode), so it is read, not executed.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        let mut tables = Vec::with_capacity(schema.tables.len());
+        let mut ddl = String::from(STATE_DDL);
+        for t in 0..schema.tables.len() {
+            let (sql, table_ddl) = TableSql::new(&schema, t)?;
+            tables.push(sql);
+            ddl.push_str(&table_ddl);
+        }
+        conn.execute_batch(&format!("BEGIN IMMEDIATE;{ddl}"))
+            .map_err(StoreError::Sqlite)?;
+        let given = schema.hash();
+        let stored: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM _fs_meta WHERE key = 'schema_hash'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match stored {
+            Some(s) if s as u64 != given => {
+                conn.execute_batch("ROLLBACK")?;
+                return Err(StoreError::SchemaChanged {
+                    stored: s as u64,
+                    given,
+                });
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO _fs_meta (key, value) VALUES ('schema_hash', ?1)",
+                    [given as i64],
+                )?;
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(SqliteStore {
+            conn,
+            schema,
+            tables,
+        })
+    }
+
+    /// The schema this store was opened with.
+    pub fn schema(&self) -> &Schema<'static> {
+        &self.schema
+    }
+
+    /// The connection, for the app's own queries (read the tables with plain SQL).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn sql(&self, table: TableId) -> Result<&TableSql, StoreError> {
+        self.tables
+            .get(table.0 as usize)
+            .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))
+    }
+
+    fn query_header(
+        &self,
+        table: TableId,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        Ok(stmt
+            .query_row(params, |row| header_from(table, row))
+            .optional()?)
+    }
+}
+
+impl LocalStore for SqliteStore {
+    type Error = StoreError;
+
+    async fn load_state(&mut self) -> Result<DeviceState, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT cursor, clock_wall, clock_counter, clock_device, next_local, edit_seq, syncs, \
+             refresh, needs_full FROM _fs_state WHERE id = 1",
+        )?;
+        let state = stmt
+            .query_row([], |r| {
+                Ok(DeviceState {
+                    cursor: r.get::<_, Option<i64>>(0)?.map(|c| c as u64),
+                    clock: Hlc::new(
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u32,
+                        r.get::<_, i64>(3)? as u32,
+                    ),
+                    next_local: r.get::<_, i64>(4)? as u32,
+                    edit_seq: r.get::<_, i64>(5)? as u32,
+                    syncs: r.get::<_, i64>(6)? as u64,
+                    refresh: r.get::<_, i64>(7)? as u32,
+                    needs_full: r.get(8)?,
+                })
+            })
+            .optional()?;
+        Ok(state.unwrap_or_default())
+    }
+
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    async fn commit(&mut self, s: &DeviceState) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO _fs_state (id, cursor, clock_wall, clock_counter, \
+                 clock_device, next_local, edit_seq, syncs, refresh, needs_full) \
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                s.cursor.map(|c| c as i64),
+                s.clock.wall_ms as i64,
+                i64::from(s.clock.counter),
+                i64::from(s.clock.device),
+                i64::from(s.next_local),
+                i64::from(s.edit_seq),
+                s.syncs as i64,
+                i64::from(s.refresh),
+                s.needs_full,
+            ])?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), StoreError> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, StoreError> {
+        let sql = &self.sql(table)?.get;
+        self.query_header(table, sql, [i64::from(local.0)])
+    }
+
+    async fn get_body(
+        &mut self,
+        table: TableId,
+        local: LocalId,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, StoreError> {
+        let def = self
+            .schema
+            .table(table)
+            .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))?;
+        let mut stmt = self.conn.prepare_cached(&self.sql(table)?.body)?;
+        let mut rows = stmt.query([i64::from(local.0)])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(def.fields.len());
+        for (i, f) in def.fields.iter().enumerate() {
+            let v = sql_value(f.ty, row.get_ref(i)?).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "{}.{} has a value of the wrong type",
+                    def.name, f.name
+                ))
+            })?;
+            values.push(v);
+        }
+        match body::encode(def, &values, buf) {
+            Ok(b) => Ok(Some(b.len())),
+            Err(body::BodyError::BufferFull) => Err(StoreError::BufferTooSmall),
+            Err(e) => Err(StoreError::Corrupt(format!("{}: {e}", def.name))),
+        }
+    }
+
+    async fn by_server(
+        &mut self,
+        table: TableId,
+        server: ServerId,
+    ) -> Result<Option<Record>, StoreError> {
+        let sql = &self.sql(table)?.by_server;
+        self.query_header(table, sql, [server.0 as i64])
+    }
+
+    async fn put(&mut self, rec: &Record, body: Option<&[u8]>) -> Result<(), StoreError> {
+        let def = self
+            .schema
+            .table(rec.table)
+            .ok_or_else(|| StoreError::Corrupt(format!("no {}", rec.table)))?;
+        let m = &rec.meta;
+        let header: [ToSqlOutput<'_>; 11] = [
+            ToSqlOutput::from(i64::from(rec.local.0)),
+            match rec.server {
+                Some(s) => ToSqlOutput::from(s.0 as i64),
+                None => ToSqlOutput::Borrowed(ValueRef::Null),
+            },
+            match rec.parent {
+                Some(p) => ToSqlOutput::from(i64::from(p.0)),
+                None => ToSqlOutput::Borrowed(ValueRef::Null),
+            },
+            ToSqlOutput::from(m.is_from_server),
+            ToSqlOutput::from(m.is_modified),
+            ToSqlOutput::from(m.is_active),
+            ToSqlOutput::from(i64::from(m.edits)),
+            ToSqlOutput::from(m.modified_at.wall_ms as i64),
+            ToSqlOutput::from(i64::from(m.modified_at.counter)),
+            ToSqlOutput::from(i64::from(m.modified_at.device)),
+            ToSqlOutput::from(i64::from(rec.mark)),
+        ];
+        let sql = self.sql(rec.table)?;
+        match body {
+            None => {
+                let mut stmt = self.conn.prepare_cached(&sql.update_header)?;
+                let n = stmt.execute(rusqlite::params_from_iter(header.iter()))?;
+                if n == 0 {
+                    return Err(StoreError::Corrupt(format!(
+                        "update of missing record {} in {}",
+                        rec.local, def.name
+                    )));
+                }
+            }
+            Some(body) => {
+                let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(11 + def.fields.len());
+                values.extend(header);
+                let decoded = body::decode(def, body, |_, _, v| {
+                    values.push(value_sql(&v));
+                    Ok::<(), ()>(())
+                });
+                if !matches!(decoded, Ok(Ok(()))) {
+                    return Err(StoreError::Corrupt(format!(
+                        "body does not fit table {}",
+                        def.name
+                    )));
+                }
+                let mut stmt = self.conn.prepare_cached(&sql.insert)?;
+                stmt.execute(rusqlite::params_from_iter(values.iter()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&mut self, table: TableId, local: LocalId) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(&self.sql(table)?.remove)?;
+        stmt.execute([i64::from(local.0)])?;
+        Ok(())
+    }
+
+    async fn next(
+        &mut self,
+        table: TableId,
+        after: Option<LocalId>,
+        filter: Filter,
+    ) -> Result<Option<Record>, StoreError> {
+        let after = after.map_or(-1, |a| i64::from(a.0));
+        let sql = self.sql(table)?;
+        match filter {
+            Filter::All => self.query_header(table, &sql.next_all, [after]),
+            Filter::Pending => self.query_header(table, &sql.next_pending, [after]),
+            Filter::Children(p) => {
+                self.query_header(table, &sql.next_children, [after, i64::from(p.0)])
+            }
+        }
+    }
+
+    async fn push_rejected(&mut self, e: &RejectedEntry, body: &[u8]) -> Result<(), StoreError> {
+        let (is_local, key) = match e.key {
+            RecordRef::Local(l) => (true, i64::from(l.0)),
+            RecordRef::Server(s) => (false, s.0 as i64),
+        };
+        let reason = REASONS.iter().position(|r| *r == e.reason).unwrap_or(0) as i64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _fs_rejected (tbl, op, key_is_local, key, local, reason, at_wall, \
+                 at_counter, at_device, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                i64::from(e.table.0),
+                op_code(e.op),
+                is_local,
+                key,
+                e.local.map(|l| i64::from(l.0)),
+                reason,
+                e.at.wall_ms as i64,
+                i64::from(e.at.counter),
+                i64::from(e.at.device),
+                body,
+            ])?;
+        Ok(())
+    }
+
+    async fn next_rejected(
+        &mut self,
+        after: Option<u32>,
+        buf: &mut [u8],
+    ) -> Result<Option<(RejectedEntry, usize)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, tbl, op, key_is_local, key, local, reason, at_wall, at_counter, \
+             at_device, body FROM _fs_rejected WHERE seq > ?1 ORDER BY seq LIMIT 1",
+        )?;
+        let mut rows = stmt.query([after.map_or(0, i64::from)])?;
+        let Some(r) = rows.next()? else {
+            return Ok(None);
+        };
+        let key = r.get::<_, i64>(4)?;
+        let key = if r.get::<_, bool>(3)? {
+            RecordRef::Local(LocalId(key as u32))
+        } else {
+            RecordRef::Server(ServerId(key as u64))
+        };
+        let reason = REASONS
+            .get(r.get::<_, i64>(6)? as usize)
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("reject reason".into()))?;
+        let entry = RejectedEntry {
+            seq: r.get::<_, i64>(0)? as u32,
+            table: TableId(r.get::<_, i64>(1)? as u8),
+            op: op_from(r.get(2)?)?,
+            key,
+            local: r.get::<_, Option<i64>>(5)?.map(|l| LocalId(l as u32)),
+            reason,
+            at: Hlc::new(
+                r.get::<_, i64>(7)? as u64,
+                r.get::<_, i64>(8)? as u32,
+                r.get::<_, i64>(9)? as u32,
+            ),
+        };
+        let body = r
+            .get_ref(10)?
+            .as_blob()
+            .map_err(|e| StoreError::Corrupt(format!("rejected body: {e}")))?;
+        let dst = buf
+            .get_mut(..body.len())
+            .ok_or(StoreError::BufferTooSmall)?;
+        dst.copy_from_slice(body);
+        Ok(Some((entry, body.len())))
+    }
+
+    async fn clear_rejected(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("DELETE FROM _fs_rejected")?;
+        Ok(())
+    }
+}

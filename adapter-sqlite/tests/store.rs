@@ -1,0 +1,526 @@
+//! The SQLite store against the in-memory reference store, its crash safety, and its tables.
+
+use ferrysync_core::body::{self, Value};
+use ferrysync_core::engine::{self, SyncError};
+use ferrysync_core::frame::{FrameDecoder, FrameEncoder};
+use ferrysync_core::id::{LocalId, RecordRef, ServerId, TableId};
+use ferrysync_core::mem::MemStore;
+use ferrysync_core::schema::EXAMPLE;
+use ferrysync_core::store::{Filter, LocalStore, Record};
+use ferrysync_core::track;
+use ferrysync_core::transport::Transport;
+use ferrysync_core::wire::{Accepted, Done, Mapping, Mode, Op, Reply, Request, Upsert};
+use ferrysync_core::Hlc;
+use ferrysync_sqlite::{Phone, SqliteStore, StoreError};
+use pollster::block_on;
+use proptest::prelude::*;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+const N: usize = 1024;
+
+/// A stand-in server in the test: it gives each added record the next server id, echoes every
+/// change back as the stored version, and forgets deletes. Enough to drive every apply path of
+/// both stores the same way.
+#[derive(Default)]
+struct EchoServer {
+    next_id: u64,
+    sent: Vec<u8>,
+    reply: Vec<u8>,
+    pos: usize,
+    /// Cut the reply after this many bytes, calling `on_cut` first.
+    cut_at: Option<usize>,
+    on_cut: Option<Box<dyn FnMut()>>,
+}
+
+#[derive(Debug)]
+struct Cut;
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cut")
+    }
+}
+
+impl EchoServer {
+    fn answer(&mut self) {
+        let mut dec = FrameDecoder::<N>::new();
+        let mut enc = FrameEncoder::<N>::new();
+        let mut mappings = Vec::new();
+        let mut upserts: Vec<(TableId, u64, Option<u64>, Vec<u8>)> = Vec::new();
+        let mut batch = 0;
+        // local id (per table) -> server id, for parents added in the same batch.
+        let mut map: Vec<(TableId, u32, u64)> = Vec::new();
+        let sent = std::mem::take(&mut self.sent);
+        let mut pos = 0;
+        while pos < sent.len() {
+            let fed = dec.feed::<Request<'_>>(&sent[pos..]);
+            pos += fed.consumed;
+            match fed.result.unwrap() {
+                Some(Request::Hello(h)) => batch = h.batch_id,
+                Some(Request::Change(c)) => {
+                    if c.op == Op::Delete {
+                        continue;
+                    }
+                    let parent = match c.parent {
+                        None => None,
+                        Some(RecordRef::Server(s)) => Some(s.0),
+                        Some(RecordRef::Local(l)) => {
+                            match map
+                                .iter()
+                                .find(|(t, x, _)| t.0 + 1 == c.table.0 && *x == l.0)
+                            {
+                                Some(m) => Some(m.2),
+                                // Parent not known: ignore the change (it stays pending).
+                                None => continue,
+                            }
+                        }
+                    };
+                    let id = match (c.op, c.key) {
+                        (Op::Add, RecordRef::Local(l)) => {
+                            self.next_id += 1;
+                            map.push((c.table, l.0, self.next_id));
+                            mappings.push(Mapping {
+                                table: c.table,
+                                local: l,
+                                server: ServerId(self.next_id),
+                            });
+                            self.next_id
+                        }
+                        (_, RecordRef::Server(s)) => s.0,
+                        (_, RecordRef::Local(_)) => continue,
+                    };
+                    upserts.push((c.table, id, parent, c.body.to_vec()));
+                }
+                Some(Request::End(_)) | None => {}
+            }
+        }
+        upserts.sort_by_key(|u| u.0);
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            enc.encode(&Reply::Accepted(Accepted {
+                batch_id: batch,
+                server_time: 9_000,
+            }))
+            .unwrap(),
+        );
+        for m in &mappings {
+            out.extend_from_slice(enc.encode(&Reply::Mapping(*m)).unwrap());
+        }
+        for (table, id, parent, body) in &upserts {
+            let u = Upsert {
+                table: *table,
+                id: ServerId(*id),
+                parent: parent.map(ServerId),
+                modified_at: Hlc::new(9_000, 0, 0),
+                body,
+            };
+            out.extend_from_slice(enc.encode(&Reply::Upsert(u)).unwrap());
+        }
+        let count = (mappings.len() + upserts.len()) as u32;
+        out.extend_from_slice(
+            enc.encode(&Reply::Done(Done {
+                cursor: self.next_id,
+                count,
+            }))
+            .unwrap(),
+        );
+        self.reply = out;
+        self.pos = 0;
+    }
+}
+
+impl Transport for EchoServer {
+    type Error = Cut;
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Cut> {
+        self.sent.extend_from_slice(bytes);
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<(), Cut> {
+        self.answer();
+        Ok(())
+    }
+    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, Cut> {
+        let end = self.cut_at.unwrap_or(usize::MAX).min(self.reply.len());
+        if self.pos >= end {
+            if self.cut_at.is_some() && end < self.reply.len() {
+                if let Some(f) = self.on_cut.as_mut() {
+                    f();
+                }
+                return Err(Cut);
+            }
+            return Ok(0);
+        }
+        let n = buf.len().min(end - self.pos).min(97);
+        buf[..n].copy_from_slice(&self.reply[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn company(name: &str) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    body::encode(
+        &EXAMPLE.tables[0],
+        &[Value::Text(name), Value::Text("Lyon"), Value::Text("+33")],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+fn contact(name: &str) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    body::encode(
+        &EXAMPLE.tables[1],
+        &[Value::Text(name), Value::Text("x@y"), Value::Text("06")],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+/// Every record (header and body) of a store, in table and local-id order.
+async fn dump<S: LocalStore>(s: &mut S) -> Vec<(Record, Vec<u8>)> {
+    let mut out = Vec::new();
+    for t in 0..EXAMPLE.tables.len() {
+        let mut after = None;
+        while let Some(r) = s.next(TableId(t as u8), after, Filter::All).await.unwrap() {
+            after = Some(r.local);
+            let mut buf = [0u8; N];
+            let n = s
+                .get_body(r.table, r.local, &mut buf)
+                .await
+                .unwrap()
+                .unwrap();
+            out.push((r, buf[..n].to_vec()));
+        }
+    }
+    out
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    AddCompany(u8),
+    AddContact(u8, u8),
+    Update(bool, u8, u8),
+    Delete(bool, u8),
+    Sync(bool),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => any::<u8>().prop_map(Action::AddCompany),
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Action::AddContact(a, b)),
+        3 => (any::<bool>(), any::<u8>(), any::<u8>()).prop_map(|(a, b, c)| Action::Update(a, b, c)),
+        1 => (any::<bool>(), any::<u8>()).prop_map(|(a, b)| Action::Delete(a, b)),
+        2 => any::<bool>().prop_map(Action::Sync),
+    ]
+}
+
+/// Picks the n-th active record of a table, if any.
+async fn pick<S: LocalStore>(s: &mut S, table: TableId, n: u8) -> Option<LocalId> {
+    let mut active = Vec::new();
+    let mut after = None;
+    while let Some(r) = s.next(table, after, Filter::All).await.unwrap() {
+        after = Some(r.local);
+        if r.meta.is_active {
+            active.push(r.local);
+        }
+    }
+    (!active.is_empty()).then(|| active[n as usize % active.len()])
+}
+
+async fn run<S: LocalStore>(s: &mut S, actions: &[Action]) -> Vec<String> {
+    let mut server = EchoServer::default();
+    let mut log = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        let now = 1_000 + i as u64;
+        let r = match a {
+            Action::AddCompany(n) => {
+                format!(
+                    "{:?}",
+                    track::insert(
+                        &EXAMPLE,
+                        s,
+                        TableId(0),
+                        None,
+                        &company(&format!("c{n}")),
+                        now
+                    )
+                    .await
+                    .map_err(|e| format!("{e:?}"))
+                )
+            }
+            Action::AddContact(p, n) => match pick(s, TableId(0), *p).await {
+                Some(parent) => format!(
+                    "{:?}",
+                    track::insert(
+                        &EXAMPLE,
+                        s,
+                        TableId(1),
+                        Some(parent),
+                        &contact(&format!("p{n}")),
+                        now
+                    )
+                    .await
+                    .map_err(|e| format!("{e:?}"))
+                ),
+                None => "no parent".into(),
+            },
+            Action::Update(is_contact, which, n) => {
+                let (t, b) = if *is_contact {
+                    (TableId(1), contact(&format!("u{n}")))
+                } else {
+                    (TableId(0), company(&format!("u{n}")))
+                };
+                match pick(s, t, *which).await {
+                    Some(l) => format!(
+                        "{:?}",
+                        track::update(&EXAMPLE, s, t, l, &b, now)
+                            .await
+                            .map_err(|e| format!("{e:?}"))
+                    ),
+                    None => "none".into(),
+                }
+            }
+            Action::Delete(is_contact, which) => {
+                let t = TableId(u8::from(*is_contact));
+                match pick(s, t, *which).await {
+                    Some(l) => format!(
+                        "{:?}",
+                        track::delete(&EXAMPLE, s, t, l, now)
+                            .await
+                            .map_err(|e| format!("{e:?}"))
+                    ),
+                    None => "none".into(),
+                }
+            }
+            Action::Sync(full) => {
+                let mode = if *full { Mode::Full } else { Mode::Delta };
+                format!(
+                    "{:?}",
+                    engine::sync::<_, _, N>(&EXAMPLE, s, &mut server, mode)
+                        .await
+                        .map_err(|e| format!("{e:?}"))
+                )
+            }
+        };
+        log.push(r);
+    }
+    log
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Any sequence of local changes and syncs leaves the SQLite store exactly as the reference
+    /// in-memory store: same records, same metadata, same bodies, same answers.
+    #[test]
+    fn sqlite_matches_the_reference_store(actions in proptest::collection::vec(action(), 1..40)) {
+        let mut mem = MemStore::new();
+        let mut sql = SqliteStore::open_in_memory(EXAMPLE).unwrap();
+        let a = block_on(run(&mut mem, &actions));
+        let b = block_on(run(&mut sql, &actions));
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(block_on(dump(&mut mem)), block_on(dump(&mut sql)));
+        prop_assert_eq!(block_on(mem.load_state()).unwrap(), block_on(sql.load_state()).unwrap());
+    }
+}
+
+fn copy_image(db: &Path, to: &Path) {
+    for suffix in ["", "-wal"] {
+        let from = PathBuf::from(format!("{}{suffix}", db.display()));
+        if from.exists() {
+            std::fs::copy(&from, format!("{}{suffix}", to.display())).unwrap();
+        }
+    }
+}
+
+/// A power cut at any point of the reply leaves, on disk, the state before the sync: the image
+/// copied at the cut (database and WAL, as a crash would leave them) opens with every change
+/// still pending, and syncing from it converges.
+#[test]
+fn crash_image_at_any_point_of_the_apply_is_the_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("phone.db");
+    let mut store = SqliteStore::open(&db, EXAMPLE).unwrap();
+    let acme = block_on(track::insert(
+        &EXAMPLE,
+        &mut store,
+        TableId(0),
+        None,
+        &company("ACME"),
+        1,
+    ))
+    .unwrap();
+    for i in 0..5 {
+        block_on(track::insert(
+            &EXAMPLE,
+            &mut store,
+            TableId(1),
+            Some(acme),
+            &contact(&format!("c{i}")),
+            2 + i,
+        ))
+        .unwrap();
+    }
+    let before = block_on(dump(&mut store));
+    drop(store);
+    let mut full_len = {
+        let mut probe = EchoServer::default();
+        let mut s = SqliteStore::open_in_memory(EXAMPLE).unwrap();
+        let a = block_on(track::insert(
+            &EXAMPLE,
+            &mut s,
+            TableId(0),
+            None,
+            &company("ACME"),
+            1,
+        ))
+        .unwrap();
+        for i in 0..5 {
+            block_on(track::insert(
+                &EXAMPLE,
+                &mut s,
+                TableId(1),
+                Some(a),
+                &contact(&format!("c{i}")),
+                2 + i,
+            ))
+            .unwrap();
+        }
+        block_on(engine::sync::<_, _, N>(
+            &EXAMPLE,
+            &mut s,
+            &mut probe,
+            Mode::Delta,
+        ))
+        .unwrap();
+        probe.reply.len()
+    };
+    full_len = full_len.max(1);
+    for cut in (0..full_len).step_by(7) {
+        let work = dir.path().join(format!("work{cut}.db"));
+        let image = dir.path().join(format!("image{cut}.db"));
+        copy_image(&db, &work);
+        let mut store = SqliteStore::open(&work, EXAMPLE).unwrap();
+        let (w, i) = (work.clone(), image.clone());
+        let mut server = EchoServer {
+            cut_at: Some(cut),
+            on_cut: Some(Box::new(move || copy_image(&w, &i))),
+            ..EchoServer::default()
+        };
+        let err = block_on(engine::sync::<_, _, N>(
+            &EXAMPLE,
+            &mut store,
+            &mut server,
+            Mode::Delta,
+        ));
+        assert!(
+            matches!(err, Err(SyncError::Transport(Cut))),
+            "cut {cut}: {err:?}"
+        );
+        // The crash image, and the store after its rollback, both hold the old state.
+        let mut crashed = SqliteStore::open(&image, EXAMPLE).unwrap();
+        assert_eq!(block_on(dump(&mut crashed)), before, "image at cut {cut}");
+        assert_eq!(
+            block_on(track::pending_count(&EXAMPLE, &mut crashed)).unwrap(),
+            6
+        );
+        assert_eq!(
+            block_on(dump(&mut store)),
+            before,
+            "after rollback at cut {cut}"
+        );
+        // And the next sync from the crash image converges.
+        let mut server = EchoServer::default();
+        block_on(engine::sync::<_, _, N>(
+            &EXAMPLE,
+            &mut crashed,
+            &mut server,
+            Mode::Delta,
+        ))
+        .unwrap();
+        assert_eq!(
+            block_on(track::pending_count(&EXAMPLE, &mut crashed)).unwrap(),
+            0
+        );
+    }
+}
+
+#[test]
+fn tables_are_plain_sql_with_sync_columns() {
+    let mut phone = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).unwrap());
+    let acme = phone
+        .insert(
+            "company",
+            &[("name", "ACME"), ("city", "Lyon"), ("phone", "1")],
+        )
+        .unwrap();
+    let id = acme.0.to_string();
+    phone
+        .insert(
+            "contact",
+            &[
+                ("company_id", &id),
+                ("name", "Ann"),
+                ("email", "a@x"),
+                ("phone", "2"),
+            ],
+        )
+        .unwrap();
+    let conn = phone.store().connection();
+    let (name, company_id, modified, active, from_server): (String, i64, bool, bool, bool) = conn
+        .query_row(
+            "SELECT name, company_id, is_modified, is_active, is_from_server FROM contact",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!((name.as_str(), company_id), ("Ann", i64::from(acme.0)));
+    assert!(modified && active && !from_server);
+    // Errors name the problem and the fix.
+    let e = phone
+        .insert("company", &[("nme", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown field `nme`") && e.contains("name, city, phone"),
+        "{e}"
+    );
+    let e = phone
+        .insert("company", &[("name", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("field `city` of `company` is required"), "{e}");
+    let e = phone.insert("compny", &[]).unwrap_err().to_string();
+    assert!(e.contains("unknown table `compny`"), "{e}");
+    // Partial update keeps the other fields.
+    phone.update("company", acme, &[("city", "Paris")]).unwrap();
+    let row = phone.get("company", acme).unwrap().unwrap();
+    assert_eq!(row.values[0].to_string(), "ACME");
+    assert_eq!(row.values[1].to_string(), "Paris");
+    phone.delete("company", acme).unwrap();
+    assert_eq!(phone.pending().unwrap().len(), 2);
+    assert!(phone
+        .pending()
+        .unwrap()
+        .iter()
+        .all(|r| !r.record.meta.is_active));
+}
+
+#[test]
+fn a_file_made_for_another_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    drop(SqliteStore::open(&db, EXAMPLE).unwrap());
+    let mut tables = [EXAMPLE.tables[0], EXAMPLE.tables[1]];
+    tables[0].name = "firm";
+    let other = ferrysync_core::Schema {
+        tables: Box::leak(Box::new(tables)),
+    };
+    match SqliteStore::open(&db, other) {
+        Err(StoreError::SchemaChanged { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened a file made for another schema"),
+    }
+}
