@@ -34,7 +34,7 @@ pub struct TestServer {
     pub server: Arc<Server>,
     pub db_path: PathBuf,
     pub schema: LoadedSchema,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     task: Option<tokio::task::JoinHandle<io::Result<()>>>,
     client: Client<HttpConnector, ReqBody>,
     _dir: tempfile::TempDir,
@@ -74,7 +74,7 @@ impl TestServer {
             server,
             db_path,
             schema,
-            stop: Some(stop),
+            stop: std::sync::Mutex::new(Some(stop)),
             task: Some(task),
             client,
             _dir: dir,
@@ -190,6 +190,9 @@ impl TestServer {
             .post_sync(Some(&dev.token), encode_request(hello, changes))
             .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+        // The server ends its sync (gauge, slot) just after the last byte: tests that count
+        // syncs in flight start from zero.
+        self.wait_idle().await;
         decode_reply(hello.batch_id, &a.body).unwrap()
     }
 
@@ -215,10 +218,16 @@ impl TestServer {
         panic!("never saw {n} syncs in flight");
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+    /// Signals the server to stop (it finishes what is in flight); `stop` waits for it.
+    pub fn begin_stop(&self) -> bool {
+        match self.stop.lock().unwrap().take() {
+            Some(s) => s.send(()).is_ok(),
+            None => false,
         }
+    }
+
+    pub async fn stop(mut self) {
+        self.begin_stop();
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
@@ -361,7 +370,7 @@ pub fn at(device: u32, offset_ms: i64) -> Hlc {
     Hlc::new((now() as i64 + offset_ms) as u64, 0, device)
 }
 
-pub fn frame(msg: &Request<'_>) -> Vec<u8> {
+pub fn frame<M: serde::Serialize>(msg: &M) -> Vec<u8> {
     let mut enc: FrameEncoder<MAX_FRAME> = FrameEncoder::new();
     enc.encode(msg).unwrap().to_vec()
 }

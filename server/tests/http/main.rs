@@ -4,5 +4,10 @@
 mod common;
 
 mod conflicts;
+mod delta;
+mod errors;
+mod hierarchy;
+mod ops;
 mod rejections;
+mod scopes;
 mod story;
