@@ -143,7 +143,7 @@ pub fn view(phone: &mut Phone) -> View {
     out
 }
 
-/// Where [`Faulty`] fails a sync.
+/// Where [`FaultyLink`] fails a sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The link fails before anything is sent.
