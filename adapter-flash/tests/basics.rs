@@ -1,0 +1,131 @@
+//! The flash store behaves as the in-memory model on the change-tracking API and the engine.
+
+mod common;
+
+use common::*;
+use ferrysync_core::mem::MemStore;
+use ferrysync_core::schema::EXAMPLE;
+use ferrysync_core::store::LocalStore;
+use ferrysync_core::track;
+use pollster::block_on;
+
+/// Runs the same story on a store: offline work, syncs, server-side changes.
+fn story<S: LocalStore>(s: &mut S) -> Vec<Snapshot>
+where
+    S::Error: std::fmt::Debug,
+{
+    let mut server = FakeServer::new();
+    let other = server.add(CO, None, company("Other"));
+    server.add(CT, Some(other), contact("Olga"));
+    let mut shots = Vec::new();
+    let c = block_on(track::insert(&EXAMPLE, s, CO, None, &company("ACME"), 1000)).unwrap();
+    let a = block_on(track::insert(
+        &EXAMPLE,
+        s,
+        CT,
+        Some(c),
+        &contact("Ann"),
+        1001,
+    ))
+    .unwrap();
+    let b = block_on(track::insert(
+        &EXAMPLE,
+        s,
+        CT,
+        Some(c),
+        &contact("Bob"),
+        1002,
+    ))
+    .unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    sync_with(s, &mut server).unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    assert!(block_on(pending(s)).unwrap().is_empty());
+    block_on(track::update(&EXAMPLE, s, CT, a, &contact("Ann 2"), 2000)).unwrap();
+    block_on(track::delete(&EXAMPLE, s, CT, b, 2001)).unwrap();
+    let d = block_on(track::insert(
+        &EXAMPLE,
+        s,
+        CT,
+        Some(c),
+        &contact("Dan"),
+        2002,
+    ))
+    .unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    server.delete(CO, other);
+    let new = server.add(CO, None, company("New Co"));
+    server.add(CT, Some(new), contact("Nina"));
+    sync_with(s, &mut server).unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    // A refused update lands in the rejected log; the next sync is a full refresh.
+    block_on(track::update(&EXAMPLE, s, CT, d, &contact("Dan 2"), 3000)).unwrap();
+    let dan = block_on(s.get(CT, d)).unwrap().unwrap();
+    server.refuse.push(dan.server.unwrap().0);
+    sync_with(s, &mut server).unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    sync_with(s, &mut server).unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    block_on(track::clear_rejected(s)).unwrap();
+    block_on(track::delete(&EXAMPLE, s, CO, c, 4000)).unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    sync_with(s, &mut server).unwrap();
+    shots.push(block_on(snapshot(s)).unwrap());
+    shots
+}
+
+#[test]
+fn same_story_same_data_as_the_model() {
+    let mut mem = MemStore::new();
+    let want = story(&mut mem);
+    let mut flash = small_store(small_flash());
+    let got = story(&mut flash);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "step {i}");
+    }
+    assert!(!want[4].rejected.is_empty());
+    // And a fresh mount of the same flash reads the same.
+    let mut again = small_store(flash.into_flash());
+    assert_eq!(
+        &block_on(snapshot(&mut again)).unwrap(),
+        want.last().unwrap()
+    );
+}
+
+#[test]
+fn fresh_store_is_empty_and_default() {
+    let mut s = small_store(small_flash());
+    let snap = block_on(snapshot(&mut s)).unwrap();
+    assert_eq!(snap.state, Default::default());
+    assert!(snap.records.is_empty() && snap.rejected.is_empty());
+}
+
+#[test]
+fn rollback_drops_writes_and_keeps_numbering_safe() {
+    let mut s = small_store(small_flash());
+    let c = block_on(track::insert(&EXAMPLE, &mut s, CO, None, &company("A"), 1)).unwrap();
+    for i in 0..20 {
+        let before = block_on(snapshot(&mut s)).unwrap();
+        block_on(s.begin()).unwrap();
+        let mut rec = block_on(s.get(CO, c)).unwrap().unwrap();
+        rec.mark = 100 + i;
+        block_on(s.put(&rec, Some(&company("B")))).unwrap();
+        block_on(s.remove(CO, c)).unwrap();
+        assert_eq!(block_on(s.get(CO, c)).unwrap(), None, "own remove visible");
+        block_on(s.rollback()).unwrap();
+        assert_eq!(block_on(snapshot(&mut s)).unwrap(), before);
+        // Commit something after each rollback: each leaves a hole to remember or heal.
+        block_on(track::update(
+            &EXAMPLE,
+            &mut s,
+            CO,
+            c,
+            &company("A"),
+            10 + i as u64,
+        ))
+        .unwrap();
+    }
+    let after = block_on(snapshot(&mut s)).unwrap();
+    let mut again = small_store(s.into_flash());
+    assert_eq!(block_on(snapshot(&mut again)).unwrap(), after);
+}

@@ -1,0 +1,400 @@
+//! Shared test helpers: a mock flash, a scripted transport, a small fake server, snapshots.
+#![allow(dead_code)]
+
+use ferrysync_core::body::{encode, Value};
+use ferrysync_core::engine::{self, SyncError, SyncReport};
+use ferrysync_core::frame::{FrameDecoder, FrameEncoder};
+use ferrysync_core::hlc::Hlc;
+use ferrysync_core::id::{LocalId, RecordRef, ServerId, TableId};
+use ferrysync_core::schema::EXAMPLE;
+use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
+use ferrysync_core::transport::Transport;
+use ferrysync_core::wire::{
+    Accepted, Done, Mapping, Mode, Op, RejectReason, Rejected, Remove, Reply, Request, Upsert,
+};
+use ferrysync_flash::{store_cache, FlashStore, StoreCache};
+use pollster::block_on;
+use sequential_storage::mock_flash::{MockFlashBase, WriteCountCheck};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const N: usize = 1024;
+pub const CO: TableId = TableId(0);
+pub const CT: TableId = TableId(1);
+
+/// A small NOR flash: 16 pages of 1 KiB, 4-byte words.
+pub type Small = MockFlashBase<16, 4, 256>;
+pub type SmallStore = FlashStore<Small, StoreCache<16, 64>, 640, 8>;
+
+pub fn small_flash() -> Small {
+    MockFlashBase::new(WriteCountCheck::Twice, None, true)
+}
+
+pub fn small_store(flash: Small) -> SmallStore {
+    FlashStore::try_new(flash, Small::FULL_FLASH_RANGE, store_cache()).unwrap()
+}
+
+/// A transport that records the request and plays back a reply produced by a callback.
+#[derive(Default)]
+pub struct Script {
+    pub sent: Vec<u8>,
+    pub reply: Vec<u8>,
+    pub pos: usize,
+    pub chunk: usize,
+    pub server: Option<FakeServer>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Fail;
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("link down")
+    }
+}
+
+impl Transport for Script {
+    type Error = Fail;
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fail> {
+        self.sent.extend_from_slice(bytes);
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<(), Fail> {
+        if let Some(server) = self.server.as_mut() {
+            self.reply = server.handle(&self.sent);
+            self.pos = 0;
+        }
+        Ok(())
+    }
+    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, Fail> {
+        let chunk = if self.chunk == 0 {
+            buf.len()
+        } else {
+            self.chunk
+        };
+        let n = chunk.min(buf.len()).min(self.reply.len() - self.pos);
+        buf[..n].copy_from_slice(&self.reply[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+pub fn company(name: &str) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    encode(
+        &EXAMPLE.tables[0],
+        &[Value::Text(name), Value::Text("Lyon"), Value::Text("1")],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+pub fn contact(name: &str) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    encode(
+        &EXAMPLE.tables[1],
+        &[Value::Text(name), Value::Text("a@b"), Value::Text("2")],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+#[derive(Clone, Debug)]
+struct SRec {
+    parent: Option<u64>,
+    body: Vec<u8>,
+    at: Hlc,
+    seq: u64,
+}
+
+/// A tiny in-memory server for the example schema: maps adds, applies updates and deletes
+/// (cascading), and answers with a full refresh or a delta since the device's cursor.
+#[derive(Clone, Debug, Default)]
+pub struct FakeServer {
+    next_id: u64,
+    seq: u64,
+    recs: BTreeMap<(u8, u64), SRec>,
+    removed: Vec<(u8, u64, u64)>,
+    /// Server ids the next reply rejects updates of (to exercise the rejected log).
+    pub refuse: Vec<u64>,
+}
+
+impl FakeServer {
+    pub fn new() -> Self {
+        FakeServer {
+            next_id: 100,
+            ..Default::default()
+        }
+    }
+
+    /// Adds a record as if another device had created it; returns its id.
+    pub fn add(&mut self, table: TableId, parent: Option<u64>, body: Vec<u8>) -> u64 {
+        self.next_id += 1;
+        self.seq += 1;
+        let id = self.next_id;
+        self.recs.insert(
+            (table.0, id),
+            SRec {
+                parent,
+                body,
+                at: Hlc::new(1_000 + self.seq, 0, 0),
+                seq: self.seq,
+            },
+        );
+        id
+    }
+
+    pub fn ids(&self, table: TableId) -> Vec<u64> {
+        self.recs
+            .keys()
+            .filter(|k| k.0 == table.0)
+            .map(|k| k.1)
+            .collect()
+    }
+
+    /// Deletes a record (and its children) as if another device had.
+    pub fn delete(&mut self, table: TableId, id: u64) {
+        self.seq += 1;
+        let seq = self.seq;
+        if self.recs.remove(&(table.0, id)).is_some() {
+            self.removed.push((table.0, id, seq));
+            if table == CO {
+                let kids: Vec<u64> = self
+                    .recs
+                    .iter()
+                    .filter(|(k, r)| k.0 == CT.0 && r.parent == Some(id))
+                    .map(|(k, _)| k.1)
+                    .collect();
+                for k in kids {
+                    self.recs.remove(&(CT.0, k));
+                    self.removed.push((CT.0, k, seq));
+                }
+            }
+        }
+    }
+
+    pub fn handle(&mut self, request: &[u8]) -> Vec<u8> {
+        let mut dec = FrameDecoder::<N>::new();
+        let mut pos = 0;
+        let mut hello = None;
+        let mut changes = Vec::new();
+        while pos < request.len() {
+            let fed = dec.feed::<Request<'_>>(&request[pos..]);
+            pos += fed.consumed;
+            match fed.result.unwrap() {
+                None => {}
+                Some(Request::Hello(h)) => hello = Some(h),
+                Some(Request::Change(c)) => changes.push((
+                    c.table,
+                    c.op,
+                    c.key,
+                    c.parent,
+                    c.modified_at,
+                    c.body.to_vec(),
+                )),
+                Some(Request::End(_)) => {}
+            }
+        }
+        let hello = hello.unwrap();
+        let mut mappings = Vec::new();
+        let mut rejected = Vec::new();
+        let mut map: BTreeMap<(u8, u32), u64> = BTreeMap::new();
+        for (table, op, key, parent, at, body) in changes {
+            match (op, key) {
+                (Op::Add, RecordRef::Local(l)) => {
+                    let parent = match parent {
+                        None => None,
+                        Some(RecordRef::Local(pl)) => map.get(&(CO.0, pl.0)).copied(),
+                        Some(RecordRef::Server(ps)) => {
+                            self.recs.contains_key(&(CO.0, ps.0)).then_some(ps.0)
+                        }
+                    };
+                    if table == CT && parent.is_none() {
+                        rejected.push((table, op, key, RejectReason::ParentMissing, body));
+                        continue;
+                    }
+                    self.next_id += 1;
+                    self.seq += 1;
+                    let id = self.next_id;
+                    map.insert((table.0, l.0), id);
+                    self.recs.insert(
+                        (table.0, id),
+                        SRec {
+                            parent,
+                            body,
+                            at,
+                            seq: self.seq,
+                        },
+                    );
+                    mappings.push(Mapping {
+                        table,
+                        local: l,
+                        server: ServerId(id),
+                    });
+                }
+                (Op::Update, RecordRef::Server(s)) => {
+                    if self.refuse.contains(&s.0) {
+                        rejected.push((table, op, key, RejectReason::InvalidBody, body));
+                        continue;
+                    }
+                    self.seq += 1;
+                    let seq = self.seq;
+                    match self.recs.get_mut(&(table.0, s.0)) {
+                        Some(r) if at > r.at => {
+                            r.body = body;
+                            r.at = at;
+                            r.seq = seq;
+                        }
+                        Some(_) => {}
+                        None => rejected.push((table, op, key, RejectReason::Deleted, body)),
+                    }
+                }
+                (Op::Delete, RecordRef::Server(s)) => self.delete(table, s.0),
+                _ => {}
+            }
+        }
+        self.refuse.clear();
+        let mut enc = FrameEncoder::<N>::new();
+        let mut out = Vec::new();
+        let mut count = 0u32;
+        let mut put = |out: &mut Vec<u8>, m: &Reply<'_>| {
+            out.extend_from_slice(enc.encode(m).unwrap());
+        };
+        put(
+            &mut out,
+            &Reply::Accepted(Accepted {
+                batch_id: hello.batch_id,
+                server_time: 10_000 + self.seq,
+            }),
+        );
+        for m in &mappings {
+            put(&mut out, &Reply::Mapping(*m));
+            count += 1;
+        }
+        for (table, op, key, reason, body) in &rejected {
+            put(
+                &mut out,
+                &Reply::Rejected(Rejected {
+                    table: *table,
+                    op: *op,
+                    key: *key,
+                    reason: *reason,
+                    body,
+                }),
+            );
+            count += 1;
+        }
+        let since = match hello.mode {
+            Mode::Full => {
+                put(&mut out, &Reply::Reset);
+                count += 1;
+                0
+            }
+            Mode::Delta => hello.cursor.unwrap_or(0),
+        };
+        for ((t, id), r) in &self.recs {
+            if r.seq > since {
+                put(
+                    &mut out,
+                    &Reply::Upsert(Upsert {
+                        table: TableId(*t),
+                        id: ServerId(*id),
+                        parent: r.parent.map(ServerId),
+                        modified_at: r.at,
+                        body: &r.body,
+                    }),
+                );
+                count += 1;
+            }
+        }
+        if hello.mode == Mode::Delta {
+            for (t, id, seq) in &self.removed {
+                if *seq > since {
+                    put(
+                        &mut out,
+                        &Reply::Remove(Remove {
+                            table: TableId(*t),
+                            id: ServerId(*id),
+                        }),
+                    );
+                    count += 1;
+                }
+            }
+        }
+        put(
+            &mut out,
+            &Reply::Done(Done {
+                cursor: self.seq,
+                count,
+            }),
+        );
+        out
+    }
+}
+
+/// Everything a store holds, in a comparable form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub state: DeviceState,
+    pub records: Vec<(Record, Vec<u8>)>,
+    pub rejected: Vec<(RejectedEntry, Vec<u8>)>,
+}
+
+pub async fn snapshot<S: LocalStore>(s: &mut S) -> Result<Snapshot, S::Error> {
+    let state = s.load_state().await?;
+    let mut records = Vec::new();
+    let mut buf = [0u8; N];
+    for t in 0..EXAMPLE.tables.len() {
+        let mut after = None;
+        while let Some(r) = s.next(TableId(t as u8), after, Filter::All).await? {
+            after = Some(r.local);
+            let n = s.get_body(r.table, r.local, &mut buf).await?.unwrap();
+            assert_eq!(
+                s.get(r.table, r.local).await?,
+                Some(r),
+                "get agrees with next"
+            );
+            records.push((r, buf[..n].to_vec()));
+        }
+    }
+    let mut rejected = Vec::new();
+    let mut after = None;
+    while let Some((e, n)) = s.next_rejected(after, &mut buf).await? {
+        after = Some(e.seq);
+        rejected.push((e, buf[..n].to_vec()));
+    }
+    Ok(Snapshot {
+        state,
+        records,
+        rejected,
+    })
+}
+
+pub async fn pending<S: LocalStore>(s: &mut S) -> Result<Vec<(TableId, LocalId)>, S::Error> {
+    let mut out = Vec::new();
+    for t in 0..EXAMPLE.tables.len() {
+        let mut after = None;
+        while let Some(r) = s.next(TableId(t as u8), after, Filter::Pending).await? {
+            after = Some(r.local);
+            out.push((r.table, r.local));
+        }
+    }
+    Ok(out)
+}
+
+/// One sync against `server`.
+pub fn sync_with<S: LocalStore>(
+    s: &mut S,
+    server: &mut FakeServer,
+) -> Result<SyncReport, SyncError<S::Error, Fail>> {
+    let mut t = Script {
+        server: Some(server.clone()),
+        ..Script::default()
+    };
+    let r = block_on(engine::sync::<_, _, N>(&EXAMPLE, s, &mut t, Mode::Delta));
+    if r.is_ok() {
+        *server = t.server.take().unwrap();
+    }
+    r
+}
