@@ -2,6 +2,7 @@
 //! holding its clap `Args`/`Subcommand` type, a module `cli/client.rs` with a
 //! `pub fn run(args) -> Result<(), CliError>`, and one arm in [`run`].
 
+mod client;
 mod device;
 mod serve;
 
@@ -26,6 +27,8 @@ pub enum Command {
     /// Manage devices and their tokens.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// A phone-like device on a local SQLite file: add, update, delete, list, sync.
+    Client(client::ClientArgs),
 }
 
 /// Runs a parsed command line.
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Device(cmd) => device::run(cmd),
+        Command::Client(args) => client::run(args),
     }
 }
 

@@ -1,0 +1,307 @@
+//! `ferrysync client`: a phone-like device on a local SQLite file, for trying ferrysync from a
+//! shell and for scripts.
+
+use super::CliError;
+use clap::{Args, Subcommand};
+use ferrysync_core::id::LocalId;
+use ferrysync_core::wire::Mode;
+use ferrysync_server::LoadedSchema;
+use ferrysync_sqlite::{HttpTransport, Phone, Row};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Options of `client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The device's database file (created on first use).
+    #[arg(long, default_value = "phone.db")]
+    db: PathBuf,
+    /// Server URL, for `sync`.
+    #[arg(
+        long,
+        env = "FERRYSYNC_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    server: String,
+    /// Bearer token from `ferrysync device add`, for `sync`.
+    #[arg(long, env = "FERRYSYNC_TOKEN")]
+    token: Option<String>,
+    /// Schema file; the built-in company/contact example when absent.
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+/// Device commands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a record offline: `add company name=ACME city=Lyon phone=1`; a detail names its
+    /// parent's local id in its parent field (`company_id=5`). Prints the new local id.
+    Add {
+        /// Table name.
+        table: String,
+        /// `field=value` pairs.
+        fields: Vec<String>,
+    },
+    /// Change fields of a record: `update company 5 city=Paris`.
+    Update {
+        /// Table name.
+        table: String,
+        /// Local id.
+        id: u32,
+        /// `field=value` pairs.
+        fields: Vec<String>,
+    },
+    /// Delete a record (and its details); soft until the server confirms.
+    Delete {
+        /// Table name.
+        table: String,
+        /// Local id.
+        id: u32,
+    },
+    /// List a table's records with their sync state.
+    List {
+        /// Table name.
+        table: String,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the changes the next sync will send.
+    Pending,
+    /// Show the changes the server refused.
+    Rejected {
+        /// Empty the log after showing it.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Sync with the server: send pending changes, apply the reply.
+    Sync {
+        /// Ask for a full refresh instead of the changes since the last sync.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+fn pairs(fields: &[String]) -> Result<Vec<(&str, &str)>, CliError> {
+    fields
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .ok_or_else(|| CliError(format!("`{f}` is not field=value (example: name=ACME)")))
+        })
+        .collect()
+}
+
+fn status(row: &Row) -> &'static str {
+    let m = &row.record.meta;
+    match (m.is_active, m.is_from_server, m.is_modified) {
+        (false, _, _) => "deleted",
+        (true, false, _) => "new",
+        (true, true, true) => "modified",
+        (true, true, false) => "synced",
+    }
+}
+
+/// Prints rows as an aligned table: id, server id, state, parent, fields.
+fn print_rows(phone: &Phone, table: &str, rows: &[Row]) -> Result<(), CliError> {
+    let (_, def) = phone.table(table).map_err(|e| CliError(e.to_string()))?;
+    let mut header = vec!["id".to_owned(), "server_id".into(), "state".into()];
+    if let Some(p) = def.parent_field {
+        header.push(format!("{p} (local)"));
+    }
+    header.extend(def.fields.iter().map(|f| f.name.to_owned()));
+    let mut lines = vec![header];
+    for r in rows {
+        let mut line = vec![
+            r.record.local.0.to_string(),
+            r.record.server.map_or("-".into(), |s| s.0.to_string()),
+            status(r).into(),
+        ];
+        if def.parent_field.is_some() {
+            line.push(r.record.parent.map_or("-".into(), |p| p.0.to_string()));
+        }
+        line.extend(r.values.iter().map(ToString::to_string));
+        lines.push(line);
+    }
+    let widths: Vec<usize> = (0..lines[0].len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+fn json_row(phone: &Phone, table: &str, r: &Row) -> Result<String, CliError> {
+    let (_, def) = phone.table(table).map_err(|e| CliError(e.to_string()))?;
+    let mut obj = serde_json::Map::new();
+    obj.insert("id".into(), r.record.local.0.into());
+    obj.insert(
+        "server_id".into(),
+        r.record
+            .server
+            .map_or(serde_json::Value::Null, |s| s.0.into()),
+    );
+    if let Some(p) = def.parent_field {
+        obj.insert(
+            p.into(),
+            r.record
+                .parent
+                .map_or(serde_json::Value::Null, |p| p.0.into()),
+        );
+    }
+    for (f, v) in def.fields.iter().zip(&r.values) {
+        obj.insert(f.name.into(), v.to_json());
+    }
+    let m = &r.record.meta;
+    obj.insert("is_from_server".into(), m.is_from_server.into());
+    obj.insert("is_modified".into(), m.is_modified.into());
+    obj.insert("is_active".into(), m.is_active.into());
+    Ok(serde_json::Value::Object(obj).to_string())
+}
+
+/// Opens the phone database for the schema given (or the built-in one).
+pub fn open_phone(db: &PathBuf, schema: Option<&PathBuf>) -> Result<Phone, CliError> {
+    let schema = match schema {
+        Some(path) => LoadedSchema::load(path)
+            .map_err(|e| CliError(format!("{e} (in {})", path.display())))?,
+        None => LoadedSchema::example(),
+    };
+    Phone::open(db, schema.schema())
+        .map_err(|e| CliError(format!("cannot open device database {}: {e}", db.display())))
+}
+
+/// Runs a client command.
+pub fn run(args: ClientArgs) -> Result<(), CliError> {
+    let mut phone = open_phone(&args.db, args.schema.as_ref())?;
+    let err = |e: ferrysync_sqlite::Error| CliError(e.to_string());
+    match args.command {
+        ClientCommand::Add { table, fields } => {
+            let id = phone.insert(&table, &pairs(&fields)?).map_err(err)?;
+            println!("{}", id.0);
+        }
+        ClientCommand::Update { table, id, fields } => {
+            phone
+                .update(&table, LocalId(id), &pairs(&fields)?)
+                .map_err(err)?;
+            println!("updated {table} {id}");
+        }
+        ClientCommand::Delete { table, id } => {
+            phone.delete(&table, LocalId(id)).map_err(err)?;
+            println!("deleted {table} {id} (and its details); the next sync tells the server");
+        }
+        ClientCommand::List { table, json } => {
+            let rows = phone.list(&table).map_err(err)?;
+            if json {
+                for r in &rows {
+                    println!("{}", json_row(&phone, &table, r)?);
+                }
+            } else {
+                print_rows(&phone, &table, &rows)?;
+            }
+        }
+        ClientCommand::Pending => {
+            let rows = phone.pending().map_err(err)?;
+            if rows.is_empty() {
+                println!("nothing to send");
+            }
+            let schema = *phone.schema();
+            for r in rows {
+                let name = schema.tables[r.record.table.0 as usize].name;
+                let vals: Vec<String> = r.values.iter().map(ToString::to_string).collect();
+                println!(
+                    "{} {name} {} [{}]",
+                    status(&r),
+                    r.record.local.0,
+                    vals.join(", ")
+                );
+            }
+        }
+        ClientCommand::Rejected { clear } => {
+            let rows = phone.rejected().map_err(err)?;
+            if rows.is_empty() {
+                println!("no rejected changes");
+            }
+            for r in &rows {
+                println!("{r}");
+            }
+            if clear {
+                phone.clear_rejected().map_err(err)?;
+                println!("rejected log cleared");
+            }
+        }
+        ClientCommand::Sync { full } => {
+            let token = args.token.ok_or_else(|| {
+                CliError(
+                    "sync needs a token: pass --token TOKEN (or set FERRYSYNC_TOKEN); \
+                     get one with `ferrysync device add --scope SCOPE`"
+                        .into(),
+                )
+            })?;
+            sync(&mut phone, &args.server, &token, full)?;
+        }
+    }
+    Ok(())
+}
+
+/// Syncs and prints what was sent, mapped, rejected and received.
+pub fn sync(phone: &mut Phone, server: &str, token: &str, full: bool) -> Result<(), CliError> {
+    // Remember the records the server does not know yet, to print their new ids after.
+    let schema = *phone.schema();
+    let mut unmapped = BTreeMap::new();
+    for r in phone.pending().map_err(|e| CliError(e.to_string()))? {
+        if r.record.server.is_none() && r.record.meta.is_active {
+            unmapped.insert((r.record.table, r.record.local), ());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))?;
+    let mut link = HttpTransport::new(server, token);
+    let mode = if full { Mode::Full } else { Mode::Delta };
+    let report = rt
+        .block_on(phone.sync(&mut link, mode))
+        .map_err(|e| CliError(format!("sync failed, nothing changed on this device: {e}")))?;
+    println!(
+        "sent {} changes ({} bytes), received {} records and {} removals ({} bytes){}",
+        report.sent,
+        link.bytes_sent,
+        report.upserts,
+        report.removes,
+        link.bytes_received,
+        if report.full { ", full refresh" } else { "" }
+    );
+    for (table, local) in unmapped.keys() {
+        let name = schema.tables[table.0 as usize].name;
+        let now = phone
+            .get(name, *local)
+            .map_err(|e| CliError(e.to_string()))?;
+        match now.and_then(|r| r.record.server) {
+            Some(s) => println!("mapped {name} local {} -> server {}", local.0, s.0),
+            None => println!("not mapped {name} local {} (see `rejected`)", local.0),
+        }
+    }
+    if report.rejected > 0 {
+        println!(
+            "{} changes rejected: see `ferrysync client rejected`",
+            report.rejected
+        );
+    }
+    println!("cursor {}", report.cursor);
+    Ok(())
+}
