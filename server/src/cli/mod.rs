@@ -3,6 +3,7 @@
 //! `pub fn run(args) -> Result<(), CliError>`, and one arm in [`run`].
 
 mod client;
+mod demo;
 mod device;
 mod serve;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Device(device::DeviceCommand),
     /// A phone-like device on a local SQLite file: add, update, delete, list, sync.
     Client(client::ClientArgs),
+    /// Play the pattern's story end to end: a server, two devices, offline edits, a conflict,
+    /// syncs; prints the id map and the final tables side by side.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs a parsed command line.
@@ -37,6 +41,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve::run(args),
         Command::Device(cmd) => device::run(cmd),
         Command::Client(args) => client::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 
