@@ -288,6 +288,12 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         self.map.destroy().0
     }
 
+    /// Ranges of aborted transactions the committed state remembers (at most [`MAX_HOLES`]
+    /// before the store heals them). For diagnostics and tests.
+    pub fn aborted_ranges(&self) -> usize {
+        self.state.holes.len()
+    }
+
     /// Size of one map item for a payload of `payload` bytes with a committed version of
     /// `prev` bytes (header and padding included), for sizing partitions.
     pub fn item_size(payload: usize, prev: usize) -> usize {
@@ -786,17 +792,22 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
             return Ok(None);
         }
         let mut after = after.map(|a| a.0);
-        // With room for one record, a pass always settles the answer; the third is a bug.
-        for _ in 0..3 {
+        // Each pass starts further than the last (records passing the filter only in versions
+        // superseded later can cut a pass short); a pass that does not is a bug.
+        let mut last: Option<Option<u32>> = None;
+        loop {
             match self.cursor.answer(table, after, filter) {
                 Ok(found) => return Ok(found),
                 Err(start) => {
+                    if last.is_some_and(|l| l >= start) {
+                        return Err(FlashError::Logic);
+                    }
                     self.fill_cursor(table, start, filter).await?;
+                    last = Some(start);
                     after = start;
                 }
             }
         }
-        Err(FlashError::Logic)
     }
 
     async fn push_rejected(

@@ -104,6 +104,7 @@ fn fresh_store_is_empty_and_default() {
 fn rollback_drops_writes_and_keeps_numbering_safe() {
     let mut s = small_store(small_flash());
     let c = block_on(track::insert(&EXAMPLE, &mut s, CO, None, &company("A"), 1)).unwrap();
+    let mut seen: Vec<usize> = Vec::new();
     for i in 0..20 {
         let before = block_on(snapshot(&mut s)).unwrap();
         block_on(s.begin()).unwrap();
@@ -124,7 +125,15 @@ fn rollback_drops_writes_and_keeps_numbering_safe() {
             10 + i as u64,
         ))
         .unwrap();
+        seen.push(s.aborted_ranges());
     }
+    // The aborted ranges fill up, get healed, fill up again.
+    assert_eq!(
+        seen.iter().max(),
+        Some(&ferrysync_flash::MAX_HOLES),
+        "{seen:?}"
+    );
+    assert!(seen.windows(2).any(|w| w[1] < w[0]), "{seen:?}");
     let after = block_on(snapshot(&mut s)).unwrap();
     let mut again = small_store(s.into_flash());
     assert_eq!(block_on(snapshot(&mut again)).unwrap(), after);

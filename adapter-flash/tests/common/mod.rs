@@ -398,3 +398,132 @@ pub fn sync_with<S: LocalStore>(
     }
     r
 }
+
+/// One step of a scenario, applied the same way to any store.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A company, or a contact under the `parent`-th active company.
+    Insert { parent: Option<usize>, name: String },
+    /// Update the `idx`-th active record (over both tables).
+    Update { idx: usize, name: String },
+    /// Delete the `idx`-th active record.
+    Delete { idx: usize },
+    /// A sync against the fake server.
+    Sync,
+    /// Another device adds a company with `kids` contacts on the server.
+    ServerAdd { kids: usize },
+    /// Another device deletes the `idx`-th company on the server.
+    ServerDelete { idx: usize },
+    /// The server refuses the next update of the `idx`-th synced record.
+    Refuse { idx: usize },
+    /// The app clears the rejected log.
+    ClearRejected,
+    /// A transaction that rewrites every record and is rolled back.
+    Abort,
+}
+
+async fn active<S: LocalStore>(s: &mut S, table: Option<TableId>) -> Result<Vec<Record>, S::Error> {
+    let mut out = Vec::new();
+    for t in 0..EXAMPLE.tables.len() {
+        if table.is_some_and(|x| x.0 as usize != t) {
+            continue;
+        }
+        let mut after = None;
+        while let Some(r) = s.next(TableId(t as u8), after, Filter::All).await? {
+            after = Some(r.local);
+            if r.meta.is_active {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Step {
+    /// Applies the step; `now` is the wall clock. Errors are reported as text (a store error
+    /// or a power cut).
+    pub fn apply<S: LocalStore>(
+        &self,
+        s: &mut S,
+        server: &mut FakeServer,
+        now: u64,
+    ) -> Result<(), String>
+    where
+        S::Error: fmt::Debug,
+    {
+        use ferrysync_core::track;
+        let e = |e: &dyn fmt::Debug| format!("{e:?}");
+        match self {
+            Step::Insert { parent, name } => {
+                let (table, parent, body) = match parent {
+                    None => (CO, None, company(name)),
+                    Some(i) => {
+                        let cos = block_on(active(s, Some(CO))).map_err(|x| e(&x))?;
+                        if cos.is_empty() {
+                            return Ok(());
+                        }
+                        (CT, Some(cos[i % cos.len()].local), contact(name))
+                    }
+                };
+                block_on(track::insert(&EXAMPLE, s, table, parent, &body, now))
+                    .map(|_| ())
+                    .map_err(|x| e(&x))
+            }
+            Step::Update { idx, name } => {
+                let all = block_on(active(s, None)).map_err(|x| e(&x))?;
+                if all.is_empty() {
+                    return Ok(());
+                }
+                let r = all[idx % all.len()];
+                let body = if r.table == CO {
+                    company(name)
+                } else {
+                    contact(name)
+                };
+                block_on(track::update(&EXAMPLE, s, r.table, r.local, &body, now))
+                    .map_err(|x| e(&x))
+            }
+            Step::Delete { idx } => {
+                let all = block_on(active(s, None)).map_err(|x| e(&x))?;
+                if all.is_empty() {
+                    return Ok(());
+                }
+                let r = all[idx % all.len()];
+                block_on(track::delete(&EXAMPLE, s, r.table, r.local, now)).map_err(|x| e(&x))
+            }
+            Step::Sync => sync_with(s, server).map(|_| ()).map_err(|x| e(&x)),
+            Step::ServerAdd { kids } => {
+                let c = server.add(CO, None, company("Remote"));
+                for k in 0..*kids {
+                    server.add(CT, Some(c), contact(&format!("Kid {k}")));
+                }
+                Ok(())
+            }
+            Step::ServerDelete { idx } => {
+                let ids = server.ids(CO);
+                if !ids.is_empty() {
+                    server.delete(CO, ids[idx % ids.len()]);
+                }
+                Ok(())
+            }
+            Step::Refuse { idx } => {
+                let all = block_on(active(s, None)).map_err(|x| e(&x))?;
+                let synced: Vec<_> = all.iter().filter_map(|r| r.server).collect();
+                if !synced.is_empty() {
+                    server.refuse.push(synced[idx % synced.len()].0);
+                }
+                Ok(())
+            }
+            Step::ClearRejected => block_on(track::clear_rejected(s)).map_err(|x| e(&x)),
+            Step::Abort => {
+                let all = block_on(active(s, None)).map_err(|x| e(&x))?;
+                block_on(s.begin()).map_err(|x| e(&x))?;
+                for mut r in all {
+                    r.mark = r.mark.wrapping_add(1000);
+                    block_on(s.put(&r, Some(b"junk"))).map_err(|x| e(&x))?;
+                }
+                block_on(s.rollback()).map_err(|x| e(&x))
+            }
+        }
+    }
+}

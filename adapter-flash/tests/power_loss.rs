@@ -1,0 +1,257 @@
+//! Power cut at every byte (or every few bytes) an operation writes: after each cut the store,
+//! mounted again from the same flash, holds exactly the state before the operation or after it,
+//! everything unconfirmed is still pending, and the next operation works.
+
+mod common;
+
+use common::*;
+use ferrysync_core::mem::MemStore;
+use pollster::block_on;
+
+struct Case {
+    setup: Vec<Step>,
+    op: Vec<Step>,
+    stride: u32,
+}
+
+/// Bytes the operation writes and erases (the mock flash's power-cut counter counts both).
+fn cost(flash: &Small, server: &FakeServer, op: &[Step]) -> u32 {
+    let mut f = flash.clone();
+    f.bytes_until_shutoff = Some(u32::MAX);
+    let mut s = small_store(f);
+    let mut server = server.clone();
+    for (i, st) in op.iter().enumerate() {
+        st.apply(&mut s, &mut server, 50_000 + i as u64).unwrap();
+    }
+    let f = s.into_flash();
+    let erases = flash.stats_snapshot().compare_to(f.stats_snapshot()).erases;
+    ERASES.with(|e| e.set(erases));
+    u32::MAX - f.bytes_until_shutoff.unwrap()
+}
+
+thread_local! {
+    static ERASES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn run(case: Case) -> (u32, u32) {
+    // The model and the flash store go through the same setup.
+    let mut model = MemStore::new();
+    let mut mserver = FakeServer::new();
+    let mut s = small_store(small_flash());
+    let mut server = FakeServer::new();
+    for (i, st) in case.setup.iter().enumerate() {
+        st.apply(&mut model, &mut mserver, 1_000 + i as u64)
+            .unwrap();
+        st.apply(&mut s, &mut server, 1_000 + i as u64).unwrap();
+    }
+    let pre = block_on(snapshot(&mut s)).unwrap();
+    assert_eq!(pre, block_on(snapshot(&mut model)).unwrap(), "setup");
+    let base = s.into_flash();
+    // The operation, uninterrupted, on the model and on the flash.
+    for (i, st) in case.op.iter().enumerate() {
+        st.apply(&mut model, &mut mserver, 50_000 + i as u64)
+            .unwrap();
+    }
+    let post = block_on(snapshot(&mut model)).unwrap();
+    let total = cost(&base, &server, &case.op);
+    let mut cuts = 0;
+    let mut at_post = 0;
+    let mut n = 0;
+    while n < total {
+        let mut f = base.clone();
+        f.bytes_until_shutoff = Some(n);
+        let mut s = small_store(f);
+        let mut srv = server.clone();
+        let mut failed = false;
+        for (i, st) in case.op.iter().enumerate() {
+            if st.apply(&mut s, &mut srv, 50_000 + i as u64).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "cut at byte {n} of {total} went unnoticed");
+        cuts += 1;
+        // Power back: mount the same bytes.
+        let mut f = s.into_flash();
+        f.bytes_until_shutoff = None;
+        let mut s = small_store(f);
+        let snap = block_on(snapshot(&mut s)).unwrap_or_else(|e| panic!("cut at {n}: {e:?}"));
+        if snap == pre {
+            // Nothing happened: every pending change is still pending (same snapshot), and the
+            // operation, run again, converges.
+            let mut srv = server.clone();
+            for (i, st) in case.op.iter().enumerate() {
+                st.apply(&mut s, &mut srv, 50_000 + i as u64)
+                    .unwrap_or_else(|e| panic!("retry after cut at {n}: {e}"));
+            }
+            let again = block_on(snapshot(&mut s)).unwrap();
+            assert_eq!(again, post, "retry after cut at {n}");
+        } else {
+            assert_eq!(
+                snap, post,
+                "cut at byte {n} of {total}: neither before nor after"
+            );
+            at_post += 1;
+            // The next operation works and survives a remount.
+            Step::Insert {
+                parent: None,
+                name: "Probe".into(),
+            }
+            .apply(&mut s, &mut FakeServer::new(), 90_000)
+            .unwrap_or_else(|e| panic!("next op after cut at {n}: {e}"));
+        }
+        let mut s = small_store(s.into_flash());
+        block_on(snapshot(&mut s)).unwrap();
+        n += case.stride;
+    }
+    println!("{cuts} cuts over {total} bytes, {at_post} after the commit");
+    (cuts, total)
+}
+
+fn offline_three() -> Vec<Step> {
+    vec![
+        Step::ServerAdd { kids: 1 },
+        Step::Insert {
+            parent: None,
+            name: "ACME".into(),
+        },
+        Step::Insert {
+            parent: Some(0),
+            name: "Ann".into(),
+        },
+        Step::Insert {
+            parent: Some(0),
+            name: "Bob".into(),
+        },
+    ]
+}
+
+#[test]
+fn local_insert_every_byte() {
+    let mut setup = offline_three();
+    setup.push(Step::Sync);
+    run(Case {
+        setup,
+        op: vec![Step::Insert {
+            parent: Some(0),
+            name: "Cyd".into(),
+        }],
+        stride: 1,
+    });
+}
+
+#[test]
+fn local_update_and_cascading_delete_every_byte() {
+    let mut setup = offline_three();
+    setup.push(Step::Sync);
+    run(Case {
+        setup: setup.clone(),
+        op: vec![Step::Update {
+            idx: 1,
+            name: "Ann the second".into(),
+        }],
+        stride: 1,
+    });
+    run(Case {
+        setup,
+        op: vec![Step::Delete { idx: 0 }],
+        stride: 1,
+    });
+}
+
+#[test]
+fn first_sync_every_byte() {
+    let (cuts, total) = run(Case {
+        setup: offline_three(),
+        op: vec![Step::Sync],
+        stride: 1,
+    });
+    assert_eq!(cuts, total);
+}
+
+#[test]
+fn delta_sync_with_removes_and_rejects_every_byte() {
+    let mut setup = offline_three();
+    setup.extend([
+        Step::Sync,
+        Step::ServerAdd { kids: 2 },
+        Step::Update {
+            idx: 1,
+            name: "Ann 2".into(),
+        },
+        Step::Delete { idx: 2 },
+        Step::Insert {
+            parent: Some(1),
+            name: "Dan".into(),
+        },
+        Step::ServerDelete { idx: 0 },
+        Step::Refuse { idx: 0 },
+    ]);
+    run(Case {
+        setup,
+        op: vec![Step::Sync],
+        stride: 1,
+    });
+}
+
+#[test]
+fn sync_across_page_migrations_strided() {
+    // Enough writes before that the sync's own writes wrap the small flash: pages are
+    // migrated and erased while it runs.
+    let mut setup = offline_three();
+    setup.push(Step::Sync);
+    setup.push(Step::ServerAdd { kids: 3 });
+    let op = vec![Step::Sync];
+    let mut s = small_store(small_flash());
+    let mut server = FakeServer::new();
+    for (i, st) in setup.iter().enumerate() {
+        st.apply(&mut s, &mut server, 1_000 + i as u64).unwrap();
+    }
+    let mut i = 0;
+    loop {
+        cost(&s.flash_mut().clone(), &server, &op);
+        if ERASES.with(|e| e.get()) > 0 {
+            break;
+        }
+        let st = Step::Update {
+            idx: i % 2,
+            name: format!("edited {i}"),
+        };
+        st.apply(&mut s, &mut server, 1_000 + setup.len() as u64)
+            .unwrap();
+        setup.push(st);
+        i += 1;
+        assert!(i < 400, "never wrapped");
+    }
+    println!("{i} updates before the sync");
+    run(Case {
+        setup,
+        op,
+        stride: 5,
+    });
+    assert!(ERASES.with(|e| e.get()) > 0, "the sync erased pages");
+}
+
+#[test]
+fn healing_aborted_transactions_every_byte() {
+    // Rolled-back transactions leave items behind; once the state item's list of aborted
+    // ranges is full, the next `begin` rewrites them. A cut anywhere in there is harmless.
+    let mut setup = offline_three();
+    setup.push(Step::Sync);
+    for i in 0..ferrysync_flash::MAX_HOLES {
+        setup.push(Step::Abort);
+        setup.push(Step::Update {
+            idx: i,
+            name: format!("v{i}"),
+        });
+    }
+    setup.push(Step::Abort);
+    run(Case {
+        setup,
+        op: vec![Step::Update {
+            idx: 0,
+            name: "after heal".into(),
+        }],
+        stride: 1,
+    });
+}
