@@ -38,6 +38,12 @@ use tracing::{debug, error, info, warn, Instrument};
 const CHUNK: usize = 16 * 1024;
 /// Chunks (request batches or reply chunks) in flight between the network and the database.
 const CHANNEL_DEPTH: usize = 8;
+/// A request is read this far (bytes, or changes) before its transaction starts, so that a
+/// small request from a slow device never holds the database's single writer while its bytes
+/// trickle in; larger requests stream into the open transaction.
+const SPOOL_BYTES: u64 = 1024 * 1024;
+/// See [`SPOOL_BYTES`].
+const SPOOL_CHANGES: usize = 8 * 1024;
 
 /// Serves HTTP on `listener` until `shutdown` completes, then stops accepting and waits for
 /// the connections in flight (and their syncs) to finish.
@@ -477,6 +483,7 @@ async fn receive(
     let mut check = RequestCheck::new(server.schema.hash());
     let mut hello: Option<Hello> = None;
     let mut db: Option<DbTask> = None;
+    let mut pending: Vec<OwnedChange> = Vec::new();
     let mut received: u64 = 0;
     // Raw bytes of frame 0, to read the protocol version of a Hello this version cannot decode.
     let mut first: Vec<u8> = Vec::new();
@@ -533,10 +540,7 @@ async fn receive(
                             .handle(&msg)
                             .map_err(|e| ApiError::stream(e, Some(index)))?;
                         match msg {
-                            Request::Hello(h) => {
-                                hello = Some(h);
-                                db = Some(DbTask::start(server, device));
-                            }
+                            Request::Hello(h) => hello = Some(h),
                             Request::Change(c) => batch.push(OwnedChange::from_wire(&c)),
                             Request::End(_) => {}
                         }
@@ -551,12 +555,20 @@ async fn receive(
                     .at(Some(cfg.max_frames)));
                 }
             }
-            if !batch.is_empty() {
-                if let Some(db) = &db {
-                    if db.tx.send(ToDb::Changes(batch)).await.is_err() {
-                        // The database task ended early; `finish` reports why.
-                        return Ok(());
-                    }
+            pending.append(&mut batch);
+            if db.is_none() && (received > SPOOL_BYTES || pending.len() > SPOOL_CHANGES) {
+                db = Some(DbTask::start(server, device));
+            }
+            if let Some(db) = &db {
+                if !pending.is_empty()
+                    && db
+                        .tx
+                        .send(ToDb::Changes(std::mem::take(&mut pending)))
+                        .await
+                        .is_err()
+                {
+                    // The database task ended early; `finish` reports why.
+                    return Ok(());
                 }
             }
         }
@@ -569,8 +581,15 @@ async fn receive(
     }
     .await;
     match (read, db, hello) {
-        (Ok(()), Some(db), Some(hello)) => Ok((hello, db.finish(true).await?)),
-        (Ok(()), _, _) => Err(ApiError::stream(StreamError::Truncated, None)),
+        (Ok(()), db, Some(hello)) => {
+            let db = db.unwrap_or_else(|| DbTask::start(server, device));
+            // A send error means the task ended early; `finish` reports why.
+            if !pending.is_empty() {
+                let _ = db.tx.send(ToDb::Changes(pending)).await;
+            }
+            Ok((hello, db.finish(true).await?))
+        }
+        (Ok(()), _, None) => Err(ApiError::stream(StreamError::Truncated, None)),
         (Err(e), db, _) => {
             if let Some(db) = db {
                 // Roll back before answering, so the error means "nothing changed".

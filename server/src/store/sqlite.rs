@@ -434,8 +434,14 @@ impl Apply<'_> {
         self.seq
     }
 
-    fn max_wall(&self) -> u64 {
-        self.params.now_ms.saturating_add(self.params.max_skew_ms)
+    /// The stamp stored for an incoming change: clamped to server time plus the allowed skew,
+    /// and carrying the authenticated device's id (a device cannot claim another's tie-break).
+    fn stamp(&self, at: Hlc) -> Hlc {
+        let at = at.clamp(self.params.now_ms.saturating_add(self.params.max_skew_ms));
+        Hlc {
+            device: self.device.id,
+            ..at
+        }
     }
 
     fn change(&mut self, c: OwnedChange) -> Result<(), StoreError> {
@@ -568,7 +574,7 @@ impl Apply<'_> {
         if !self.scope_field_ok(c.table, &values) {
             return Ok(Err(RejectReason::OutOfScope));
         }
-        let at = c.modified_at.clamp(self.max_wall());
+        let at = self.stamp(c.modified_at);
         let seq = self.next_seq();
         let device = self.device;
         let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
@@ -641,7 +647,7 @@ impl Apply<'_> {
                 Err(e) => return Ok(Err(e)),
             },
         };
-        let at = c.modified_at.clamp(self.max_wall());
+        let at = self.stamp(c.modified_at);
         if at <= meta.at {
             self.out.losers.push((c.table, ServerId(id as u64)));
             return Ok(Ok(()));
@@ -754,7 +760,8 @@ impl ServerStore for SqliteStore {
             meta_set(&tx, "tombstone_floor", floor.max(max))?;
             tx.execute("DELETE FROM _tombstone WHERE at <= ?1", [cutoff])?;
         }
-        let seq = meta_get(&tx, "seq")?.unwrap_or(0);
+        let start_seq = meta_get(&tx, "seq")?.unwrap_or(0);
+        let seq = start_seq;
         let mut apply = Apply {
             conn: &tx,
             schema,
@@ -773,7 +780,9 @@ impl ServerStore for SqliteStore {
             }
         }
         let (seq, out) = (apply.seq, apply.out);
-        meta_set(&tx, "seq", seq)?;
+        if seq != start_seq {
+            meta_set(&tx, "seq", seq)?;
+        }
         tx.commit()?;
         Ok(out)
     }

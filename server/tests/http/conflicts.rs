@@ -190,6 +190,28 @@ async fn future_clocks_are_clamped() {
     assert!(r.rejected.is_empty());
     assert_eq!(company_name(&s, id), "B");
     assert!(r.accepted.server_time >= before);
+    // The stored stamp carries the authenticated device's id, whatever the device claimed.
+    s.sync(
+        &a,
+        hello(4, None, Mode::Full),
+        &[update(
+            COMPANY,
+            server_id(id),
+            None,
+            Hlc::new(wall + 2, 0, 0xffff),
+            text3(COMPANY, "A", "x", "0"),
+        )],
+    )
+    .await;
+    let dev: i64 = s
+        .sql()
+        .query_row(
+            "SELECT _device FROM company WHERE id = ?1",
+            [id as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dev, i64::from(a.id));
     s.stop().await;
 }
 

@@ -270,15 +270,32 @@ async fn over_the_limits_is_413_and_changes_nothing() {
     s.stop().await;
 }
 
+/// Whether some connection holds SQLite's write lock (the server is inside a sync transaction).
+fn writer_busy(s: &TestServer) -> bool {
+    let c = s.sql();
+    c.busy_timeout(std::time::Duration::ZERO).unwrap();
+    match c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+        Ok(()) => false,
+        Err(e) => {
+            assert!(e.to_string().contains("locked"), "{e}");
+            true
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_request_cut_off_half_way_changes_nothing() {
     let (s, dev) = seeded(Config::default()).await;
     let dump = s.dump();
     let companies = s.count("company");
-    let body = encode_request(hello(2, None, Mode::Full), &batch(200, &dev));
+    // More changes than the server reads ahead, so they stream into the open transaction.
+    let body = encode_request(hello(2, None, Mode::Full), &batch(10_000, &dev));
     let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
-    let half = body.len() / 2;
-    let first = Bytes::copy_from_slice(&body[..half]);
+    let cut = body.len() * 9 / 10;
+    let chunks: Vec<Bytes> = body[..cut]
+        .chunks(16 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
     let server = &s;
     let token = dev.token.clone();
     let request = async move {
@@ -293,20 +310,53 @@ async fn a_request_cut_off_half_way_changes_nothing() {
             .await
     };
     let cutter = async move {
-        tx.send_data(first).await.unwrap();
-        // Wait until the server is applying this sync, then break the connection.
-        server.wait_in_flight(1).await;
+        for c in chunks {
+            tx.send_data(c).await.unwrap();
+        }
+        // Wait until the server is applying this batch in its transaction, then cut.
+        let mut busy = false;
+        for _ in 0..500 {
+            if writer_busy(server) {
+                busy = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(busy, "the server never started the transaction");
         tx.abort(io::Error::other("connection lost"));
     };
     let (result, ()) = tokio::join!(request, cutter);
     assert!(result.is_err(), "the client saw its request fail");
     s.wait_idle().await;
+    assert!(!writer_busy(&s), "rolled back and released");
     assert_eq!(s.count("company"), companies);
     assert_eq!(s.dump(), dump);
     // The device retries the whole batch later: applied once.
     let a = s.post_sync(Some(&dev.token), body).await;
     assert_eq!(a.status.as_u16(), 200);
-    assert_eq!(s.count("company"), companies + 200);
+    assert_eq!(s.count("company"), companies + 10_000);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_times_out_with_408_and_changes_nothing() {
+    let (s, dev) = seeded(Config {
+        body_timeout: std::time::Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let dump = s.dump();
+    let body = encode_request(hello(2, None, Mode::Full), &batch(5, &dev));
+    let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
+    tx.send_data(Bytes::copy_from_slice(&body[..body.len() / 2]))
+        .await
+        .unwrap();
+    // The sender is kept but sends nothing more.
+    let a = s.post_sync_body(Some(&dev.token), chan.boxed()).await;
+    a.assert_error(408, "body_timeout", None);
+    drop(tx);
+    s.wait_idle().await;
+    assert_eq!(s.dump(), dump);
     s.stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod concurrency;
 mod conflicts;
 mod delta;
 mod errors;
