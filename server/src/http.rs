@@ -88,7 +88,16 @@ pub async fn run(
         connections = graceful.count(),
         "shutting down: finishing requests in flight"
     );
-    graceful.shutdown().await;
+    let grace = server.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_s = grace.as_secs_f64(),
+            "requests still running after the grace period; stopping anyway"
+        );
+    }
     info!("stopped");
     Ok(())
 }

@@ -65,6 +65,9 @@ pub struct Config {
     pub tombstone_retention_ms: u64,
     /// Longest wait for the next bytes of a request body (408 beyond).
     pub body_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish before the server stops
+    /// anyway (an unfinished sync is rolled back; a cut reply is never committed by a device).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             max_skew_ms: 5 * 60 * 1000,
             tombstone_retention_ms: 90 * 24 * 3600 * 1000,
             body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(60),
         }
     }
 }
