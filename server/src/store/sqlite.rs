@@ -928,3 +928,97 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
         revoked: r.get::<_, i64>(3)? != 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrysync_core::body::encode;
+
+    fn company(name: &str) -> Vec<u8> {
+        let mut buf = [0u8; 128];
+        let t = &ferrysync_core::schema::EXAMPLE.tables[0];
+        encode(
+            t,
+            &[Value::Text(name), Value::Text("c"), Value::Text("p")],
+            &mut buf,
+        )
+        .unwrap()
+        .to_vec()
+    }
+
+    fn params() -> SyncParams {
+        SyncParams {
+            now_ms: 1_000_000,
+            max_skew_ms: 1_000,
+            tombstone_retention_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn commits_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        let dev = store.add_device("north", &[7; 32], 1).unwrap();
+        let change = |l: u32| OwnedChange {
+            table: TableId(0),
+            op: Op::Add,
+            key: RecordRef::Local(LocalId(l)),
+            parent: None,
+            modified_at: Hlc::new(999_000, 0, dev.id),
+            body: company("ACME"),
+        };
+        // The source ends without Commit: rolled back.
+        let mut cut = vec![Incoming::Change(change(1))].into_iter();
+        assert!(matches!(
+            store.sync(&dev, params(), &mut cut),
+            Err(StoreError::Aborted)
+        ));
+        let mut reply = Vec::new();
+        let plan = ReplyPlan {
+            scope: "north",
+            mode: Mode::Full,
+            cursor: None,
+            extra: &[],
+        };
+        let cursor = store
+            .read_reply(&plan, &mut |i| {
+                reply.push(format!("{i:?}"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((cursor, reply.len()), (0, 1), "only Reset: {reply:?}");
+        // With Commit: applied, mapped, readable.
+        let mut ok = vec![Incoming::Change(change(1)), Incoming::Commit].into_iter();
+        let out = store.sync(&dev, params(), &mut ok).unwrap();
+        assert_eq!(out.mappings.len(), 1);
+        assert_eq!(out.applied, 1);
+        let mut n = 0;
+        let cursor = store
+            .read_reply(&plan, &mut |i| {
+                if let ReplyItem::Upsert(u) = i {
+                    assert_eq!(u.body, company("ACME"));
+                    n += 1;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((cursor, n), (1, 1));
+        // The device lookup by token hash, and revocation.
+        let found = store.authenticate(&[7; 32]).unwrap().unwrap();
+        assert_eq!(found.id, dev.id);
+        assert!(store.revoke_device(dev.id).unwrap());
+        assert!(store.authenticate(&[7; 32]).unwrap().unwrap().revoked);
+        assert!(store.authenticate(&[8; 32]).unwrap().is_none());
+    }
+
+    #[test]
+    fn ddl_has_typed_columns_and_foreign_keys() {
+        let ddl = SqliteStore::schema_ddl(&LoadedSchema::example());
+        assert!(ddl.contains("\"name\" TEXT NOT NULL"), "{ddl}");
+        assert!(
+            ddl.contains("\"company_id\" INTEGER NOT NULL REFERENCES \"company\"(id)"),
+            "{ddl}"
+        );
+        assert!(ddl.contains("_seq INTEGER NOT NULL"), "{ddl}");
+    }
+}
