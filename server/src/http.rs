@@ -15,7 +15,9 @@ use crate::{now_ms, Server, CONTENT_TYPE_V1, MAX_FRAME};
 use bytes::Bytes;
 use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
 use ferrysync_core::stream::{RequestCheck, StreamError};
-use ferrysync_core::wire::{Accepted, Done, Hello, Rejected, Reply, Request, PROTOCOL_VERSION};
+use ferrysync_core::wire::{
+    peek_protocol, Accepted, Done, Hello, Rejected, Reply, Request, PROTOCOL_VERSION,
+};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -494,8 +496,6 @@ async fn receive(
     let mut db: Option<DbTask> = None;
     let mut pending: Vec<OwnedChange> = Vec::new();
     let mut received: u64 = 0;
-    // Raw bytes of frame 0, to read the protocol version of a Hello this version cannot decode.
-    let mut first: Vec<u8> = Vec::new();
     let read = async {
         loop {
             let next = tokio::time::timeout(cfg.body_timeout, body.frame())
@@ -527,15 +527,14 @@ async fn receive(
             while !input.is_empty() {
                 let index = dec.frames();
                 let fed = dec.feed::<Request<'_>>(input);
-                if index == 0 && first.len() < MAX_FRAME {
-                    first.extend_from_slice(&input[..fed.consumed.min(MAX_FRAME)]);
-                }
                 input = &input[fed.consumed..];
                 match fed.result {
                     Ok(None) => {}
                     Err(e) => {
                         if index == 0 {
-                            if let Some(got) = peek_protocol(&first) {
+                            // A later version's Hello may not decode as v1's; its first field
+                            // is still the version (docs/wire-format.md, versions).
+                            if let Some(got) = dec.last_message().and_then(peek_protocol) {
                                 if got != PROTOCOL_VERSION {
                                     let e = StreamError::UnsupportedVersion { got };
                                     return Err(ApiError::stream(e, Some(0)));
@@ -732,78 +731,4 @@ fn rejected(r: &OwnedRejected) -> Reply<'_> {
         reason: r.reason,
         body: &r.body,
     })
-}
-
-/// Reads `Hello.protocol` from the raw bytes of a request's first frame (COBS, message, CRC,
-/// delimiter), without decoding the rest of the message: a future version's `Hello` may not
-/// decode as v1's, but its first field is always the version (`docs/wire-format.md` §9).
-fn peek_protocol(raw: &[u8]) -> Option<u16> {
-    let raw = &raw[raw.iter().position(|&b| b != 0)?..];
-    let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let code = raw[i] as usize;
-        let run = raw.get(i + 1..i + code)?;
-        out.extend_from_slice(run);
-        i += code;
-        if code < 0xff && i < raw.len() {
-            out.push(0);
-        }
-    }
-    let (msg, crc) = out.split_at(out.len().checked_sub(4)?);
-    let mut want = [0u8; 4];
-    want.copy_from_slice(crc);
-    if ferrysync_core::frame::CRC32.checksum(msg) != u32::from_le_bytes(want) {
-        return None;
-    }
-    // Request discriminant 0 (Hello) is the one-byte varint 0; then `protocol`, a u16 varint.
-    let (&tag, rest) = msg.split_first()?;
-    if tag != 0 {
-        return None;
-    }
-    let mut v: u32 = 0;
-    for (k, &b) in rest.iter().take(3).enumerate() {
-        v |= u32::from(b & 0x7f) << (7 * k);
-        if b & 0x80 == 0 {
-            return u16::try_from(v).ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferrysync_core::frame::encode;
-    use ferrysync_core::wire::Mode;
-
-    #[test]
-    fn peeks_the_version_of_any_hello() {
-        let mut buf = [0u8; 64];
-        let hello = Hello {
-            protocol: 300,
-            schema_hash: 1,
-            batch_id: 2,
-            cursor: None,
-            mode: Mode::Full,
-        };
-        let f = encode(&Request::Hello(hello), &mut buf).unwrap();
-        assert_eq!(peek_protocol(f), Some(300));
-        // A future Hello with more fields: still readable.
-        let mut buf = [0u8; 64];
-        let f = encode(&(0u8, 2u16, 99u64, "more"), &mut buf).unwrap();
-        let mut padded = vec![0u8, 0];
-        padded.extend_from_slice(f);
-        assert_eq!(peek_protocol(&padded), Some(2));
-        // Damaged or not a Hello: nothing.
-        let mut buf = [0u8; 64];
-        let f = encode(&(1u8, 2u16), &mut buf).unwrap();
-        assert_eq!(peek_protocol(f), None);
-        let mut buf = [0u8; 64];
-        let f = encode(&Request::Hello(hello), &mut buf).unwrap();
-        f[3] ^= 1;
-        assert_eq!(peek_protocol(f), None);
-        assert_eq!(peek_protocol(b"garbage"), None);
-    }
 }
