@@ -9,15 +9,12 @@
 //! snapshot by another blocking task and streamed through a bounded channel.
 
 use crate::auth::hash_token;
-use crate::store::{ChangeSource, Device, Incoming, OwnedChange, ReplyItem, ReplyPlan, StoreError};
-use crate::store::{OwnedRejected, SyncOutcome};
+use crate::store::{ChangeSource, Device, Incoming, OwnedChange, StoreError, SyncOutcome};
 use crate::{now_ms, Server, CONTENT_TYPE_V1, MAX_FRAME};
 use bytes::Bytes;
 use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
 use ferrysync_core::stream::{RequestCheck, StreamError};
-use ferrysync_core::wire::{
-    peek_protocol, Accepted, Done, Hello, Rejected, Reply, Request, PROTOCOL_VERSION,
-};
+use ferrysync_core::wire::{peek_protocol, Hello, Reply, Request, PROTOCOL_VERSION};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -669,33 +666,18 @@ fn reply(
             frames: 0,
             records: 0,
         };
-        let result = (|| {
-            w.put(&Reply::Accepted(Accepted {
-                batch_id: hello.batch_id,
-                server_time: now_ms(),
-            }))?;
-            for m in &outcome.mappings {
-                w.put(&Reply::Mapping(*m))?;
-            }
-            for r in &outcome.rejected {
-                w.put(&rejected(r))?;
-            }
-            let plan = ReplyPlan {
-                scope: &device.scope,
-                mode: hello.mode,
-                cursor: hello.cursor,
-                extra: &outcome.losers,
-            };
-            let cursor = server.store.read_reply(&plan, &mut |item| match item {
-                ReplyItem::Reset => w.put(&Reply::Reset),
-                ReplyItem::Upsert(u) => w.put(&Reply::Upsert(u)),
-                ReplyItem::Remove(r) => w.put(&Reply::Remove(r)),
-            })?;
-            let count = w.frames;
-            w.put(&Reply::Done(Done { cursor, count }))?;
+        let result = crate::direct::write_reply(
+            server.store.as_ref(),
+            &device,
+            &hello,
+            &outcome,
+            now_ms(),
+            &mut |m| w.put(m),
+        )
+        .and_then(|cursor| {
             w.flush()?;
-            Ok::<u64, StoreError>(cursor)
-        })();
+            Ok(cursor)
+        });
         server.metrics.reply_records(w.records);
         match result {
             Ok(cursor) => {
@@ -721,14 +703,4 @@ fn reply(
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_V1));
     resp
-}
-
-fn rejected(r: &OwnedRejected) -> Reply<'_> {
-    Reply::Rejected(Rejected {
-        table: r.table,
-        op: r.op,
-        key: r.key,
-        reason: r.reason,
-        body: &r.body,
-    })
 }

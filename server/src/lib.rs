@@ -28,6 +28,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod direct;
 pub mod http;
 pub mod metrics;
 pub mod schema_file;
