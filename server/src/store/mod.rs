@@ -10,6 +10,8 @@
 //! runtime handle): `sync` = `BEGIN ISOLATION LEVEL SERIALIZABLE` (or a per-scope advisory
 //! lock) + the same statements; `read_reply` = a `REPEATABLE READ` read-only transaction.
 
+mod engine;
+mod sqlgen;
 mod sqlite;
 
 pub use sqlite::SqliteStore;

@@ -15,15 +15,14 @@
 //! - `_meta(key, value)`: `seq` (last change sequence), `tombstone_floor` (highest pruned
 //!   tombstone sequence) and `schema_hash`.
 
-use super::{
-    ChangeSource, Device, Incoming, OwnedChange, OwnedRejected, ReplyItem, ReplyPlan, ServerStore,
-    StoreError, SyncOutcome, SyncParams,
+use super::engine::{
+    bad_column, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery, SnapshotTx, SyncTx,
 };
+use super::sqlgen::{self, TableSql, SQLITE};
+use super::{ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams};
 use crate::schema_file::LoadedSchema;
-use ferrysync_core::body::{self, Value};
+use ferrysync_core::body::Value;
 use ferrysync_core::schema::{FieldDef, FieldType, Schema, TableDef};
-use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
-use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -32,8 +31,6 @@ use std::time::Duration;
 
 /// Readers kept open for reuse.
 const READER_POOL: usize = 8;
-/// Largest body re-encoded from columns (a frame is far smaller, so this never limits).
-const BODY_BUF: usize = 64 * 1024;
 
 const SYSTEM_DDL: &str = "
 CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -63,143 +60,6 @@ CREATE TABLE IF NOT EXISTS _tombstone (
 CREATE INDEX IF NOT EXISTS _tombstone_scope_seq ON _tombstone (scope, seq);
 CREATE INDEX IF NOT EXISTS _tombstone_at ON _tombstone (at);
 ";
-
-/// Generated statements of one schema table.
-struct TableSql {
-    insert: String,
-    update: String,
-    meta: String,
-    delete: String,
-    /// `(child table index, SELECT id FROM child WHERE fk = ?1)`.
-    children: Vec<(usize, String)>,
-    full: String,
-    delta: String,
-    by_id: String,
-    scope_index: Option<usize>,
-}
-
-fn q(ident: &str) -> String {
-    // Identifiers were checked by `LoadedSchema` ([A-Za-z][A-Za-z0-9_]*); quote anyway.
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-fn sql_type(f: &FieldDef<'_>) -> String {
-    let ty = match f.ty {
-        FieldType::Text => "TEXT",
-        FieldType::I64 | FieldType::U64 | FieldType::Bool => "INTEGER",
-        FieldType::F64 => "REAL",
-        FieldType::Bytes => "BLOB",
-    };
-    if f.optional {
-        ty.to_string()
-    } else {
-        format!("{ty} NOT NULL")
-    }
-}
-
-fn table_ddl(schema: &Schema<'static>, t: &TableDef<'static>) -> String {
-    let name = q(t.name);
-    let mut cols = vec!["id INTEGER PRIMARY KEY AUTOINCREMENT".to_string()];
-    for f in t.fields {
-        cols.push(format!("{} {}", q(f.name), sql_type(f)));
-    }
-    let mut extra = String::new();
-    if let (Some(p), Some(pf)) = (t.parent.and_then(|p| schema.table(p)), t.parent_field) {
-        cols.push(format!(
-            "{} INTEGER NOT NULL REFERENCES {}(id)",
-            q(pf),
-            q(p.name)
-        ));
-        extra = format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {name} ({});\n",
-            q(&format!("{}__{}", t.name, pf)),
-            q(pf)
-        );
-    }
-    cols.extend(
-        [
-            "_scope TEXT NOT NULL",
-            "_seq INTEGER NOT NULL",
-            "_wall INTEGER NOT NULL",
-            "_counter INTEGER NOT NULL",
-            "_device INTEGER NOT NULL",
-        ]
-        .map(String::from),
-    );
-    format!(
-        "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n);\n\
-         CREATE INDEX IF NOT EXISTS {} ON {name} (_scope, _seq);\n{extra}",
-        cols.join(",\n    "),
-        q(&format!("{}__scope_seq", t.name)),
-    )
-}
-
-fn table_sql(schema: &Schema<'static>, ti: usize, t: &TableDef<'static>) -> TableSql {
-    let name = q(t.name);
-    let fk = t.parent_field.map(q);
-    let mut cols: Vec<String> = t.fields.iter().map(|f| q(f.name)).collect();
-    if let Some(fk) = &fk {
-        cols.push(fk.clone());
-    }
-    let n = cols.len();
-    let insert = format!(
-        "INSERT INTO {name} ({}, _scope, _seq, _wall, _counter, _device) VALUES ({})",
-        cols.join(", "),
-        (1..=n + 5)
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let sets: Vec<String> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{c} = ?{}", i + 1))
-        .collect();
-    let update = format!(
-        "UPDATE {name} SET {}, _seq = ?{}, _wall = ?{}, _counter = ?{}, _device = ?{} WHERE id = ?{}",
-        sets.join(", "),
-        n + 1,
-        n + 2,
-        n + 3,
-        n + 4,
-        n + 5
-    );
-    let fk_or_null = fk.clone().unwrap_or_else(|| "NULL".into());
-    let meta =
-        format!("SELECT _scope, _wall, _counter, _device, {fk_or_null} FROM {name} WHERE id = ?1");
-    let delete = format!("DELETE FROM {name} WHERE id = ?1");
-    let children = schema
-        .tables
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.parent == Some(TableId(ti as u8)))
-        .filter_map(|(ci, c)| {
-            c.parent_field.map(|pf| {
-                (
-                    ci,
-                    format!("SELECT id FROM {} WHERE {} = ?1", q(c.name), q(pf)),
-                )
-            })
-        })
-        .collect();
-    let fields: Vec<String> = t.fields.iter().map(|f| q(f.name)).collect();
-    let select = format!(
-        "SELECT id, {fk_or_null}, _wall, _counter, _device{}{} FROM {name}",
-        if fields.is_empty() { "" } else { ", " },
-        fields.join(", ")
-    );
-    TableSql {
-        insert,
-        update,
-        meta,
-        delete,
-        children,
-        full: format!("{select} WHERE _scope = ?1 ORDER BY _seq"),
-        delta: format!("{select} WHERE _scope = ?1 AND _seq > ?2 ORDER BY _seq"),
-        by_id: format!("{select} WHERE id = ?1 AND _scope = ?2 AND _seq <= ?3"),
-        scope_index: t.scope_field.and_then(|sf| t.field_index(sf)),
-    }
-}
 
 fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     let c = Connection::open(path)?;
@@ -287,12 +147,8 @@ impl SqliteStore {
                 Some(_) => {}
                 None => meta_set(&conn, "schema_hash", want)?,
             }
-            let mut ddl = String::new();
-            for (i, t) in s.tables.iter().enumerate() {
-                ddl.push_str(&table_ddl(&s, t));
-                sql.push(table_sql(&s, i, t));
-            }
-            conn.execute_batch(&ddl)?;
+            conn.execute_batch(&sqlgen::schema_ddl(&SQLITE, &s))?;
+            sql = sqlgen::schema_sql(&SQLITE, &s);
         }
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -310,8 +166,7 @@ impl SqliteStore {
 
     /// The `CREATE TABLE` statements of a schema's tables, as this store creates them.
     pub fn schema_ddl(schema: &LoadedSchema) -> String {
-        let s = schema.schema();
-        s.tables.iter().map(|t| table_ddl(&s, t)).collect()
+        sqlgen::schema_ddl(&SQLITE, &schema.schema())
     }
 
     fn with_reader<R>(
@@ -334,18 +189,6 @@ impl SqliteStore {
     }
 }
 
-fn sid(id: ServerId) -> Option<i64> {
-    i64::try_from(id.0).ok()
-}
-
-/// A value bound to a statement.
-enum Arg<'a> {
-    V(Value<'a>),
-    I(i64),
-    S(&'a str),
-    Null,
-}
-
 impl ToSql for Arg<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         use rusqlite::types::Value as V;
@@ -360,21 +203,6 @@ impl ToSql for Arg<'_> {
             }
             Arg::V(Value::Bytes(b)) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
-    }
-}
-
-/// Decodes a body into one value per field; NaN is refused (SQLite stores it as NULL).
-fn decode_body<'b>(t: &TableDef<'_>, body: &'b [u8]) -> Result<Vec<Value<'b>>, RejectReason> {
-    let mut values = Vec::with_capacity(t.fields.len());
-    match body::decode(t, body, |_, _, v| {
-        if matches!(v, Value::F64(x) if x.is_nan()) {
-            return Err(());
-        }
-        values.push(v);
-        Ok(())
-    }) {
-        Ok(Ok(())) => Ok(values),
-        _ => Err(RejectReason::InvalidBody),
     }
 }
 
@@ -399,332 +227,188 @@ fn column_value<'r>(
     })
 }
 
-fn bad_column(t: &TableDef<'_>, f: &FieldDef<'_>) -> StoreError {
-    StoreError::Corrupt(format!(
-        "column {}.{} holds a value that is not a {}{}",
-        t.name,
-        f.name,
-        f.ty.name(),
-        if f.optional { " or null" } else { "" }
-    ))
-}
-
-struct RowMeta {
-    scope: String,
-    at: Hlc,
-    parent: Option<i64>,
-}
-
-type Step = Result<Result<(), RejectReason>, StoreError>;
-
-/// One sync's work inside its transaction.
-struct Apply<'c> {
+/// The statements of a sync or a reply on one SQLite connection (inside its transaction).
+struct LiteTx<'c> {
     conn: &'c Connection,
     schema: Schema<'static>,
     sql: &'c [TableSql],
-    device: &'c Device,
-    params: SyncParams,
-    seq: i64,
-    out: SyncOutcome,
 }
 
-impl Apply<'_> {
-    fn next_seq(&mut self) -> i64 {
-        self.seq += 1;
-        self.seq
+impl SyncTx for LiteTx<'_> {
+    fn meta_get(&mut self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(meta_get(self.conn, key)?)
     }
 
-    /// The stamp stored for an incoming change: clamped to server time plus the allowed skew,
-    /// and carrying the authenticated device's id (a device cannot claim another's tie-break).
-    fn stamp(&self, at: Hlc) -> Hlc {
-        let at = at.clamp(self.params.now_ms.saturating_add(self.params.max_skew_ms));
-        Hlc {
-            device: self.device.id,
-            ..at
-        }
+    fn meta_set(&mut self, key: &str, value: i64) -> Result<(), StoreError> {
+        Ok(meta_set(self.conn, key, value)?)
     }
 
-    fn change(&mut self, c: OwnedChange) -> Result<(), StoreError> {
-        let res = match self.schema.table(c.table) {
-            None => Err(RejectReason::UnknownTable),
-            Some(t) => match c.op {
-                Op::Add => self.add(&c, t)?,
-                Op::Update => self.update(&c, t)?,
-                Op::Delete => self.delete(&c)?,
-            },
-        };
-        if let Err(reason) = res {
-            self.out.rejected.push(OwnedRejected {
-                table: c.table,
-                op: c.op,
-                key: c.key,
-                reason,
-                body: c.body,
-            });
-        }
+    fn tombstones_max_seq_before(&mut self, cutoff: i64) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT max(seq) FROM _tombstone WHERE at <= ?1",
+            [cutoff],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn prune_tombstones(&mut self, cutoff: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM _tombstone WHERE at <= ?1", [cutoff])?;
         Ok(())
     }
 
-    fn idmap(&self, table: TableId, local: LocalId) -> Result<Option<i64>, StoreError> {
-        let name = self.schema.tables[table.0 as usize].name;
+    fn idmap_get(
+        &mut self,
+        device: u32,
+        table: &str,
+        local: u32,
+    ) -> Result<Option<i64>, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT server FROM _idmap WHERE device = ?1 AND tbl = ?2 AND local = ?3",
             )?
-            .query_row(params![self.device.id, name, local.0], |r| r.get(0))
+            .query_row(params![device, table, local], |r| r.get(0))
             .optional()?)
     }
 
-    fn row_meta(&self, table: TableId, id: i64) -> Result<Option<RowMeta>, StoreError> {
-        Ok(self
+    fn insert_mapped(
+        &mut self,
+        ti: usize,
+        args: &[Arg<'_>],
+        device: u32,
+        table: &str,
+        local: u32,
+    ) -> Result<i64, StoreError> {
+        let id: i64 = self
             .conn
-            .prepare_cached(&self.sql[table.0 as usize].meta)?
-            .query_row([id], |r| {
-                Ok(RowMeta {
-                    scope: r.get(0)?,
-                    at: Hlc::new(
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, i64>(2)? as u32,
-                        r.get::<_, i64>(3)? as u32,
-                    ),
-                    parent: r.get(4)?,
-                })
-            })
-            .optional()?)
-    }
-
-    /// Why a record that is not live cannot be changed.
-    fn missing(&self, table: TableId, id: i64) -> Result<RejectReason, StoreError> {
-        let name = self.schema.tables[table.0 as usize].name;
-        let scope: Option<String> = self
-            .conn
-            .prepare_cached("SELECT scope FROM _tombstone WHERE tbl = ?1 AND id = ?2")?
-            .query_row(params![name, id], |r| r.get(0))
-            .optional()?;
-        Ok(match scope {
-            Some(s) if s == self.device.scope => RejectReason::Deleted,
-            Some(_) => RejectReason::OutOfScope,
-            None => RejectReason::UnknownRecord,
-        })
-    }
-
-    /// Resolves a parent reference to a live server id in the device's scope.
-    fn parent(
-        &self,
-        table: TableId,
-        r: RecordRef,
-    ) -> Result<Result<i64, RejectReason>, StoreError> {
-        let id = match r {
-            RecordRef::Server(s) => match sid(s) {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::ParentMissing)),
-            },
-            RecordRef::Local(l) => match self.idmap(table, l)? {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::ParentMissing)),
-            },
-        };
-        Ok(match self.row_meta(table, id)? {
-            None => match self.missing(table, id)? {
-                RejectReason::OutOfScope => Err(RejectReason::OutOfScope),
-                _ => Err(RejectReason::ParentMissing),
-            },
-            Some(m) if m.scope != self.device.scope => Err(RejectReason::OutOfScope),
-            Some(_) => Ok(id),
-        })
-    }
-
-    fn scope_field_ok(&self, table: TableId, values: &[Value<'_>]) -> bool {
-        match self.sql[table.0 as usize].scope_index {
-            None => true,
-            Some(i) => values.get(i) == Some(&Value::Text(&self.device.scope)),
-        }
-    }
-
-    fn add(&mut self, c: &OwnedChange, t: &TableDef<'static>) -> Step {
-        let RecordRef::Local(local) = c.key else {
-            return Ok(Err(RejectReason::BadKey));
-        };
-        let values = match decode_body(t, &c.body) {
-            Ok(v) => v,
-            Err(r) => return Ok(Err(r)),
-        };
-        if let Some(server) = self.idmap(c.table, local)? {
-            // A retry: the add was applied before. Same mapping; the rest is an update.
-            self.out.mappings.push(Mapping {
-                table: c.table,
-                local,
-                server: ServerId(server as u64),
-            });
-            return Ok(match self.write_update(c, t, server, &values)? {
-                // Deleted since: the delete wins, and the device learns it from the reply.
-                Err(RejectReason::Deleted) => Ok(()),
-                other => other,
-            });
-        }
-        let parent = match (t.parent, c.parent) {
-            (None, None) => None,
-            (None, Some(_)) | (Some(_), None) => return Ok(Err(RejectReason::BadKey)),
-            (Some(pt), Some(r)) => match self.parent(pt, r)? {
-                Ok(id) => Some(id),
-                Err(e) => return Ok(Err(e)),
-            },
-        };
-        if !self.scope_field_ok(c.table, &values) {
-            return Ok(Err(RejectReason::OutOfScope));
-        }
-        let at = self.stamp(c.modified_at);
-        let seq = self.next_seq();
-        let device = self.device;
-        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
-        if t.parent.is_some() {
-            args.push(parent.map_or(Arg::Null, Arg::I));
-        }
-        args.extend([
-            Arg::S(&device.scope),
-            Arg::I(seq),
-            Arg::I(at.wall_ms as i64),
-            Arg::I(i64::from(at.counter)),
-            Arg::I(i64::from(at.device)),
-        ]);
-        self.conn
-            .prepare_cached(&self.sql[c.table.0 as usize].insert)?
-            .execute(params_from_iter(args.iter()))?;
-        let id = self.conn.last_insert_rowid();
+            .prepare_cached(&self.sql[ti].insert)?
+            .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
         self.conn
             .prepare_cached(
                 "INSERT INTO _idmap (device, tbl, local, server) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![device.id, t.name, local.0, id])?;
-        self.out.mappings.push(Mapping {
-            table: c.table,
-            local,
-            server: ServerId(id as u64),
-        });
-        self.out.applied += 1;
-        Ok(Ok(()))
+            .execute(params![device, table, local, id])?;
+        Ok(id)
     }
 
-    fn update(&mut self, c: &OwnedChange, t: &TableDef<'static>) -> Step {
-        let id = match c.key {
-            RecordRef::Server(s) => match sid(s) {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::UnknownRecord)),
-            },
-            RecordRef::Local(l) => match self.idmap(c.table, l)? {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::UnknownRecord)),
-            },
-        };
-        let values = match decode_body(t, &c.body) {
-            Ok(v) => v,
-            Err(r) => return Ok(Err(r)),
-        };
-        self.write_update(c, t, id, &values)
-    }
-
-    /// Last-write-wins update of live record `id` (or the reason it cannot be changed).
-    fn write_update(
-        &mut self,
-        c: &OwnedChange,
-        t: &TableDef<'static>,
-        id: i64,
-        values: &[Value<'_>],
-    ) -> Step {
-        let Some(meta) = self.row_meta(c.table, id)? else {
-            return Ok(Err(self.missing(c.table, id)?));
-        };
-        if meta.scope != self.device.scope || !self.scope_field_ok(c.table, values) {
-            return Ok(Err(RejectReason::OutOfScope));
-        }
-        let parent = match (t.parent, c.parent) {
-            (None, None) => None,
-            (None, Some(_)) => return Ok(Err(RejectReason::BadKey)),
-            (Some(_), None) => meta.parent,
-            (Some(pt), Some(r)) => match self.parent(pt, r)? {
-                Ok(id) => Some(id),
-                Err(e) => return Ok(Err(e)),
-            },
-        };
-        let at = self.stamp(c.modified_at);
-        if at <= meta.at {
-            self.out.losers.push((c.table, ServerId(id as u64)));
-            return Ok(Ok(()));
-        }
-        let seq = self.next_seq();
-        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
-        if t.parent.is_some() {
-            args.push(parent.map_or(Arg::Null, Arg::I));
-        }
-        args.extend([
-            Arg::I(seq),
-            Arg::I(at.wall_ms as i64),
-            Arg::I(i64::from(at.counter)),
-            Arg::I(i64::from(at.device)),
-            Arg::I(id),
-        ]);
+    fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached(&self.sql[c.table.0 as usize].update)?
+            .prepare_cached(&self.sql[ti].update)?
             .execute(params_from_iter(args.iter()))?;
-        self.out.applied += 1;
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn delete(&mut self, c: &OwnedChange) -> Step {
-        let id = match c.key {
-            RecordRef::Server(s) => match sid(s) {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::UnknownRecord)),
-            },
-            RecordRef::Local(l) => match self.idmap(c.table, l)? {
-                Some(id) => id,
-                // Never reached the server: nothing to delete.
-                None => return Ok(Ok(())),
-            },
-        };
-        match self.row_meta(c.table, id)? {
-            None => Ok(match self.missing(c.table, id)? {
-                // Already deleted: deletes are idempotent.
-                RejectReason::Deleted => Ok(()),
-                other => Err(other),
-            }),
-            Some(m) if m.scope != self.device.scope => Ok(Err(RejectReason::OutOfScope)),
-            Some(_) => {
-                self.cascade(c.table.0 as usize, id)?;
-                self.out.applied += 1;
-                Ok(Ok(()))
-            }
-        }
+    fn row_meta(&mut self, ti: usize, id: i64) -> Result<Option<RowMeta>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&self.sql[ti].meta)?
+            .query_row([id], |r| {
+                Ok(RowMeta::from_columns(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
+            .optional()?)
     }
 
-    /// Deletes a record and all its details at every depth, each with a tombstone.
-    fn cascade(&mut self, ti: usize, id: i64) -> Result<(), StoreError> {
-        let sqls = self.sql;
-        for (child, sql) in &sqls[ti].children {
-            let child = *child;
-            let ids: Vec<i64> = self
-                .conn
-                .prepare_cached(sql)?
-                .query_map([id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for cid in ids {
-                self.cascade(child, cid)?;
-            }
-        }
-        self.conn.prepare_cached(&sqls[ti].delete)?.execute([id])?;
-        let seq = self.next_seq();
+    fn tombstone_scope(&mut self, table: &str, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT scope FROM _tombstone WHERE tbl = ?1 AND id = ?2")?
+            .query_row(params![table, id], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn child_ids(&mut self, ti: usize, k: usize, id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&self.sql[ti].children[k].1)?
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn delete(&mut self, ti: usize, id: i64) -> Result<(), StoreError> {
+        self.conn.prepare_cached(&self.sql[ti].delete)?.execute([id])?;
+        Ok(())
+    }
+
+    fn put_tombstone(
+        &mut self,
+        table: &str,
+        id: i64,
+        seq: i64,
+        scope: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO _tombstone (tbl, id, seq, scope, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![
-                self.schema.tables[ti].name,
-                id,
-                seq,
-                self.device.scope,
-                self.params.now_ms as i64
-            ])?;
+            .execute(params![table, id, seq, scope, at_ms])?;
+        Ok(())
+    }
+}
+
+impl SnapshotTx for LiteTx<'_> {
+    fn meta_get(&mut self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(meta_get(self.conn, key)?)
+    }
+
+    fn rows(
+        &mut self,
+        ti: usize,
+        q: RowQuery<'_>,
+        f: &mut dyn FnMut(Row<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let (sql, t) = (&self.sql[ti], &self.schema.tables[ti]);
+        let mut stmt;
+        let mut rows = match q {
+            RowQuery::Full { scope } => {
+                stmt = self.conn.prepare_cached(&sql.full)?;
+                stmt.query(params![scope])?
+            }
+            RowQuery::Delta { scope, cursor } => {
+                stmt = self.conn.prepare_cached(&sql.delta)?;
+                stmt.query(params![scope, cursor])?
+            }
+            RowQuery::ById { id, scope, cursor } => {
+                stmt = self.conn.prepare_cached(&sql.by_id)?;
+                stmt.query(params![id, scope, cursor])?
+            }
+        };
+        while let Some(row) = rows.next()? {
+            let mut values = Vec::with_capacity(t.fields.len());
+            for (i, fd) in t.fields.iter().enumerate() {
+                values.push(column_value(t, fd, row.get_ref(5 + i)?)?);
+            }
+            f(Row {
+                id: row.get(0)?,
+                parent: row.get(1)?,
+                at: hlc_of(row.get(2)?, row.get(3)?, row.get(4)?),
+                values: &values,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn tombstones(
+        &mut self,
+        scope: &str,
+        cursor: i64,
+        f: &mut dyn FnMut(&str, i64) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT tbl, id FROM _tombstone WHERE scope = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query(params![scope, cursor])?;
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            f(&name, row.get(1)?)?;
+        }
         Ok(())
     }
 }
@@ -749,40 +433,13 @@ impl ServerStore for SqliteStore {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let cutoff = params.now_ms.saturating_sub(params.tombstone_retention_ms) as i64;
-        let pruned: Option<i64> = tx.query_row(
-            "SELECT max(seq) FROM _tombstone WHERE at <= ?1",
-            [cutoff],
-            |r| r.get(0),
-        )?;
-        if let Some(max) = pruned {
-            let floor = meta_get(&tx, "tombstone_floor")?.unwrap_or(0);
-            meta_set(&tx, "tombstone_floor", floor.max(max))?;
-            tx.execute("DELETE FROM _tombstone WHERE at <= ?1", [cutoff])?;
-        }
-        let start_seq = meta_get(&tx, "seq")?.unwrap_or(0);
-        let seq = start_seq;
-        let mut apply = Apply {
+        let mut ops = LiteTx {
             conn: &tx,
             schema,
             sql: &self.sql,
-            device,
-            params,
-            seq,
-            out: SyncOutcome::default(),
         };
-        loop {
-            match changes.next() {
-                Some(Incoming::Change(c)) => apply.change(c)?,
-                Some(Incoming::Commit) => break,
-                // Dropping `tx` rolls back.
-                None => return Err(StoreError::Aborted),
-            }
-        }
-        let (seq, out) = (apply.seq, apply.out);
-        if seq != start_seq {
-            meta_set(&tx, "seq", seq)?;
-        }
+        // An error or an abort drops `tx`: rolled back.
+        let out = run_sync(&mut ops, schema, &self.sql, device, params, changes)?;
         tx.commit()?;
         Ok(out)
     }
@@ -795,90 +452,12 @@ impl ServerStore for SqliteStore {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
         self.with_reader(|conn| {
             let tx = conn.transaction()?;
-            let seq = meta_get(&tx, "seq")?.unwrap_or(0);
-            let floor = meta_get(&tx, "tombstone_floor")?.unwrap_or(0);
-            let cursor = match (plan.mode, plan.cursor) {
-                (Mode::Delta, Some(c)) if c >= floor as u64 && c <= seq as u64 => Some(c as i64),
-                _ => None,
+            let mut ops = LiteTx {
+                conn: &tx,
+                schema,
+                sql: &self.sql,
             };
-            let mut buf = vec![0u8; BODY_BUF];
-            let mut extra = plan.extra.to_vec();
-            extra.sort_unstable();
-            extra.dedup();
-            if cursor.is_none() {
-                sink(ReplyItem::Reset)?;
-            }
-            for (ti, t) in schema.tables.iter().enumerate() {
-                let sql = &self.sql[ti];
-                let table = TableId(ti as u8);
-                let mut emit = |row: &rusqlite::Row<'_>| -> Result<(), StoreError> {
-                    let id: i64 = row.get(0)?;
-                    let parent: Option<i64> = row.get(1)?;
-                    let at = Hlc::new(
-                        row.get::<_, i64>(2)? as u64,
-                        row.get::<_, i64>(3)? as u32,
-                        row.get::<_, i64>(4)? as u32,
-                    );
-                    let mut values = Vec::with_capacity(t.fields.len());
-                    for (i, f) in t.fields.iter().enumerate() {
-                        values.push(column_value(t, f, row.get_ref(5 + i)?)?);
-                    }
-                    let body = body::encode(t, &values, &mut buf).map_err(|e| {
-                        StoreError::Corrupt(format!("{}#{id} does not encode: {e}", t.name))
-                    })?;
-                    sink(ReplyItem::Upsert(Upsert {
-                        table,
-                        id: ServerId(id as u64),
-                        parent: parent.map(|p| ServerId(p as u64)),
-                        modified_at: at,
-                        body,
-                    }))
-                };
-                match cursor {
-                    None => {
-                        let mut stmt = tx.prepare_cached(&sql.full)?;
-                        let mut rows = stmt.query([plan.scope])?;
-                        while let Some(row) = rows.next()? {
-                            emit(row)?;
-                        }
-                    }
-                    Some(c) => {
-                        {
-                            let mut stmt = tx.prepare_cached(&sql.delta)?;
-                            let mut rows = stmt.query(params![plan.scope, c])?;
-                            while let Some(row) = rows.next()? {
-                                emit(row)?;
-                            }
-                        }
-                        let mut stmt = tx.prepare_cached(&sql.by_id)?;
-                        for (_, id) in extra.iter().filter(|(xt, _)| *xt == table) {
-                            let Some(id) = sid(*id) else { continue };
-                            let mut rows = stmt.query(params![id, plan.scope, c])?;
-                            while let Some(row) = rows.next()? {
-                                emit(row)?;
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(c) = cursor {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT tbl, id FROM _tombstone WHERE scope = ?1 AND seq > ?2 ORDER BY seq",
-                )?;
-                let mut rows = stmt.query(params![plan.scope, c])?;
-                while let Some(row) = rows.next()? {
-                    let name: String = row.get(0)?;
-                    let id: i64 = row.get(1)?;
-                    if let Some(table) = schema.table_id(&name) {
-                        sink(ReplyItem::Remove(Remove {
-                            table,
-                            id: ServerId(id as u64),
-                        }))?;
-                    }
-                }
-            }
-            drop(tx);
-            Ok(seq as u64)
+            read_reply(&mut ops, schema, plan, sink)
         })
     }
 
@@ -931,8 +510,11 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Incoming, OwnedChange};
     use super::*;
     use ferrysync_core::body::encode;
+    use ferrysync_core::wire::{Mode, Op};
+    use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
 
     fn company(name: &str) -> Vec<u8> {
         let mut buf = [0u8; 128];

@@ -1,0 +1,563 @@
+//! The reconciliation rules and the reply's order, written once over two small traits that
+//! each store implements in its SQL dialect: [`SyncTx`] (the row-level operations of one sync
+//! transaction) and [`SnapshotTx`] (the reads of one reply snapshot).
+//!
+//! [`run_sync`] holds every rule: id mapping through `_idmap` (and the idempotent retry),
+//! foreign keys resolved through the map at any depth, last-write-wins on clamped stamps,
+//! delete cascade with tombstones, delete-wins, scopes, and each rejection's reason; plus the
+//! change sequence and tombstone pruning. [`read_reply`] decides full or delta and emits
+//! records and tombstones in reply order. A store only opens, commits and runs statements.
+
+use super::sqlgen::TableSql;
+use super::{
+    ChangeSource, Device, Incoming, OwnedChange, OwnedRejected, ReplyItem, ReplyPlan, StoreError,
+    SyncOutcome, SyncParams,
+};
+use ferrysync_core::body::{self, Value};
+use ferrysync_core::schema::{FieldDef, Schema, TableDef};
+use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
+use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
+
+/// Largest body re-encoded from columns (a frame is far smaller, so this never limits).
+const BODY_BUF: usize = 64 * 1024;
+
+/// A value bound to a statement; each store converts it to its driver's type.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    /// A field value (`U64` is stored bit-cast to a signed 64-bit integer).
+    V(Value<'a>),
+    /// An integer (ids, sequence, clock).
+    I(i64),
+    /// Text (scope).
+    S(&'a str),
+    /// SQL NULL (a master's absent foreign key).
+    Null,
+}
+
+/// The stored clock, scope and parent of a live record.
+pub(crate) struct RowMeta {
+    /// Scope of the record.
+    pub scope: String,
+    /// Clock of its winning change.
+    pub at: Hlc,
+    /// Its foreign key (detail tables).
+    pub parent: Option<i64>,
+}
+
+impl RowMeta {
+    /// From the columns `_scope, _wall, _counter, _device, fk` as stored.
+    pub fn from_columns(
+        scope: String,
+        wall: i64,
+        counter: i64,
+        device: i64,
+        parent: Option<i64>,
+    ) -> Self {
+        RowMeta {
+            scope,
+            at: hlc_of(wall, counter, device),
+            parent,
+        }
+    }
+}
+
+/// A clock from its stored columns (stored from `u64`/`u32` values, so the casts round-trip).
+pub(crate) fn hlc_of(wall: i64, counter: i64, device: i64) -> Hlc {
+    Hlc::new(wall as u64, counter as u32, device as u32)
+}
+
+/// Row-level operations of one sync transaction. Table indexes are schema table indexes;
+/// statements come from the store's [`TableSql`].
+pub(crate) trait SyncTx {
+    /// A `_meta` value.
+    fn meta_get(&mut self, key: &str) -> Result<Option<i64>, StoreError>;
+    /// Sets a `_meta` value.
+    fn meta_set(&mut self, key: &str, value: i64) -> Result<(), StoreError>;
+    /// The highest sequence of the tombstones deleted at or before `cutoff` ms.
+    fn tombstones_max_seq_before(&mut self, cutoff: i64) -> Result<Option<i64>, StoreError>;
+    /// Drops the tombstones deleted at or before `cutoff` ms.
+    fn prune_tombstones(&mut self, cutoff: i64) -> Result<(), StoreError>;
+    /// The server id mapped to a device's local id.
+    fn idmap_get(&mut self, device: u32, table: &str, local: u32)
+        -> Result<Option<i64>, StoreError>;
+    /// Inserts a record (`TableSql::insert` arguments) and maps the device's local id to it;
+    /// returns the new server id.
+    fn insert_mapped(
+        &mut self,
+        ti: usize,
+        args: &[Arg<'_>],
+        device: u32,
+        table: &str,
+        local: u32,
+    ) -> Result<i64, StoreError>;
+    /// Updates a record (`TableSql::update` arguments).
+    fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError>;
+    /// The live record's meta.
+    fn row_meta(&mut self, ti: usize, id: i64) -> Result<Option<RowMeta>, StoreError>;
+    /// The scope of a tombstone.
+    fn tombstone_scope(&mut self, table: &str, id: i64) -> Result<Option<String>, StoreError>;
+    /// Ids of the details of `id` in the `k`-th child table of `ti`.
+    fn child_ids(&mut self, ti: usize, k: usize, id: i64) -> Result<Vec<i64>, StoreError>;
+    /// Deletes a record row.
+    fn delete(&mut self, ti: usize, id: i64) -> Result<(), StoreError>;
+    /// Writes (or replaces) a tombstone.
+    fn put_tombstone(
+        &mut self,
+        table: &str,
+        id: i64,
+        seq: i64,
+        scope: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+}
+
+/// Applies a sync inside the store's open transaction: prunes expired tombstones, applies
+/// the changes as `changes` yields them, advances `_meta.seq`. Returns
+/// [`StoreError::Aborted`] when the source ends without `Commit` (the caller rolls back);
+/// on `Ok` the caller commits.
+///
+/// The caller must hold the database's single-writer lock for the whole transaction: the
+/// sequence read here is the last committed one and every number taken is above it, so the
+/// sequence grows in commit order (a reader's cursor never skips a change).
+pub(crate) fn run_sync<T: SyncTx>(
+    tx: &mut T,
+    schema: Schema<'static>,
+    sql: &[TableSql],
+    device: &Device,
+    params: SyncParams,
+    changes: &mut dyn ChangeSource,
+) -> Result<SyncOutcome, StoreError> {
+    let cutoff = params.now_ms.saturating_sub(params.tombstone_retention_ms) as i64;
+    if let Some(max) = tx.tombstones_max_seq_before(cutoff)? {
+        let floor = tx.meta_get("tombstone_floor")?.unwrap_or(0);
+        tx.meta_set("tombstone_floor", floor.max(max))?;
+        tx.prune_tombstones(cutoff)?;
+    }
+    let start_seq = tx.meta_get("seq")?.unwrap_or(0);
+    let mut apply = Apply {
+        tx,
+        schema,
+        sql,
+        device,
+        params,
+        seq: start_seq,
+        out: SyncOutcome::default(),
+    };
+    loop {
+        match changes.next() {
+            Some(Incoming::Change(c)) => apply.change(c)?,
+            Some(Incoming::Commit) => break,
+            None => return Err(StoreError::Aborted),
+        }
+    }
+    let (seq, out) = (apply.seq, apply.out);
+    if seq != start_seq {
+        tx.meta_set("seq", seq)?;
+    }
+    Ok(out)
+}
+
+fn sid(id: ServerId) -> Option<i64> {
+    i64::try_from(id.0).ok()
+}
+
+/// Decodes a body into one value per field; NaN is refused (SQLite stores it as NULL).
+fn decode_body<'b>(t: &TableDef<'_>, body: &'b [u8]) -> Result<Vec<Value<'b>>, RejectReason> {
+    let mut values = Vec::with_capacity(t.fields.len());
+    match body::decode(t, body, |_, _, v| {
+        if matches!(v, Value::F64(x) if x.is_nan()) {
+            return Err(());
+        }
+        values.push(v);
+        Ok(())
+    }) {
+        Ok(Ok(())) => Ok(values),
+        _ => Err(RejectReason::InvalidBody),
+    }
+}
+
+/// The error for a column whose stored value does not fit its field.
+pub(crate) fn bad_column(t: &TableDef<'_>, f: &FieldDef<'_>) -> StoreError {
+    StoreError::Corrupt(format!(
+        "column {}.{} holds a value that is not a {}{}",
+        t.name,
+        f.name,
+        f.ty.name(),
+        if f.optional { " or null" } else { "" }
+    ))
+}
+
+type Step = Result<Result<(), RejectReason>, StoreError>;
+
+/// One sync's work inside its transaction.
+struct Apply<'c, T> {
+    tx: &'c mut T,
+    schema: Schema<'static>,
+    sql: &'c [TableSql],
+    device: &'c Device,
+    params: SyncParams,
+    seq: i64,
+    out: SyncOutcome,
+}
+
+impl<T: SyncTx> Apply<'_, T> {
+    fn next_seq(&mut self) -> i64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The stamp stored for an incoming change: clamped to server time plus the allowed skew,
+    /// and carrying the authenticated device's id (a device cannot claim another's tie-break).
+    fn stamp(&self, at: Hlc) -> Hlc {
+        let at = at.clamp(self.params.now_ms.saturating_add(self.params.max_skew_ms));
+        Hlc {
+            device: self.device.id,
+            ..at
+        }
+    }
+
+    fn change(&mut self, c: OwnedChange) -> Result<(), StoreError> {
+        let res = match self.schema.table(c.table) {
+            None => Err(RejectReason::UnknownTable),
+            Some(t) => match c.op {
+                Op::Add => self.add(&c, t)?,
+                Op::Update => self.update(&c, t)?,
+                Op::Delete => self.delete(&c)?,
+            },
+        };
+        if let Err(reason) = res {
+            self.out.rejected.push(OwnedRejected {
+                table: c.table,
+                op: c.op,
+                key: c.key,
+                reason,
+                body: c.body,
+            });
+        }
+        Ok(())
+    }
+
+    fn idmap(&mut self, table: TableId, local: LocalId) -> Result<Option<i64>, StoreError> {
+        let name = self.schema.tables[table.0 as usize].name;
+        self.tx.idmap_get(self.device.id, name, local.0)
+    }
+
+    fn row_meta(&mut self, table: TableId, id: i64) -> Result<Option<RowMeta>, StoreError> {
+        self.tx.row_meta(table.0 as usize, id)
+    }
+
+    /// Why a record that is not live cannot be changed.
+    fn missing(&mut self, table: TableId, id: i64) -> Result<RejectReason, StoreError> {
+        let name = self.schema.tables[table.0 as usize].name;
+        Ok(match self.tx.tombstone_scope(name, id)? {
+            Some(s) if s == self.device.scope => RejectReason::Deleted,
+            Some(_) => RejectReason::OutOfScope,
+            None => RejectReason::UnknownRecord,
+        })
+    }
+
+    /// Resolves a parent reference to a live server id in the device's scope.
+    fn parent(
+        &mut self,
+        table: TableId,
+        r: RecordRef,
+    ) -> Result<Result<i64, RejectReason>, StoreError> {
+        let id = match r {
+            RecordRef::Server(s) => match sid(s) {
+                Some(id) => id,
+                None => return Ok(Err(RejectReason::ParentMissing)),
+            },
+            RecordRef::Local(l) => match self.idmap(table, l)? {
+                Some(id) => id,
+                None => return Ok(Err(RejectReason::ParentMissing)),
+            },
+        };
+        Ok(match self.row_meta(table, id)? {
+            None => match self.missing(table, id)? {
+                RejectReason::OutOfScope => Err(RejectReason::OutOfScope),
+                _ => Err(RejectReason::ParentMissing),
+            },
+            Some(m) if m.scope != self.device.scope => Err(RejectReason::OutOfScope),
+            Some(_) => Ok(id),
+        })
+    }
+
+    fn scope_field_ok(&self, table: TableId, values: &[Value<'_>]) -> bool {
+        match self.sql[table.0 as usize].scope_index {
+            None => true,
+            Some(i) => values.get(i) == Some(&Value::Text(&self.device.scope)),
+        }
+    }
+
+    fn add(&mut self, c: &OwnedChange, t: &TableDef<'static>) -> Step {
+        let RecordRef::Local(local) = c.key else {
+            return Ok(Err(RejectReason::BadKey));
+        };
+        let values = match decode_body(t, &c.body) {
+            Ok(v) => v,
+            Err(r) => return Ok(Err(r)),
+        };
+        if let Some(server) = self.idmap(c.table, local)? {
+            // A retry: the add was applied before. Same mapping; the rest is an update.
+            self.out.mappings.push(Mapping {
+                table: c.table,
+                local,
+                server: ServerId(server as u64),
+            });
+            return Ok(match self.write_update(c, t, server, &values)? {
+                // Deleted since: the delete wins, and the device learns it from the reply.
+                Err(RejectReason::Deleted) => Ok(()),
+                other => other,
+            });
+        }
+        let parent = match (t.parent, c.parent) {
+            (None, None) => None,
+            (None, Some(_)) | (Some(_), None) => return Ok(Err(RejectReason::BadKey)),
+            (Some(pt), Some(r)) => match self.parent(pt, r)? {
+                Ok(id) => Some(id),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        if !self.scope_field_ok(c.table, &values) {
+            return Ok(Err(RejectReason::OutOfScope));
+        }
+        let at = self.stamp(c.modified_at);
+        let seq = self.next_seq();
+        let device = self.device;
+        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
+        if t.parent.is_some() {
+            args.push(parent.map_or(Arg::Null, Arg::I));
+        }
+        args.extend([
+            Arg::S(&device.scope),
+            Arg::I(seq),
+            Arg::I(at.wall_ms as i64),
+            Arg::I(i64::from(at.counter)),
+            Arg::I(i64::from(at.device)),
+        ]);
+        let id = self
+            .tx
+            .insert_mapped(c.table.0 as usize, &args, device.id, t.name, local.0)?;
+        self.out.mappings.push(Mapping {
+            table: c.table,
+            local,
+            server: ServerId(id as u64),
+        });
+        self.out.applied += 1;
+        Ok(Ok(()))
+    }
+
+    fn update(&mut self, c: &OwnedChange, t: &TableDef<'static>) -> Step {
+        let id = match c.key {
+            RecordRef::Server(s) => match sid(s) {
+                Some(id) => id,
+                None => return Ok(Err(RejectReason::UnknownRecord)),
+            },
+            RecordRef::Local(l) => match self.idmap(c.table, l)? {
+                Some(id) => id,
+                None => return Ok(Err(RejectReason::UnknownRecord)),
+            },
+        };
+        let values = match decode_body(t, &c.body) {
+            Ok(v) => v,
+            Err(r) => return Ok(Err(r)),
+        };
+        self.write_update(c, t, id, &values)
+    }
+
+    /// Last-write-wins update of live record `id` (or the reason it cannot be changed).
+    fn write_update(
+        &mut self,
+        c: &OwnedChange,
+        t: &TableDef<'static>,
+        id: i64,
+        values: &[Value<'_>],
+    ) -> Step {
+        let Some(meta) = self.row_meta(c.table, id)? else {
+            return Ok(Err(self.missing(c.table, id)?));
+        };
+        if meta.scope != self.device.scope || !self.scope_field_ok(c.table, values) {
+            return Ok(Err(RejectReason::OutOfScope));
+        }
+        let parent = match (t.parent, c.parent) {
+            (None, None) => None,
+            (None, Some(_)) => return Ok(Err(RejectReason::BadKey)),
+            (Some(_), None) => meta.parent,
+            (Some(pt), Some(r)) => match self.parent(pt, r)? {
+                Ok(id) => Some(id),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let at = self.stamp(c.modified_at);
+        if at <= meta.at {
+            self.out.losers.push((c.table, ServerId(id as u64)));
+            return Ok(Ok(()));
+        }
+        let seq = self.next_seq();
+        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
+        if t.parent.is_some() {
+            args.push(parent.map_or(Arg::Null, Arg::I));
+        }
+        args.extend([
+            Arg::I(seq),
+            Arg::I(at.wall_ms as i64),
+            Arg::I(i64::from(at.counter)),
+            Arg::I(i64::from(at.device)),
+            Arg::I(id),
+        ]);
+        self.tx.update(c.table.0 as usize, &args)?;
+        self.out.applied += 1;
+        Ok(Ok(()))
+    }
+
+    fn delete(&mut self, c: &OwnedChange) -> Step {
+        let id = match c.key {
+            RecordRef::Server(s) => match sid(s) {
+                Some(id) => id,
+                None => return Ok(Err(RejectReason::UnknownRecord)),
+            },
+            RecordRef::Local(l) => match self.idmap(c.table, l)? {
+                Some(id) => id,
+                // Never reached the server: nothing to delete.
+                None => return Ok(Ok(())),
+            },
+        };
+        match self.row_meta(c.table, id)? {
+            None => Ok(match self.missing(c.table, id)? {
+                // Already deleted: deletes are idempotent.
+                RejectReason::Deleted => Ok(()),
+                other => Err(other),
+            }),
+            Some(m) if m.scope != self.device.scope => Ok(Err(RejectReason::OutOfScope)),
+            Some(_) => {
+                self.cascade(c.table.0 as usize, id)?;
+                self.out.applied += 1;
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// Deletes a record and all its details at every depth, each with a tombstone.
+    fn cascade(&mut self, ti: usize, id: i64) -> Result<(), StoreError> {
+        let sqls = self.sql;
+        for (k, (child, _)) in sqls[ti].children.iter().enumerate() {
+            for cid in self.tx.child_ids(ti, k, id)? {
+                self.cascade(*child, cid)?;
+            }
+        }
+        self.tx.delete(ti, id)?;
+        let seq = self.next_seq();
+        let (name, scope) = (self.schema.tables[ti].name, self.device.scope.as_str());
+        self.tx
+            .put_tombstone(name, id, seq, scope, self.params.now_ms as i64)
+    }
+}
+
+/// One record row of a reply, as read from the store.
+pub(crate) struct Row<'r> {
+    /// Server id.
+    pub id: i64,
+    /// Foreign key (details).
+    pub parent: Option<i64>,
+    /// Clock of the winning change.
+    pub at: Hlc,
+    /// Field values in schema order.
+    pub values: &'r [Value<'r>],
+}
+
+/// Which rows of a table a reply reads (see [`TableSql`]'s `full`, `delta` and `by_id`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowQuery<'a> {
+    /// Every row of the scope.
+    Full { scope: &'a str },
+    /// Rows of the scope changed after `cursor`.
+    Delta { scope: &'a str, cursor: i64 },
+    /// One row if in the scope and not changed after `cursor`.
+    ById {
+        id: i64,
+        scope: &'a str,
+        cursor: i64,
+    },
+}
+
+/// Reads of one reply, all from one snapshot.
+pub(crate) trait SnapshotTx {
+    /// A `_meta` value.
+    fn meta_get(&mut self, key: &str) -> Result<Option<i64>, StoreError>;
+    /// Calls `f` for each row of table `ti` that `q` selects, in `_seq` order.
+    fn rows(
+        &mut self,
+        ti: usize,
+        q: RowQuery<'_>,
+        f: &mut dyn FnMut(Row<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Calls `f` with `(table name, id)` of each tombstone of `scope` after `cursor`, in
+    /// sequence order.
+    fn tombstones(
+        &mut self,
+        scope: &str,
+        cursor: i64,
+        f: &mut dyn FnMut(&str, i64) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Reads a reply from a snapshot, in reply order, into `sink`; returns the snapshot's cursor.
+pub(crate) fn read_reply<T: SnapshotTx>(
+    tx: &mut T,
+    schema: Schema<'static>,
+    plan: &ReplyPlan<'_>,
+    sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let seq = tx.meta_get("seq")?.unwrap_or(0);
+    let floor = tx.meta_get("tombstone_floor")?.unwrap_or(0);
+    let cursor = match (plan.mode, plan.cursor) {
+        (Mode::Delta, Some(c)) if c >= floor as u64 && c <= seq as u64 => Some(c as i64),
+        _ => None,
+    };
+    let mut buf = vec![0u8; BODY_BUF];
+    let mut extra = plan.extra.to_vec();
+    extra.sort_unstable();
+    extra.dedup();
+    if cursor.is_none() {
+        sink(ReplyItem::Reset)?;
+    }
+    for (ti, t) in schema.tables.iter().enumerate() {
+        let table = TableId(ti as u8);
+        let mut emit = |row: Row<'_>| -> Result<(), StoreError> {
+            let id = row.id;
+            let body = body::encode(t, row.values, &mut buf).map_err(|e| {
+                StoreError::Corrupt(format!("{}#{id} does not encode: {e}", t.name))
+            })?;
+            sink(ReplyItem::Upsert(Upsert {
+                table,
+                id: ServerId(id as u64),
+                parent: row.parent.map(|p| ServerId(p as u64)),
+                modified_at: row.at,
+                body,
+            }))
+        };
+        let scope = plan.scope;
+        match cursor {
+            None => tx.rows(ti, RowQuery::Full { scope }, &mut emit)?,
+            Some(cursor) => {
+                tx.rows(ti, RowQuery::Delta { scope, cursor }, &mut emit)?;
+                for (_, id) in extra.iter().filter(|(xt, _)| *xt == table) {
+                    let Some(id) = sid(*id) else { continue };
+                    tx.rows(ti, RowQuery::ById { id, scope, cursor }, &mut emit)?;
+                }
+            }
+        }
+    }
+    if let Some(c) = cursor {
+        tx.tombstones(plan.scope, c, &mut |name, id| {
+            match schema.table_id(name) {
+                Some(table) => sink(ReplyItem::Remove(Remove {
+                    table,
+                    id: ServerId(id as u64),
+                })),
+                None => Ok(()),
+            }
+        })?;
+    }
+    Ok(seq as u64)
+}
