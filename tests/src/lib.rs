@@ -2,6 +2,8 @@
 //! files, and fault injectors for transports and stores.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test harness: failing loudly is its job.
 
+pub mod sim;
+
 use ferrysync_core::id::{LocalId, ServerId, TableId};
 use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
 use ferrysync_core::transport::Transport;
