@@ -105,6 +105,7 @@ struct TableSql {
     next_all: String,
     next_pending: String,
     next_children: String,
+    sweep: String,
 }
 
 const HEADER_COLS: &str =
@@ -199,7 +200,15 @@ impl TableSql {
                 "SELECT {} FROM {name} WHERE id = ?1",
                 if n_fields == 0 { "NULL" } else { &field_cols }
             ),
-            insert: format!("INSERT OR REPLACE INTO {name} ({insert_cols}) VALUES ({insert_vals})"),
+            insert: format!(
+                "INSERT INTO {name} ({insert_cols}) VALUES ({insert_vals}) ON CONFLICT(id) DO UPDATE SET {}",
+                insert_cols
+                    .split(", ")
+                    .filter(|c| *c != "id")
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             update_header: format!(
                 "UPDATE {name} SET server_id = ?2, {parent_set}is_from_server = ?4, is_modified = ?5, \
                  is_active = ?6, edits = ?7, modified_wall = ?8, modified_counter = ?9, \
@@ -209,6 +218,10 @@ impl TableSql {
             next_all: format!("SELECT {header} FROM {name} WHERE id > ?1 ORDER BY id LIMIT 1"),
             next_pending: format!(
                 "SELECT {header} FROM {name} WHERE id > ?1 AND (is_modified OR NOT is_active OR NOT is_from_server) ORDER BY id LIMIT 1"
+            ),
+            sweep: format!(
+                "DELETE FROM {name} WHERE server_id IS NOT NULL AND is_from_server AND is_active \
+                 AND NOT is_modified AND refresh_mark != ?1"
             ),
             next_children: format!(
                 "SELECT {header} FROM {name} WHERE {parent_where} = ?2 AND id > ?1 ORDER BY id LIMIT 1"
@@ -669,6 +682,12 @@ impl LocalStore for SqliteStore {
             .ok_or(StoreError::BufferTooSmall)?;
         dst.copy_from_slice(body);
         Ok(Some((entry, body.len())))
+    }
+
+    async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(&self.sql(table)?.sweep)?;
+        stmt.execute([i64::from(mark)])?;
+        Ok(())
     }
 
     async fn clear_rejected(&mut self) -> Result<(), StoreError> {

@@ -25,7 +25,7 @@
 use crate::body;
 use crate::frame::{EncodeError, FrameDecoder, FrameEncoder, FrameError};
 use crate::hlc::{Clock, Hlc};
-use crate::id::{LocalId, RecordRef, TableId};
+use crate::id::{LocalId, RecordRef, ServerId, TableId};
 use crate::meta::SyncMeta;
 use crate::schema::Schema;
 use crate::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
@@ -287,6 +287,8 @@ struct Apply<'s, 'a, const N: usize> {
     schema: &'s Schema<'a>,
     sent: u32,
     needs_full: bool,
+    /// The last parent looked up by server id: details mostly arrive grouped by parent.
+    parent_hit: Option<(TableId, ServerId, LocalId)>,
     state: DeviceState,
     clock: Clock,
     report: SyncReport,
@@ -304,6 +306,7 @@ async fn apply_reply<S: LocalStore, T: Transport, const N: usize>(
         schema,
         sent: out.sent,
         needs_full: false,
+        parent_hit: None,
         clock: Clock::resume(state.clock),
         state,
         report: SyncReport {
@@ -436,6 +439,7 @@ impl<const N: usize> Apply<'_, '_, N> {
         rec: Record,
         reason: RejectReason,
     ) -> Res<(), S, T> {
+        self.parent_hit = None;
         if rec.meta.is_active && rec.meta.edited_after(self.sent) {
             self.log_orphan::<S, T>(store, &rec, reason).await?;
         }
@@ -510,17 +514,21 @@ impl<const N: usize> Apply<'_, '_, N> {
         body::validate(def, u.body).map_err(|_| SyncError::BadRecord { frame: self.frame })?;
         self.clock.observe(u.modified_at);
         let parent = match (def.parent, u.parent) {
-            (Some(pt), Some(ps)) => {
-                match store.by_server(pt, ps).await.map_err(SyncError::Store)? {
-                    Some(p) => Some(p.local),
+            (Some(pt), Some(ps)) => match self.parent_hit {
+                Some((t, s, l)) if t == pt && s == ps => Some(l),
+                _ => match store.by_server(pt, ps).await.map_err(SyncError::Store)? {
+                    Some(p) => {
+                        self.parent_hit = Some((pt, ps, p.local));
+                        Some(p.local)
+                    }
                     None => {
                         // The parent is not here (a server that sent children first, or a
                         // scope change): skip, and heal with a full refresh next time.
                         self.needs_full = true;
                         return Ok(());
                     }
-                }
-            }
+                },
+            },
             (None, None) => None,
             _ => return Err(SyncError::BadRecord { frame: self.frame }),
         };
@@ -594,24 +602,10 @@ impl<const N: usize> Apply<'_, '_, N> {
         }
         if self.report.full {
             for t in 0..self.schema.tables.len() {
-                let table = TableId(t as u8);
-                let mut after = None;
-                while let Some(rec) = store
-                    .next(table, after, Filter::All)
+                store
+                    .sweep(TableId(t as u8), self.state.refresh)
                     .await
-                    .map_err(SyncError::Store)?
-                {
-                    after = Some(rec.local);
-                    if rec.server.is_some()
-                        && !rec.meta.is_pending()
-                        && rec.mark != self.state.refresh
-                    {
-                        store
-                            .remove(table, rec.local)
-                            .await
-                            .map_err(SyncError::Store)?;
-                    }
-                }
+                    .map_err(SyncError::Store)?;
             }
         }
         self.state.cursor = Some(d.cursor);

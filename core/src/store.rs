@@ -188,4 +188,21 @@ pub trait LocalStore {
 
     /// Empties the rejected log. Part of the open transaction.
     async fn clear_rejected(&mut self) -> Result<(), Self::Error>;
+
+    /// Removes every record of `table` that came from the server, has no pending change, and
+    /// was not delivered by the full refresh `mark` (its `mark` differs): the end of a full
+    /// refresh. Part of the open transaction.
+    ///
+    /// The default walks the table with [`next`](Self::next); a store that can select by
+    /// these columns (SQLite: one `DELETE`) should do it in one step.
+    async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), Self::Error> {
+        let mut after = None;
+        while let Some(rec) = self.next(table, after, Filter::All).await? {
+            after = Some(rec.local);
+            if rec.server.is_some() && !rec.meta.is_pending() && rec.mark != mark {
+                self.remove(table, rec.local).await?;
+            }
+        }
+        Ok(())
+    }
 }
