@@ -36,7 +36,7 @@ pub mod store;
 
 pub use http::run;
 pub use schema_file::LoadedSchema;
-pub use store::{ServerStore, SqliteStore};
+pub use store::{PostgresStore, ServerStore, SqliteStore};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

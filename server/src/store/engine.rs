@@ -17,9 +17,13 @@ use ferrysync_core::body::{self, Value};
 use ferrysync_core::schema::{FieldDef, Schema, TableDef};
 use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
 use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
+use std::collections::HashMap;
 
 /// Largest body re-encoded from columns (a frame is far smaller, so this never limits).
 const BODY_BUF: usize = 64 * 1024;
+/// Entries a sync remembers (mappings, record metas) before starting over: bounds memory for
+/// the largest batches, and a batch's details usually follow their masters closely.
+const MEMO_MAX: usize = 1 << 16;
 
 /// A value bound to a statement; each store converts it to its driver's type.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +39,7 @@ pub(crate) enum Arg<'a> {
 }
 
 /// The stored clock, scope and parent of a live record.
+#[derive(Clone, Debug)]
 pub(crate) struct RowMeta {
     /// Scope of the record.
     pub scope: String,
@@ -78,8 +83,12 @@ pub(crate) trait SyncTx {
     /// Drops the tombstones deleted at or before `cutoff` ms.
     fn prune_tombstones(&mut self, cutoff: i64) -> Result<(), StoreError>;
     /// The server id mapped to a device's local id.
-    fn idmap_get(&mut self, device: u32, table: &str, local: u32)
-        -> Result<Option<i64>, StoreError>;
+    fn idmap_get(
+        &mut self,
+        device: u32,
+        table: &str,
+        local: u32,
+    ) -> Result<Option<i64>, StoreError>;
     /// Inserts a record (`TableSql::insert` arguments) and maps the device's local id to it;
     /// returns the new server id.
     fn insert_mapped(
@@ -118,7 +127,10 @@ pub(crate) trait SyncTx {
 ///
 /// The caller must hold the database's single-writer lock for the whole transaction: the
 /// sequence read here is the last committed one and every number taken is above it, so the
-/// sequence grows in commit order (a reader's cursor never skips a change).
+/// sequence grows in commit order (a reader's cursor never skips a change). The lock is also
+/// what lets this remember, for the rest of the transaction, the mappings it made or read and
+/// the meta of the records it looked at (a batch's details find their new master without a
+/// query): nothing else writes meanwhile.
 pub(crate) fn run_sync<T: SyncTx>(
     tx: &mut T,
     schema: Schema<'static>,
@@ -142,6 +154,8 @@ pub(crate) fn run_sync<T: SyncTx>(
         params,
         seq: start_seq,
         out: SyncOutcome::default(),
+        mapped: HashMap::new(),
+        metas: HashMap::new(),
     };
     loop {
         match changes.next() {
@@ -198,6 +212,10 @@ struct Apply<'c, T> {
     params: SyncParams,
     seq: i64,
     out: SyncOutcome,
+    /// `(table, local) → server` of this device, as made or read in this transaction.
+    mapped: HashMap<(TableId, u32), i64>,
+    /// Meta of live records as read or written in this transaction (`None`: not live).
+    metas: HashMap<(TableId, i64), Option<RowMeta>>,
 }
 
 impl<T: SyncTx> Apply<'_, T> {
@@ -238,12 +256,39 @@ impl<T: SyncTx> Apply<'_, T> {
     }
 
     fn idmap(&mut self, table: TableId, local: LocalId) -> Result<Option<i64>, StoreError> {
+        if let Some(id) = self.mapped.get(&(table, local.0)) {
+            return Ok(Some(*id));
+        }
         let name = self.schema.tables[table.0 as usize].name;
-        self.tx.idmap_get(self.device.id, name, local.0)
+        let found = self.tx.idmap_get(self.device.id, name, local.0)?;
+        if let Some(id) = found {
+            self.remember_mapping(table, local.0, id);
+        }
+        Ok(found)
     }
 
     fn row_meta(&mut self, table: TableId, id: i64) -> Result<Option<RowMeta>, StoreError> {
-        self.tx.row_meta(table.0 as usize, id)
+        if let Some(m) = self.metas.get(&(table, id)) {
+            return Ok(m.clone());
+        }
+        let m = self.tx.row_meta(table.0 as usize, id)?;
+        self.remember_meta(table, id, m.clone());
+        Ok(m)
+    }
+
+    fn remember_mapping(&mut self, table: TableId, local: u32, id: i64) {
+        if self.mapped.len() >= MEMO_MAX {
+            self.mapped.clear();
+        }
+        self.mapped.insert((table, local), id);
+    }
+
+    /// Records what a record's row now is (`None`: deleted). Must follow every write.
+    fn remember_meta(&mut self, table: TableId, id: i64, meta: Option<RowMeta>) {
+        if self.metas.len() >= MEMO_MAX {
+            self.metas.clear();
+        }
+        self.metas.insert((table, id), meta);
     }
 
     /// Why a record that is not live cannot be changed.
@@ -338,6 +383,13 @@ impl<T: SyncTx> Apply<'_, T> {
         let id = self
             .tx
             .insert_mapped(c.table.0 as usize, &args, device.id, t.name, local.0)?;
+        self.remember_mapping(c.table, local.0, id);
+        let meta = RowMeta {
+            scope: device.scope.clone(),
+            at,
+            parent,
+        };
+        self.remember_meta(c.table, id, Some(meta));
         self.out.mappings.push(Mapping {
             table: c.table,
             local,
@@ -406,6 +458,7 @@ impl<T: SyncTx> Apply<'_, T> {
             Arg::I(id),
         ]);
         self.tx.update(c.table.0 as usize, &args)?;
+        self.remember_meta(c.table, id, Some(RowMeta { at, parent, ..meta }));
         self.out.applied += 1;
         Ok(Ok(()))
     }
@@ -446,6 +499,7 @@ impl<T: SyncTx> Apply<'_, T> {
             }
         }
         self.tx.delete(ti, id)?;
+        self.remember_meta(TableId(ti as u8), id, None);
         let seq = self.next_seq();
         let (name, scope) = (self.schema.tables[ti].name, self.device.scope.as_str());
         self.tx
@@ -549,14 +603,12 @@ pub(crate) fn read_reply<T: SnapshotTx>(
         }
     }
     if let Some(c) = cursor {
-        tx.tombstones(plan.scope, c, &mut |name, id| {
-            match schema.table_id(name) {
-                Some(table) => sink(ReplyItem::Remove(Remove {
-                    table,
-                    id: ServerId(id as u64),
-                })),
-                None => Ok(()),
-            }
+        tx.tombstones(plan.scope, c, &mut |name, id| match schema.table_id(name) {
+            Some(table) => sink(ReplyItem::Remove(Remove {
+                table,
+                id: ServerId(id as u64),
+            })),
+            None => Ok(()),
         })?;
     }
     Ok(seq as u64)

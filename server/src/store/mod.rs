@@ -5,15 +5,19 @@
 //! in **one transaction**, committing only when the source says the stream ended well. The
 //! reply is then read from a consistent snapshot by [`ServerStore::read_reply`].
 //!
-//! Every method blocks; the server calls them from `tokio::task::spawn_blocking`. A PostgreSQL
-//! implementation would follow the same shape with the synchronous `postgres` client (or a
-//! runtime handle): `sync` = `BEGIN ISOLATION LEVEL SERIALIZABLE` (or a per-scope advisory
-//! lock) + the same statements; `read_reply` = a `REPEATABLE READ` read-only transaction.
+//! Every method blocks; the server calls them from `tokio::task::spawn_blocking`.
+//!
+//! Two implementations: [`SqliteStore`] (one file, one server) and [`PostgresStore`] (several
+//! stateless servers over one database). They share everything that is not SQL dialect: the
+//! reconciliation rules and the reply's order (`engine`, over two small traits of row-level
+//! operations) and the generated DDL and statements of the schema tables (`sqlgen`).
 
 mod engine;
+pub mod postgres;
 mod sqlgen;
 mod sqlite;
 
+pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
@@ -153,8 +157,10 @@ pub enum ReplyItem<'a> {
 /// Why storage failed.
 #[derive(Debug)]
 pub enum StoreError {
-    /// The database failed.
+    /// The SQLite database failed.
     Sqlite(rusqlite::Error),
+    /// The PostgreSQL database failed (or its URL is invalid).
+    Postgres(::postgres::Error),
     /// The change source ended without `Commit`: rolled back.
     Aborted,
     /// The reply's consumer went away.
@@ -169,6 +175,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Postgres(e) => write!(f, "PostgreSQL error: {e}"),
             StoreError::Aborted => f.write_str("sync aborted, rolled back"),
             StoreError::Closed => f.write_str("reply consumer went away"),
             StoreError::Corrupt(m) => f.write_str(m),

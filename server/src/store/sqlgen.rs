@@ -17,6 +17,8 @@ pub(crate) struct Dialect {
     pub real: &'static str,
     /// `bytes` fields.
     pub blob: &'static str,
+    /// A NULL read back as an integer column (a master's absent foreign key).
+    pub null_integer: &'static str,
     /// Placeholder of the `n`-th (1-based) parameter.
     pub param: fn(usize) -> String,
 }
@@ -28,6 +30,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     boolean: "INTEGER",
     real: "REAL",
     blob: "BLOB",
+    null_integer: "NULL",
     param: |n| format!("?{n}"),
 };
 
@@ -38,6 +41,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     boolean: "BOOLEAN",
     real: "DOUBLE PRECISION",
     blob: "BYTEA",
+    null_integer: "NULL::BIGINT",
     param: |n| format!("${n}"),
 };
 
@@ -121,7 +125,11 @@ pub(crate) fn table_ddl(d: &Dialect, schema: &Schema<'static>, t: &TableDef<'sta
 
 /// The DDL of every table of `schema`, parents first.
 pub(crate) fn schema_ddl(d: &Dialect, schema: &Schema<'static>) -> String {
-    schema.tables.iter().map(|t| table_ddl(d, schema, t)).collect()
+    schema
+        .tables
+        .iter()
+        .map(|t| table_ddl(d, schema, t))
+        .collect()
 }
 
 /// The statements of every table of `schema`, by table index.
@@ -160,7 +168,7 @@ fn table_sql(d: &Dialect, schema: &Schema<'static>, ti: usize) -> TableSql {
         p(n + 4),
         p(n + 5)
     );
-    let fk_or_null = fk.clone().unwrap_or_else(|| "NULL".into());
+    let fk_or_null = fk.clone().unwrap_or_else(|| d.null_integer.into());
     let meta = format!(
         "SELECT _scope, _wall, _counter, _device, {fk_or_null} FROM {name} WHERE id = {}",
         p(1)
@@ -224,6 +232,9 @@ mod tests {
         assert!(l[1].update.ends_with("WHERE id = ?9"), "{}", l[1].update);
         assert!(p[1].update.ends_with("WHERE id = $9"), "{}", p[1].update);
         assert_eq!(l[0].children.len(), 1);
-        assert_eq!(p[0].children[0].1, "SELECT id FROM \"contact\" WHERE \"company_id\" = $1");
+        assert_eq!(
+            p[0].children[0].1,
+            "SELECT id FROM \"contact\" WHERE \"company_id\" = $1"
+        );
     }
 }

@@ -19,7 +19,9 @@ use super::engine::{
     bad_column, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery, SnapshotTx, SyncTx,
 };
 use super::sqlgen::{self, TableSql, SQLITE};
-use super::{ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams};
+use super::{
+    ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams,
+};
 use crate::schema_file::LoadedSchema;
 use ferrysync_core::body::Value;
 use ferrysync_core::schema::{FieldDef, FieldType, Schema, TableDef};
@@ -332,7 +334,9 @@ impl SyncTx for LiteTx<'_> {
     }
 
     fn delete(&mut self, ti: usize, id: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached(&self.sql[ti].delete)?.execute([id])?;
+        self.conn
+            .prepare_cached(&self.sql[ti].delete)?
+            .execute([id])?;
         Ok(())
     }
 

@@ -1,6 +1,14 @@
-//! Test harness: a real server on 127.0.0.1 (port from binding :0) over a temporary SQLite
-//! file, and a small protocol client (frames encoded with `FrameEncoder`, posted with hyper's
-//! client, the reply decoded with `FrameDecoder` and checked with `ReplyCheck`).
+//! Test harness: a real server on 127.0.0.1 (port from binding :0) over a fresh database, and a
+//! small protocol client (frames encoded with `FrameEncoder`, posted with hyper's client, the
+//! reply decoded with `FrameDecoder` and checked with `ReplyCheck`).
+//!
+//! **Stores.** Tests written with [`store_test!`] run twice: `<name>::sqlite` on a temporary
+//! SQLite file and `<name>::postgres` on a fresh PostgreSQL database (created with a random
+//! name, dropped after), when `FERRYSYNC_TEST_POSTGRES` holds an admin URL
+//! (`bash .ci/postgres` prints one); without it the PostgreSQL variant prints
+//! `skipped: FERRYSYNC_TEST_POSTGRES not set` and passes. The store of a test is a task-local
+//! that [`TestServer::with`] reads; outside a scope (benches) it is SQLite. SQL helpers
+//! ([`TestServer::rows`] and friends) take `?N` placeholders and run on either store.
 
 #![allow(dead_code)]
 
@@ -13,8 +21,11 @@ use ferrysync_core::wire::{
     PROTOCOL_VERSION,
 };
 use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
-use ferrysync_server::store::Device;
-use ferrysync_server::{Config, LoadedSchema, Server, SqliteStore, CONTENT_TYPE_V1, MAX_FRAME};
+use ferrysync_server::store::{Device, StoreError};
+use ferrysync_server::{
+    Config, LoadedSchema, PostgresStore, Server, ServerStore, SqliteStore, CONTENT_TYPE_V1,
+    MAX_FRAME,
+};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, StatusCode};
@@ -28,16 +39,322 @@ use std::time::Duration;
 
 pub type ReqBody = BoxBody<Bytes, io::Error>;
 
-/// A server running on 127.0.0.1 over a temporary database.
+/// Environment variable with a PostgreSQL admin URL (one that may `CREATE DATABASE`).
+pub const PG_ENV: &str = "FERRYSYNC_TEST_POSTGRES";
+
+/// Which store a test runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A temporary SQLite file.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server of this admin URL.
+    Postgres(String),
+}
+
+tokio::task_local! {
+    static STORE: StoreKind;
+}
+
+impl StoreKind {
+    /// PostgreSQL from `FERRYSYNC_TEST_POSTGRES`, if set.
+    pub fn postgres() -> Option<StoreKind> {
+        std::env::var(PG_ENV)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .map(StoreKind::Postgres)
+    }
+
+    /// The store of the running test (SQLite outside [`StoreKind::scope`]).
+    pub fn current() -> StoreKind {
+        STORE.try_with(Clone::clone).unwrap_or(StoreKind::Sqlite)
+    }
+
+    /// Runs a test body with this store.
+    pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
+        STORE.scope(self, f).await
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreKind::Postgres(_))
+    }
+}
+
+/// Prints that a test was skipped, past the test harness's output capture (so it shows).
+pub fn skipped(test: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: {PG_ENV} not set (bash .ci/postgres starts one)"
+    );
+}
+
+/// One test, run on SQLite and on PostgreSQL: `mod name { fn sqlite; fn postgres }`. The
+/// attributes (the `#[tokio::test]` line, docs) go on both.
+#[macro_export]
+macro_rules! store_test {
+    ($(#[$m:meta])* async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            $(#[$m])*
+            async fn sqlite() {
+                $crate::common::StoreKind::Sqlite.scope(body()).await
+            }
+
+            $(#[$m])*
+            async fn postgres() {
+                match $crate::common::StoreKind::postgres() {
+                    Some(k) => k.scope(body()).await,
+                    None => $crate::common::skipped(concat!(module_path!(), "::postgres")),
+                }
+            }
+        }
+    };
+}
+
+/// Runs blocking store work on a plain thread: the synchronous PostgreSQL client must not
+/// block an async worker (it would panic), and tests call the store from async code.
+pub fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// A fresh database: a SQLite file in a temporary directory, or a PostgreSQL database with a
+/// random name (dropped, with its connections, when this is dropped).
+pub struct TestDb {
+    pub kind: StoreKind,
+    /// The SQLite file (SQLite only).
+    pub path: PathBuf,
+    /// The database URL (PostgreSQL only).
+    pub url: String,
+    admin: String,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn url_with_db(url: &str, db: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    format!("{scheme}://{authority}/{db}{query}")
+}
+
+impl TestDb {
+    /// A fresh database of the running test's store.
+    pub fn new() -> TestDb {
+        Self::of(StoreKind::current())
+    }
+
+    pub fn of(kind: StoreKind) -> TestDb {
+        match &kind {
+            StoreKind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                TestDb {
+                    path: dir.path().join("server.db"),
+                    kind,
+                    url: String::new(),
+                    admin: String::new(),
+                    name: String::new(),
+                    _dir: Some(dir),
+                }
+            }
+            StoreKind::Postgres(admin) => {
+                let mut r = [0u8; 8];
+                getrandom::fill(&mut r).unwrap();
+                let name = format!("ferrysync_t_{:016x}", u64::from_le_bytes(r));
+                let admin = admin.clone();
+                off_runtime(|| {
+                    let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+                        .unwrap_or_else(|e| panic!("cannot connect to {PG_ENV}={admin}: {e}"));
+                    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+                });
+                TestDb {
+                    path: PathBuf::new(),
+                    url: url_with_db(&admin, &name),
+                    kind,
+                    admin,
+                    name,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// Opens a store on this database for `schema`.
+    pub fn open(&self, schema: LoadedSchema) -> Result<Arc<dyn ServerStore>, StoreError> {
+        off_runtime(|| -> Result<Arc<dyn ServerStore>, StoreError> {
+            Ok(match self.kind {
+                StoreKind::Sqlite => Arc::new(SqliteStore::open(&self.path, schema)?),
+                StoreKind::Postgres(_) => Arc::new(PostgresStore::open(&self.url, schema)?),
+            })
+        })
+    }
+
+    /// Rows of a query (`?N` placeholders, integer parameters), cells normalised.
+    pub fn rows(&self, sql: &str, params: &[i64]) -> Vec<Vec<Cell>> {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let c = rusqlite::Connection::open(&self.path).unwrap();
+                let mut stmt = c.prepare(sql).unwrap();
+                let n = stmt.column_count();
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(params.iter()))
+                    .unwrap();
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().unwrap() {
+                    out.push((0..n).map(|i| Cell::lite(r.get_ref(i).unwrap())).collect());
+                }
+                out
+            }
+            StoreKind::Postgres(_) => {
+                let sql = dollar_params(sql);
+                off_runtime(|| {
+                    let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|x| x as &(dyn postgres::types::ToSql + Sync))
+                        .collect();
+                    c.query(&sql, &p)
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                        .iter()
+                        .map(|r| (0..r.len()).map(|i| Cell::pg(r, i)).collect())
+                        .collect()
+                })
+            }
+        }
+    }
+
+    /// Whether a sync transaction holds the single-writer lock.
+    pub fn writer_busy(&self) -> bool {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let c = rusqlite::Connection::open(&self.path).unwrap();
+                c.busy_timeout(Duration::ZERO).unwrap();
+                match c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+                    Ok(()) => false,
+                    Err(e) => {
+                        assert!(e.to_string().contains("locked"), "{e}");
+                        true
+                    }
+                }
+            }
+            StoreKind::Postgres(_) => {
+                let n = self.rows(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[],
+                );
+                n[0][0] != Cell::Int(0)
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.kind.is_postgres() {
+            let (admin, name) = (&self.admin, &self.name);
+            off_runtime(|| {
+                if let Ok(mut c) = postgres::Client::connect(admin, postgres::NoTls) {
+                    let _ =
+                        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
+            });
+        }
+    }
+}
+
+/// `?N` placeholders as `$N`.
+fn dollar_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A value read by plain SQL, the same on both stores (booleans as integers).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Cell {
+    fn lite(v: rusqlite::types::ValueRef<'_>) -> Cell {
+        use rusqlite::types::ValueRef as V;
+        match v {
+            V::Null => Cell::Null,
+            V::Integer(i) => Cell::Int(i),
+            V::Real(x) => Cell::Real(x),
+            V::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+            V::Blob(b) => Cell::Bytes(b.to_vec()),
+        }
+    }
+
+    fn pg(r: &postgres::Row, i: usize) -> Cell {
+        use postgres::types::Type;
+        let ty = r.columns()[i].type_().clone();
+        let cell = if ty == Type::INT8 {
+            r.get::<_, Option<i64>>(i).map(Cell::Int)
+        } else if ty == Type::INT4 {
+            r.get::<_, Option<i32>>(i).map(|x| Cell::Int(x.into()))
+        } else if ty == Type::BOOL {
+            r.get::<_, Option<bool>>(i).map(|b| Cell::Int(b.into()))
+        } else if ty == Type::FLOAT8 {
+            r.get::<_, Option<f64>>(i).map(Cell::Real)
+        } else if ty == Type::TEXT || ty == Type::VARCHAR || ty == Type::NAME {
+            r.get::<_, Option<String>>(i).map(Cell::Text)
+        } else if ty == Type::BYTEA {
+            r.get::<_, Option<Vec<u8>>>(i).map(Cell::Bytes)
+        } else {
+            panic!("column {i} has type {ty}, unknown to the tests")
+        };
+        cell.unwrap_or(Cell::Null)
+    }
+
+    pub fn int(&self) -> i64 {
+        match self {
+            Cell::Int(i) => *i,
+            other => panic!("not an integer: {other:?}"),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Cell::Text(t) => t.clone(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+}
+
+/// A server running on 127.0.0.1 over a fresh database.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub server: Arc<Server>,
-    pub db_path: PathBuf,
+    pub db: Arc<TestDb>,
     pub schema: LoadedSchema,
     stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     task: Option<tokio::task::JoinHandle<io::Result<()>>>,
     client: Client<HttpConnector, ReqBody>,
-    _dir: tempfile::TempDir,
 }
 
 /// A device as the tests drive it: its token, id and scope.
@@ -57,11 +374,21 @@ impl TestServer {
         Self::with(LoadedSchema::example(), config).await
     }
 
+    /// A server on a fresh database of the running test's store.
     pub async fn with(schema: LoadedSchema, config: Config) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db_path = dir.path().join("server.db");
-        let store = SqliteStore::open(&db_path, schema).unwrap();
-        let server = Server::new(Arc::new(store), schema, config);
+        Self::on(Arc::new(TestDb::new()), schema, config).await
+    }
+
+    /// Another server instance over the same database (PostgreSQL: a second stateless
+    /// instance; SQLite: a second process-like opener of the same file).
+    pub async fn another(&self) -> Self {
+        Self::on(self.db.clone(), self.schema, self.server.config().clone()).await
+    }
+
+    /// A server over `db`.
+    pub async fn on(db: Arc<TestDb>, schema: LoadedSchema, config: Config) -> Self {
+        let store = db.open(schema).unwrap();
+        let server = Server::new(store, schema, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -72,19 +399,24 @@ impl TestServer {
         TestServer {
             addr,
             server,
-            db_path,
+            db,
             schema,
             stop: std::sync::Mutex::new(Some(stop)),
             task: Some(task),
             client,
-            _dir: dir,
         }
+    }
+
+    /// Whether this server runs on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.db.kind.is_postgres()
     }
 
     /// Creates a device of `scope`.
     pub fn device(&self, scope: &str) -> Dev {
+        let store = self.server.store().clone();
         let (d, token): (Device, String) =
-            ferrysync_server::auth::add_device(self.server.store().as_ref(), scope).unwrap();
+            off_runtime(|| ferrysync_server::auth::add_device(store.as_ref(), scope).unwrap());
         Dev {
             id: d.id,
             scope: d.scope,
@@ -92,14 +424,38 @@ impl TestServer {
         }
     }
 
-    /// A plain SQL connection to the server's database file.
-    pub fn sql(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(&self.db_path).unwrap()
+    /// Revokes a device; `false` if there is none.
+    pub fn revoke(&self, id: u32) -> bool {
+        let store = self.server.store().clone();
+        off_runtime(|| store.revoke_device(id).unwrap())
     }
 
-    /// Every row of every table (schema and system), as text, to compare states.
+    /// Rows of a plain SQL query on the server's database (`?N` placeholders).
+    pub fn rows(&self, sql: &str, params: &[i64]) -> Vec<Vec<Cell>> {
+        self.db.rows(sql, params)
+    }
+
+    /// The one integer a query returns.
+    pub fn one_i64(&self, sql: &str, params: &[i64]) -> i64 {
+        let rows = self.rows(sql, params);
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        rows[0][0].int()
+    }
+
+    /// The one text a query returns.
+    pub fn one_text(&self, sql: &str, params: &[i64]) -> String {
+        let rows = self.rows(sql, params);
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        rows[0][0].text()
+    }
+
+    /// Whether a sync transaction holds the database's single-writer lock.
+    pub fn writer_busy(&self) -> bool {
+        self.db.writer_busy()
+    }
+
+    /// Every row of every table (schema and system), as text, sorted, to compare states.
     pub fn dump(&self) -> Vec<String> {
-        let c = self.sql();
         let mut out = Vec::new();
         let mut tables: Vec<String> = self
             .schema
@@ -110,25 +466,17 @@ impl TestServer {
             .collect();
         tables.extend(["_idmap", "_tombstone", "_meta", "_device"].map(String::from));
         for t in tables {
-            let mut stmt = c.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
-            let n = stmt.column_count();
-            let mut rows = stmt.query([]).unwrap();
-            while let Some(r) = rows.next().unwrap() {
-                let cols: Vec<String> = (0..n)
-                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                    .collect();
+            for r in self.rows(&format!("SELECT * FROM \"{t}\""), &[]) {
+                let cols: Vec<String> = r.iter().map(|c| format!("{c:?}")).collect();
                 out.push(format!("{t}: {}", cols.join(", ")));
             }
         }
+        out.sort();
         out
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.sql()
-            .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
-                r.get(0)
-            })
-            .unwrap()
+        self.one_i64(&format!("SELECT count(*) FROM \"{table}\""), &[])
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -3,53 +3,55 @@
 use crate::common::*;
 use ferrysync_core::wire::Mode;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_syncs_of_many_devices_all_apply() {
-    let s = TestServer::start().await;
-    let devs: Vec<Dev> = (0..6).map(|i| s.device(&format!("scope{i}"))).collect();
-    let runs = devs.iter().map(|d| {
-        let s = &s;
-        async move {
-            let mut changes: Vec<Chg> = (1..=50)
-                .map(|i| {
+store_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_syncs_of_many_devices_all_apply() {
+        let s = TestServer::start().await;
+        let devs: Vec<Dev> = (0..6).map(|i| s.device(&format!("scope{i}"))).collect();
+        let runs = devs.iter().map(|d| {
+            let s = &s;
+            async move {
+                let mut changes: Vec<Chg> = (1..=50)
+                    .map(|i| {
+                        add(
+                            COMPANY,
+                            i,
+                            None,
+                            at(d.id, 0),
+                            text3(COMPANY, &d.scope, "x", "0"),
+                        )
+                    })
+                    .collect();
+                changes.extend((1..=100).map(|j| {
                     add(
-                        COMPANY,
-                        i,
-                        None,
+                        CONTACT,
+                        j,
+                        Some(local(1 + (j - 1) / 2)),
                         at(d.id, 0),
-                        text3(COMPANY, &d.scope, "x", "0"),
+                        text3(CONTACT, &d.scope, "y", "1"),
                     )
-                })
-                .collect();
-            changes.extend((1..=100).map(|j| {
-                add(
-                    CONTACT,
-                    j,
-                    Some(local(1 + (j - 1) / 2)),
-                    at(d.id, 0),
-                    text3(CONTACT, &d.scope, "y", "1"),
-                )
-            }));
-            let r = s.sync(d, hello(1, None, Mode::Full), &changes).await;
-            (d.clone(), r)
+                }));
+                let r = s.sync(d, hello(1, None, Mode::Full), &changes).await;
+                (d.clone(), r)
+            }
+        });
+        let results = futures_join_all(runs.collect()).await;
+        assert_eq!(s.count("company"), 300);
+        assert_eq!(s.count("contact"), 600);
+        for (d, r) in results {
+            assert_eq!(r.mappings.len(), 150);
+            // Each reply holds exactly the device's own records.
+            assert_eq!(r.upserts.len(), 150);
+            let schema = ferrysync_server::LoadedSchema::example();
+            assert!(r
+                .upserts
+                .iter()
+                .all(|u| texts(&schema, u.table, &u.body)[0] == d.scope));
         }
-    });
-    let results = futures_join_all(runs.collect()).await;
-    assert_eq!(s.count("company"), 300);
-    assert_eq!(s.count("contact"), 600);
-    for (d, r) in results {
-        assert_eq!(r.mappings.len(), 150);
-        // Each reply holds exactly the device's own records.
-        assert_eq!(r.upserts.len(), 150);
-        let schema = ferrysync_server::LoadedSchema::example();
-        assert!(r
-            .upserts
-            .iter()
-            .all(|u| texts(&schema, u.table, &u.body)[0] == d.scope));
+        let (_, m) = s.get("/metrics").await;
+        assert!(m.contains("ferrysync_syncs_total 6\n"), "{m}");
+        s.stop().await;
     }
-    let (_, m) = s.get("/metrics").await;
-    assert!(m.contains("ferrysync_syncs_total 6\n"), "{m}");
-    s.stop().await;
 }
 
 /// Polls a list of futures together (no extra dependency).
@@ -76,44 +78,42 @@ async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output
     out.into_iter().map(|o| o.unwrap()).collect()
 }
 
-#[tokio::test]
-async fn a_large_batch_streams_into_one_transaction() {
-    let s = TestServer::start().await;
-    let dev = s.device("north");
-    let t = at(dev.id, 0);
-    let mut changes: Vec<Chg> = (1..=1_000)
-        .map(|i| {
+store_test! {
+    #[tokio::test]
+    async fn a_large_batch_streams_into_one_transaction() {
+        let s = TestServer::start().await;
+        let dev = s.device("north");
+        let t = at(dev.id, 0);
+        let mut changes: Vec<Chg> = (1..=1_000)
+            .map(|i| {
+                add(
+                    COMPANY,
+                    i,
+                    None,
+                    t,
+                    text3(COMPANY, &format!("C{i}"), "x", "0"),
+                )
+            })
+            .collect();
+        changes.extend((1..=10_000).map(|j| {
             add(
-                COMPANY,
-                i,
-                None,
+                CONTACT,
+                j,
+                Some(local(1 + (j - 1) / 10)),
                 t,
-                text3(COMPANY, &format!("C{i}"), "x", "0"),
+                text3(CONTACT, &format!("K{j}"), "y", "1"),
             )
-        })
-        .collect();
-    changes.extend((1..=10_000).map(|j| {
-        add(
-            CONTACT,
-            j,
-            Some(local(1 + (j - 1) / 10)),
-            t,
-            text3(CONTACT, &format!("K{j}"), "y", "1"),
-        )
-    }));
-    let r = s.sync(&dev, hello(1, None, Mode::Delta), &changes).await;
-    assert_eq!(r.mappings.len(), 11_000);
-    assert_eq!(r.upserts.len(), 11_000);
-    // Every contact is under the company its local parent was mapped to.
-    let wrong: i64 = s
-        .sql()
-        .query_row(
+        }));
+        let r = s.sync(&dev, hello(1, None, Mode::Delta), &changes).await;
+        assert_eq!(r.mappings.len(), 11_000);
+        assert_eq!(r.upserts.len(), 11_000);
+        // Every contact is under the company its local parent was mapped to.
+        let wrong = s.one_i64(
             "SELECT count(*) FROM contact k JOIN company c ON c.id = k.company_id
              WHERE CAST(substr(c.name, 2) AS INTEGER) != (CAST(substr(k.name, 2) AS INTEGER) - 1) / 10 + 1",
-            [],
-            |x| x.get(0),
-        )
-        .unwrap();
-    assert_eq!(wrong, 0);
-    s.stop().await;
+            &[],
+        );
+        assert_eq!(wrong, 0);
+        s.stop().await;
+    }
 }

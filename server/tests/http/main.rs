@@ -1,6 +1,7 @@
 //! Sync over real HTTP on 127.0.0.1: the pattern's story, conflicts, rejections, retries,
 //! hierarchies, scopes, error statuses, delta and full replies, health and metrics.
 
+#[macro_use]
 mod common;
 
 mod concurrency;

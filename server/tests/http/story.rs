@@ -3,152 +3,148 @@
 use crate::common::*;
 use ferrysync_core::wire::Mode;
 
-/// A device creates companies with local ids 5, 6, 7 and contacts under them offline; one
-/// sync stores them under new server ids, each contact under the right company, and the reply
-/// carries the map.
-#[tokio::test]
-async fn story_local_ids_are_mapped_and_foreign_keys_rewritten() {
-    let s = TestServer::start().await;
-    let dev = s.device("north");
-    let t = at(dev.id, 0);
-    // Something already on the server, so server ids differ from local ones.
-    let other = s.device("south");
-    s.sync(
-        &other,
-        hello(1, None, Mode::Full),
-        &[add(COMPANY, 1, None, t, text3(COMPANY, "Old", "Nice", "0"))],
-    )
-    .await;
-
-    let changes = vec![
-        add(COMPANY, 5, None, t, text3(COMPANY, "ACME", "Lyon", "+33 1")),
-        add(
-            COMPANY,
-            6,
-            None,
-            t,
-            text3(COMPANY, "Globex", "Paris", "+33 2"),
-        ),
-        add(
-            COMPANY,
-            7,
-            None,
-            t,
-            text3(COMPANY, "Initech", "Brest", "+33 3"),
-        ),
-        add(
-            CONTACT,
-            1,
-            Some(local(5)),
-            t,
-            text3(CONTACT, "Ann", "ann@acme", "1"),
-        ),
-        add(
-            CONTACT,
-            2,
-            Some(local(5)),
-            t,
-            text3(CONTACT, "Bob", "bob@acme", "2"),
-        ),
-        add(
-            CONTACT,
-            3,
-            Some(local(6)),
-            t,
-            text3(CONTACT, "Cid", "cid@globex", "3"),
-        ),
-        add(
-            CONTACT,
-            4,
-            Some(local(7)),
-            t,
-            text3(CONTACT, "Dee", "dee@initech", "4"),
-        ),
-    ];
-    let r = s.sync(&dev, hello(42, None, Mode::Full), &changes).await;
-    assert_eq!(r.accepted.batch_id, 42);
-    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
-    assert_eq!(r.mappings.len(), 7);
-    let (c5, c6, c7) = (
-        r.mapped(COMPANY, 5),
-        r.mapped(COMPANY, 6),
-        r.mapped(COMPANY, 7),
-    );
-    assert!(c5 != 5 && c5 != c6 && c6 != c7);
-
-    // Plain SQL on the server's file: each contact under the right company's server id.
-    let sql = s.sql();
-    let fk = |contact_local: u32| -> (i64, String) {
-        sql.query_row(
-            "SELECT company_id, name FROM contact WHERE id = ?1",
-            [r.mapped(CONTACT, contact_local) as i64],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+store_test! {
+    /// A device creates companies with local ids 5, 6, 7 and contacts under them offline; one
+    /// sync stores them under new server ids, each contact under the right company, and the reply
+    /// carries the map.
+    #[tokio::test]
+    async fn story_local_ids_are_mapped_and_foreign_keys_rewritten() {
+        let s = TestServer::start().await;
+        let dev = s.device("north");
+        let t = at(dev.id, 0);
+        // Something already on the server, so server ids differ from local ones.
+        let other = s.device("south");
+        s.sync(
+            &other,
+            hello(1, None, Mode::Full),
+            &[add(COMPANY, 1, None, t, text3(COMPANY, "Old", "Nice", "0"))],
         )
-        .unwrap()
-    };
-    assert_eq!(fk(1), (c5 as i64, "Ann".into()));
-    assert_eq!(fk(2), (c5 as i64, "Bob".into()));
-    assert_eq!(fk(3), (c6 as i64, "Cid".into()));
-    assert_eq!(fk(4), (c7 as i64, "Dee".into()));
-    let name: String = sql
-        .query_row(
-            "SELECT name FROM company WHERE id = ?1",
-            [c7 as i64],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert_eq!(name, "Initech");
+        .await;
 
-    // The reply is the device's data: a full refresh of its scope, with server ids.
-    assert!(r.reset);
-    assert_eq!(r.ids(COMPANY), {
-        let mut v = vec![c5, c6, c7];
-        v.sort_unstable();
-        v
-    });
-    assert_eq!(r.ids(CONTACT).len(), 4);
-    let ann = r.upsert(CONTACT, r.mapped(CONTACT, 1)).unwrap();
-    assert_eq!(ann.parent, Some(c5));
-    assert_eq!(ann.body, text3(CONTACT, "Ann", "ann@acme", "1"));
-    assert_eq!(r.done.count as usize, 7 + 1 + 7);
-    s.stop().await;
+        let changes = vec![
+            add(COMPANY, 5, None, t, text3(COMPANY, "ACME", "Lyon", "+33 1")),
+            add(
+                COMPANY,
+                6,
+                None,
+                t,
+                text3(COMPANY, "Globex", "Paris", "+33 2"),
+            ),
+            add(
+                COMPANY,
+                7,
+                None,
+                t,
+                text3(COMPANY, "Initech", "Brest", "+33 3"),
+            ),
+            add(
+                CONTACT,
+                1,
+                Some(local(5)),
+                t,
+                text3(CONTACT, "Ann", "ann@acme", "1"),
+            ),
+            add(
+                CONTACT,
+                2,
+                Some(local(5)),
+                t,
+                text3(CONTACT, "Bob", "bob@acme", "2"),
+            ),
+            add(
+                CONTACT,
+                3,
+                Some(local(6)),
+                t,
+                text3(CONTACT, "Cid", "cid@globex", "3"),
+            ),
+            add(
+                CONTACT,
+                4,
+                Some(local(7)),
+                t,
+                text3(CONTACT, "Dee", "dee@initech", "4"),
+            ),
+        ];
+        let r = s.sync(&dev, hello(42, None, Mode::Full), &changes).await;
+        assert_eq!(r.accepted.batch_id, 42);
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        assert_eq!(r.mappings.len(), 7);
+        let (c5, c6, c7) = (
+            r.mapped(COMPANY, 5),
+            r.mapped(COMPANY, 6),
+            r.mapped(COMPANY, 7),
+        );
+        assert!(c5 != 5 && c5 != c6 && c6 != c7);
+
+        // Plain SQL on the server's file: each contact under the right company's server id.
+        let fk = |contact_local: u32| -> (i64, String) {
+            let row = &s.rows(
+                "SELECT company_id, name FROM contact WHERE id = ?1",
+                &[r.mapped(CONTACT, contact_local) as i64],
+            )[0];
+            (row[0].int(), row[1].text())
+        };
+        assert_eq!(fk(1), (c5 as i64, "Ann".into()));
+        assert_eq!(fk(2), (c5 as i64, "Bob".into()));
+        assert_eq!(fk(3), (c6 as i64, "Cid".into()));
+        assert_eq!(fk(4), (c7 as i64, "Dee".into()));
+        let name = s.one_text("SELECT name FROM company WHERE id = ?1", &[c7 as i64]);
+        assert_eq!(name, "Initech");
+
+        // The reply is the device's data: a full refresh of its scope, with server ids.
+        assert!(r.reset);
+        assert_eq!(r.ids(COMPANY), {
+            let mut v = vec![c5, c6, c7];
+            v.sort_unstable();
+            v
+        });
+        assert_eq!(r.ids(CONTACT).len(), 4);
+        let ann = r.upsert(CONTACT, r.mapped(CONTACT, 1)).unwrap();
+        assert_eq!(ann.parent, Some(c5));
+        assert_eq!(ann.body, text3(CONTACT, "Ann", "ann@acme", "1"));
+        assert_eq!(r.done.count as usize, 7 + 1 + 7);
+        s.stop().await;
+    }
 }
 
-/// The same batch sent twice (the first reply was lost): nothing is created twice and the
-/// mappings are the same.
-#[tokio::test]
-async fn retried_batch_creates_no_duplicates() {
-    let s = TestServer::start().await;
-    let dev = s.device("north");
-    let t = at(dev.id, 0);
-    let changes = vec![
-        add(COMPANY, 5, None, t, text3(COMPANY, "ACME", "Lyon", "1")),
-        add(COMPANY, 6, None, t, text3(COMPANY, "Globex", "Paris", "2")),
-        add(
-            CONTACT,
-            1,
-            Some(local(5)),
-            t,
-            text3(CONTACT, "Ann", "a", "1"),
-        ),
-        add(
-            CONTACT,
-            2,
-            Some(local(6)),
-            t,
-            text3(CONTACT, "Bob", "b", "2"),
-        ),
-    ];
-    let first = s.sync(&dev, hello(7, None, Mode::Delta), &changes).await;
-    let dump = s.dump();
-    let second = s.sync(&dev, hello(7, None, Mode::Delta), &changes).await;
-    assert_eq!(first.mappings, second.mappings);
-    assert_eq!(s.count("company"), 2);
-    assert_eq!(s.count("contact"), 2);
-    assert!(second.rejected.is_empty());
-    // The retry changed nothing at all.
-    assert_eq!(s.dump(), dump);
-    // The device gets the same data back.
-    assert_eq!(first.upserts, second.upserts);
-    s.stop().await;
+store_test! {
+    /// The same batch sent twice (the first reply was lost): nothing is created twice and the
+    /// mappings are the same.
+    #[tokio::test]
+    async fn retried_batch_creates_no_duplicates() {
+        let s = TestServer::start().await;
+        let dev = s.device("north");
+        let t = at(dev.id, 0);
+        let changes = vec![
+            add(COMPANY, 5, None, t, text3(COMPANY, "ACME", "Lyon", "1")),
+            add(COMPANY, 6, None, t, text3(COMPANY, "Globex", "Paris", "2")),
+            add(
+                CONTACT,
+                1,
+                Some(local(5)),
+                t,
+                text3(CONTACT, "Ann", "a", "1"),
+            ),
+            add(
+                CONTACT,
+                2,
+                Some(local(6)),
+                t,
+                text3(CONTACT, "Bob", "b", "2"),
+            ),
+        ];
+        let first = s.sync(&dev, hello(7, None, Mode::Delta), &changes).await;
+        let dump = s.dump();
+        let second = s.sync(&dev, hello(7, None, Mode::Delta), &changes).await;
+        assert_eq!(first.mappings, second.mappings);
+        assert_eq!(s.count("company"), 2);
+        assert_eq!(s.count("contact"), 2);
+        assert!(second.rejected.is_empty());
+        // The retry changed nothing at all.
+        assert_eq!(s.dump(), dump);
+        // The device gets the same data back.
+        assert_eq!(first.upserts, second.upserts);
+        s.stop().await;
+    }
 }
