@@ -1,0 +1,4 @@
+//! `reply_stream`: see `ferrysync_fuzz::reply` for what it feeds and the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ferrysync_fuzz::reply::run(data));

@@ -1,0 +1,781 @@
+//! `request_stream`: request bytes through the server's request path into a real
+//! `SqliteStore`.
+//!
+//! The HTTP handler's body reader (`receive` in `server/src/http.rs`) is private and reads a
+//! hyper body, so [`serve`] re-creates it step by step with the same public pieces, in the
+//! same order: a `FrameDecoder::<MAX_FRAME>` fed each chunk as it arrives, the protocol peek on
+//! a bad first frame, `RequestCheck` on every message, the frame limit, `OwnedChange::from_wire`,
+//! and `ServerStore::sync` (started at the `Hello`, fed the changes as they are decoded,
+//! committed only when the body ended well, rolled back otherwise). Body decoding against the
+//! schema and reconciliation are the store's own code.
+//!
+//! One database per process, on a temporary file, seeded once with two devices in two scopes
+//! (companies, contacts, a tombstone, id maps). Each input starts from that seed: after an
+//! accepted stream the tables are restored from a copy of it, so a crash replays alone.
+//!
+//! The same bytes then go through `ferrysync_server::direct::sync`, the whole-request path
+//! that simulations and benchmarks use; both paths must agree.
+//!
+//! Invariants:
+//! - no panic, and no store error other than "aborted" (client bytes never cause a 500);
+//! - a stream refused as a whole changes nothing (fingerprint of every table equal);
+//! - an accepted stream leaves no detail without its master, no detail in another scope than
+//!   its master, no live row with a tombstone, and `_meta.seq` at or above every `_seq`;
+//! - `direct::sync` refuses every stream the HTTP path refuses (and changes nothing either);
+//! - a retry of an accepted stream (through `direct::sync`) is accepted, creates no row (no
+//!   insert at all: `sqlite_sequence` unchanged; no table grows) and gives the same id map;
+//! - the reply to it decodes frame by frame, passes `ReplyCheck`, and every record in it fits
+//!   the schema.
+
+use crate::spec::{self, NOW_MS};
+use crate::{chunks, invariant, planted, split_chunking};
+use ferrysync_core::body;
+use ferrysync_core::frame::FrameDecoder;
+use ferrysync_core::schema::Schema;
+use ferrysync_core::stream::{ReplyCheck, RequestCheck, StreamError};
+use ferrysync_core::wire::{peek_protocol, Hello, Mapping, Reply, Request, PROTOCOL_VERSION};
+use ferrysync_server::direct::{self, DirectError};
+use ferrysync_server::store::{
+    ChangeSource, Device, Incoming, OwnedChange, ServerStore, StoreError, SyncOutcome, SyncParams,
+};
+use ferrysync_server::{Config, LoadedSchema, SqliteStore, MAX_FRAME};
+use rusqlite::Connection;
+use std::sync::{Mutex, OnceLock};
+
+/// Why the server refused a stream (it answers 4xx and changes nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// A bad frame.
+    Frame(u32),
+    /// A stream rule.
+    Stream(StreamError),
+    /// A newer protocol's `Hello`.
+    Version(u16),
+    /// Over the frame limit.
+    TooManyFrames,
+    /// The store rolled back (it saw the end without `Commit`).
+    Aborted,
+}
+
+/// What the server did with a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Committed.
+    Accepted(Hello, SyncOutcome),
+    /// Refused as a whole.
+    Refused(Refusal),
+}
+
+/// The body reader: decodes chunks lazily, as `ServerStore::sync` asks for changes.
+struct Reader<'a> {
+    chunks: std::slice::Iter<'a, &'a [u8]>,
+    input: &'a [u8],
+    dec: Box<FrameDecoder<MAX_FRAME>>,
+    check: RequestCheck,
+    first: Vec<u8>,
+    max_frames: u32,
+    hello: Option<Hello>,
+    /// Set when the stream is refused.
+    refused: Option<Refusal>,
+    /// The stream ended well (the source said `Commit`).
+    complete: bool,
+    /// Changes handed to the store so far.
+    handed: u32,
+}
+
+/// What the reader found next.
+enum Next {
+    Hello,
+    Change(OwnedChange),
+    End,
+}
+
+impl Reader<'_> {
+    /// Decodes up to the next message; `None` at the end of the body or on a refusal.
+    fn next_msg(&mut self) -> Option<Next> {
+        loop {
+            while self.input.is_empty() {
+                self.input = self.chunks.next().copied()?;
+            }
+            let index = self.dec.frames();
+            let input = self.input;
+            let fed = self.dec.feed::<Request<'_>>(input);
+            if index == 0 && self.first.len() < MAX_FRAME {
+                self.first
+                    .extend_from_slice(&input[..fed.consumed.min(MAX_FRAME)]);
+            }
+            self.input = &input[fed.consumed..];
+            let out = match fed.result {
+                Ok(None) => None,
+                Err(_) => {
+                    // As the server does: a first frame that is a later version's `Hello`
+                    // is "unsupported version", anything else "bad frame".
+                    let version = if index == 0 {
+                        peek_raw_protocol(&self.first)
+                    } else {
+                        None
+                    };
+                    self.refused = Some(match version {
+                        Some(v) if v != PROTOCOL_VERSION => Refusal::Version(v),
+                        _ => Refusal::Frame(index),
+                    });
+                    return None;
+                }
+                Ok(Some(msg)) => {
+                    if let Err(e) = self.check.handle(&msg) {
+                        self.refused = Some(Refusal::Stream(e));
+                        return None;
+                    }
+                    Some(match msg {
+                        Request::Hello(h) => {
+                            self.hello = Some(h);
+                            Next::Hello
+                        }
+                        Request::Change(c) => Next::Change(OwnedChange::from_wire(&c)),
+                        Request::End(_) => Next::End,
+                    })
+                }
+            };
+            if self.dec.frames() > self.max_frames {
+                self.refused = Some(Refusal::TooManyFrames);
+                return None;
+            }
+            if out.is_some() {
+                return out;
+            }
+        }
+    }
+
+    /// Called once the body is exhausted without a refusal: is it a whole stream?
+    fn finish(&mut self) -> bool {
+        if self.refused.is_some() {
+            return false;
+        }
+        if self.dec.is_mid_frame() {
+            self.refused = Some(Refusal::Stream(StreamError::Truncated));
+            return false;
+        }
+        if let Err(e) = self.check.finish() {
+            self.refused = Some(Refusal::Stream(e));
+            return false;
+        }
+        true
+    }
+}
+
+impl ChangeSource for Reader<'_> {
+    fn next(&mut self) -> Option<Incoming> {
+        loop {
+            match self.next_msg() {
+                Some(Next::Change(c)) => {
+                    self.handed += 1;
+                    return Some(Incoming::Change(c));
+                }
+                Some(Next::Hello | Next::End) => continue,
+                None => {
+                    if self.finish() {
+                        self.complete = true;
+                        return Some(Incoming::Commit);
+                    }
+                    // The planted bug (selftest): a server that commits what it has read
+                    // of a refused stream instead of rolling back.
+                    if planted("request_stream") && self.handed > 0 {
+                        return Some(Incoming::Commit);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The first frame's protocol version, read from its raw bytes as the server does (COBS
+/// decode, CRC check, `Hello` tag, then the version varint): `wire::peek_protocol` on the
+/// decoded message.
+fn peek_raw_protocol(raw: &[u8]) -> Option<u16> {
+    let start = raw.iter().position(|&b| b != 0)?;
+    let raw = &raw[start..];
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let mut buf = raw[..end].to_vec();
+    let n = cobs_decode(&mut buf)?;
+    let (msg, crc) = buf[..n].split_at(n.checked_sub(4)?);
+    let crc = u32::from_le_bytes(crc.try_into().ok()?);
+    if ferrysync_core::frame::CRC32.checksum(msg) != crc {
+        return None;
+    }
+    peek_protocol(msg)
+}
+
+fn cobs_decode(buf: &mut [u8]) -> Option<usize> {
+    let mut out = Vec::with_capacity(buf.len());
+    let mut i = 0;
+    while i < buf.len() {
+        let code = buf[i] as usize;
+        out.extend_from_slice(buf.get(i + 1..i + code)?);
+        i += code;
+        if code < 0xff && i < buf.len() {
+            out.push(0);
+        }
+    }
+    buf[..out.len()].copy_from_slice(&out);
+    Some(out.len())
+}
+
+/// Runs one request body (as chunks) through the server's request path for `device`.
+pub fn serve<'a>(
+    store: &SqliteStore,
+    schema: &LoadedSchema,
+    device: &Device,
+    body: &'a [&'a [u8]],
+) -> Verdict {
+    let mut r = Reader {
+        chunks: body.iter(),
+        input: &[],
+        dec: Box::new(FrameDecoder::new()),
+        check: RequestCheck::new(schema.hash()),
+        first: Vec::new(),
+        max_frames: Config::default().max_frames,
+        hello: None,
+        refused: None,
+        complete: false,
+        handed: 0,
+    };
+    // The server starts the database transaction when the `Hello` arrives.
+    match r.next_msg() {
+        Some(Next::Hello) => {}
+        Some(_) => unreachable!("RequestCheck lets only Hello first"),
+        None => {
+            r.finish();
+            return Verdict::Refused(r.refused.unwrap_or(Refusal::Stream(StreamError::Truncated)));
+        }
+    }
+    let result = store.sync(device, params(), &mut r);
+    match (result, r.hello) {
+        (Ok(outcome), Some(hello)) if r.complete => Verdict::Accepted(hello, outcome),
+        // Only reachable with the planted bug: the store committed a refused stream.
+        (Ok(_), _) => Verdict::Refused(r.refused.unwrap_or(Refusal::Aborted)),
+        (Err(StoreError::Aborted), _) => Verdict::Refused(r.refused.unwrap_or(Refusal::Aborted)),
+        (Err(e), _) => panic!("invariant broken: client bytes caused a store error: {e}"),
+    }
+}
+
+/// The fuzzing state: one seeded database per process.
+pub struct World {
+    /// The store under test.
+    pub store: SqliteStore,
+    /// Its schema.
+    pub schema: LoadedSchema,
+    /// The seeded devices (scopes "north" and "south").
+    pub devices: [Device; 2],
+    check: Connection,
+    seed_print: Vec<i64>,
+    _dir: tempfile::TempDir,
+}
+
+fn tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let b = tempfile::Builder::new()
+        .prefix("ferrysync-fuzz-")
+        .tempdir_in(shm);
+    b.or_else(|_| tempfile::tempdir())
+        .expect("temporary directory")
+}
+
+impl World {
+    /// A fresh database with the seed data (built through [`serve`] itself).
+    pub fn new() -> Self {
+        let dir = tempdir();
+        let path = dir.path().join("server.db");
+        let schema = LoadedSchema::example();
+        let store = SqliteStore::open(&path, schema).expect("open store");
+        let north = store.add_device("north", &[1; 32], NOW_MS).expect("device");
+        let south = store.add_device("south", &[2; 32], NOW_MS).expect("device");
+        for (dev, stream) in seed_streams(&schema.schema()) {
+            let device = if dev == 0 { &north } else { &south };
+            match serve(&store, &schema, device, &[&stream]) {
+                Verdict::Accepted(_, out) => {
+                    assert!(out.rejected.is_empty(), "seed rejected: {out:?}")
+                }
+                Verdict::Refused(r) => panic!("seed refused: {r:?}"),
+            }
+        }
+        let check = Connection::open(&path).expect("check connection");
+        check
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .expect("busy timeout");
+        // The restore empties parents before children; the store's own connections keep
+        // enforcing foreign keys.
+        check
+            .pragma_update(None, "foreign_keys", "OFF")
+            .expect("pragma");
+        let seed = dir.path().join("seed.db");
+        check
+            .execute("VACUUM INTO ?1", [seed.to_str().expect("utf-8 path")])
+            .expect("seed copy");
+        check
+            .execute(
+                "ATTACH DATABASE ?1 AS seed",
+                [seed.to_str().expect("utf-8 path")],
+            )
+            .expect("attach seed");
+        let mut w = World {
+            store,
+            schema,
+            devices: [north, south],
+            check,
+            seed_print: Vec::new(),
+            _dir: dir,
+        };
+        w.seed_print = w.fingerprint();
+        w
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        let mut t: Vec<&'static str> = self.schema.schema().tables.iter().map(|t| t.name).collect();
+        t.extend(["_idmap", "_tombstone", "_meta", "sqlite_sequence"]);
+        t
+    }
+
+    /// A cheap fingerprint of everything a sync may write.
+    pub fn fingerprint(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        let c = &self.check;
+        let one = |sql: &str| -> Vec<i64> {
+            c.query_row(sql, [], |r| {
+                Ok((0..3).map(|i| r.get::<_, i64>(i).unwrap_or(0)).collect())
+            })
+            .expect("fingerprint query")
+        };
+        for t in self.schema.schema().tables {
+            out.extend(one(&format!(
+                "SELECT count(*), coalesce(max(_seq), 0), coalesce(sum(id * 7 + _seq + _wall % 1000003 + _counter + _device), 0) FROM \"{}\"",
+                t.name
+            )));
+        }
+        out.extend(one("SELECT count(*), coalesce(sum(server), 0), coalesce(sum(local + device), 0) FROM _idmap"));
+        out.extend(one(
+            "SELECT count(*), coalesce(max(seq), 0), coalesce(sum(id + seq), 0) FROM _tombstone",
+        ));
+        out.extend(one(
+            "SELECT count(*), coalesce(sum(value), 0), coalesce(max(value), 0) FROM _meta",
+        ));
+        out.extend(one(
+            "SELECT count(*), coalesce(sum(seq), 0), 0 FROM sqlite_sequence",
+        ));
+        out
+    }
+
+    /// Rows per table and the AUTOINCREMENT counters.
+    fn counts(&self) -> (Vec<i64>, Vec<(String, i64)>) {
+        let c = &self.check;
+        let counts = self
+            .tables()
+            .iter()
+            .map(|t| {
+                c.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
+                    .expect("count")
+            })
+            .collect();
+        let mut stmt = c
+            .prepare_cached("SELECT name, seq FROM sqlite_sequence ORDER BY name")
+            .expect("prepare");
+        let seqs = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        (counts, seqs)
+    }
+
+    /// The structural invariants of the database.
+    pub fn check_consistent(&self) {
+        let c = &self.check;
+        let s = self.schema.schema();
+        for t in s.tables {
+            let (Some(p), Some(fk)) = (t.parent.and_then(|p| s.table(p)), t.parent_field) else {
+                continue;
+            };
+            let orphans: i64 = c
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM \"{c}\" x WHERE NOT EXISTS (SELECT 1 FROM \"{p}\" y WHERE y.id = x.\"{fk}\")",
+                        c = t.name,
+                        p = p.name
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("orphan query");
+            invariant!(
+                orphans == 0,
+                "{orphans} {} rows without their {}",
+                t.name,
+                p.name
+            );
+            let strays: i64 = c
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM \"{c}\" x JOIN \"{p}\" y ON y.id = x.\"{fk}\" WHERE x._scope <> y._scope",
+                        c = t.name,
+                        p = p.name
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("scope query");
+            invariant!(
+                strays == 0,
+                "{strays} {} rows in another scope than their {}",
+                t.name,
+                p.name
+            );
+        }
+        for t in s.tables {
+            let both: i64 = c
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM _tombstone b JOIN \"{n}\" x ON b.tbl = '{n}' AND b.id = x.id",
+                        n = t.name
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("tombstone query");
+            invariant!(both == 0, "{both} live {} rows have a tombstone", t.name);
+            let ahead: i64 = c
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM \"{}\" WHERE _seq > (SELECT value FROM _meta WHERE key = 'seq')",
+                        t.name
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("seq query");
+            invariant!(
+                ahead == 0,
+                "{ahead} {} rows with _seq above _meta.seq",
+                t.name
+            );
+        }
+    }
+
+    /// Puts the seed data back.
+    pub fn restore(&self) {
+        let mut sql = String::from("BEGIN IMMEDIATE;\n");
+        for t in self.tables() {
+            sql.push_str(&format!(
+                "DELETE FROM main.\"{t}\"; INSERT INTO main.\"{t}\" SELECT * FROM seed.\"{t}\";\n"
+            ));
+        }
+        sql.push_str("COMMIT;");
+        self.check.execute_batch(&sql).expect("restore seed");
+        let now = self.fingerprint();
+        assert_eq!(now, self.seed_print, "restore did not bring the seed back");
+    }
+
+    /// Runs one request body through the server and checks every invariant.
+    ///
+    /// The body goes through the HTTP handler's streaming path ([`serve`]) first; then the
+    /// same bytes go through `ferrysync_server::direct::sync` (the whole-request path that
+    /// simulations use), which must agree: it refuses what was refused, and for an accepted
+    /// stream it is the retry (and its reply is checked as a device would).
+    pub fn run_stream(&self, device: usize, body: &[&[u8]]) {
+        let device = &self.devices[device % 2];
+        let bytes = body.concat();
+        match serve(&self.store, &self.schema, device, body) {
+            Verdict::Refused(why) => {
+                if self.fingerprint() != self.seed_print {
+                    self.restore();
+                    panic!("invariant broken: a refused stream ({why:?}) changed the database");
+                }
+                match direct::sync(&self.store, self.schema.hash(), device, params(), &bytes) {
+                    Ok(_) => {
+                        self.restore();
+                        panic!("invariant broken: the HTTP path refused ({why:?}) what direct::sync accepted");
+                    }
+                    Err(DirectError::Store(e)) => {
+                        panic!("invariant broken: client bytes caused a store error in direct::sync: {e}")
+                    }
+                    Err(_) => {}
+                }
+                if self.fingerprint() != self.seed_print {
+                    self.restore();
+                    panic!("invariant broken: direct::sync changed the database for a refused stream ({why:?})");
+                }
+            }
+            Verdict::Accepted(hello, first) => {
+                self.check_consistent();
+                let before = self.counts();
+                let retry = direct::sync(&self.store, self.schema.hash(), device, params(), &bytes);
+                let after = self.counts();
+                self.check_consistent();
+                self.restore();
+                let reply = match retry {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        panic!("invariant broken: the retry of an accepted stream failed: {e}")
+                    }
+                };
+                invariant!(
+                    after.1 == before.1,
+                    "the retry inserted rows: sqlite_sequence {:?} -> {:?}",
+                    before.1,
+                    after.1
+                );
+                for (i, (a, b)) in before.0.iter().zip(&after.0).enumerate() {
+                    invariant!(
+                        b <= a,
+                        "the retry grew table {}: {a} -> {b}",
+                        self.tables()[i]
+                    );
+                }
+                let mappings = check_reply(&self.schema.schema(), hello.batch_id, &reply);
+                invariant!(
+                    first.mappings == mappings,
+                    "the retry gave another id map: {:?} vs {:?}",
+                    first.mappings,
+                    mappings
+                );
+            }
+        }
+    }
+}
+
+/// Sync parameters: a fixed server time, the default skew and retention.
+pub fn params() -> SyncParams {
+    SyncParams {
+        now_ms: NOW_MS,
+        max_skew_ms: Config::default().max_skew_ms,
+        tombstone_retention_ms: Config::default().tombstone_retention_ms,
+    }
+}
+
+/// Checks a server reply as a device reads it: every frame decodes, the stream passes
+/// `ReplyCheck` for `batch_id`, every record's body fits its table and it has a parent id
+/// exactly when its table has a parent. Returns the mappings.
+pub fn check_reply(schema: &Schema<'_>, batch_id: u64, reply: &[u8]) -> Vec<Mapping> {
+    let mut dec: Box<FrameDecoder<MAX_FRAME>> = Box::new(FrameDecoder::new());
+    let mut check = ReplyCheck::new(batch_id);
+    let mut mappings = Vec::new();
+    let mut input = reply;
+    while !input.is_empty() {
+        let fed = dec.feed::<Reply<'_>>(input);
+        input = &input[fed.consumed..];
+        let msg = match fed.result {
+            Ok(None) => continue,
+            Ok(Some(m)) => m,
+            Err(e) => panic!("invariant broken: the server wrote a bad reply frame: {e}"),
+        };
+        if let Err(e) = check.handle(&msg) {
+            panic!("invariant broken: the server's reply breaks the stream rules: {e} at {msg:?}");
+        }
+        match msg {
+            Reply::Mapping(m) => mappings.push(m),
+            Reply::Upsert(u) => {
+                let t = schema.table(u.table);
+                invariant!(t.is_some(), "reply upsert of unknown {:?}", u.table);
+                let t = t.expect("checked");
+                invariant!(
+                    body::validate(t, u.body).is_ok(),
+                    "reply body of {} does not fit",
+                    t.name
+                );
+                invariant!(
+                    t.parent.is_some() == u.parent.is_some(),
+                    "reply upsert of {} with parent {:?}",
+                    t.name,
+                    u.parent
+                );
+            }
+            _ => {}
+        }
+    }
+    invariant!(!dec.is_mid_frame(), "the server's reply ends mid-frame");
+    invariant!(check.finish().is_ok(), "the server's reply has no Done");
+    mappings
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static WORLD: OnceLock<Mutex<World>> = OnceLock::new();
+
+/// The fuzz entry: byte 0 even = raw bytes (chunking header, device, stream), odd = a
+/// structured [`spec::RequestSpec`].
+pub fn run(input: &[u8]) {
+    let world = WORLD.get_or_init(|| Mutex::new(World::new()));
+    let w = world.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((&mode, rest)) = input.split_first() else {
+        return;
+    };
+    if mode % 2 == 0 {
+        let (sizes, data) = split_chunking(rest);
+        let device = usize::from(mode / 2);
+        w.run_stream(device, &chunks(data, &sizes));
+    } else {
+        let Some(spec) = spec::take::<spec::RequestSpec>(rest) else {
+            return;
+        };
+        let bytes = spec.bytes(&w.schema.schema());
+        w.run_stream(
+            usize::from(spec.device),
+            &chunks(&bytes, &spec.chunk_sizes()),
+        );
+    }
+}
+
+/// One change of a hand-written stream: table, op, key, parent, wall time, body.
+pub type SeedChange = (
+    u8,
+    ferrysync_core::wire::Op,
+    ferrysync_core::RecordRef,
+    Option<ferrysync_core::RecordRef>,
+    u64,
+    Vec<u8>,
+);
+
+/// The seed streams: `(device index, bytes)`; the pattern's story for two devices.
+pub fn seed_streams(schema: &Schema<'_>) -> Vec<(usize, Vec<u8>)> {
+    use crate::spec::frame;
+    use ferrysync_core::wire::{Change, End, Mode, Op};
+    use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
+    let body = |t: u8, a: &str, b: &str, c: &str| -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        let t = schema.table(TableId(t)).expect("table");
+        ferrysync_core::body::encode(
+            t,
+            &[
+                ferrysync_core::body::Value::Text(a),
+                ferrysync_core::body::Value::Text(b),
+                ferrysync_core::body::Value::Text(c),
+            ],
+            &mut buf,
+        )
+        .expect("body")
+        .to_vec()
+    };
+    let stream = |batch: u64, cursor: Option<u64>, changes: &[SeedChange]| {
+        let mut out = frame(&Request::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            schema_hash: schema.hash(),
+            batch_id: batch,
+            cursor,
+            mode: if cursor.is_some() {
+                Mode::Delta
+            } else {
+                Mode::Full
+            },
+        }));
+        for (t, op, key, parent, wall, body) in changes {
+            out.extend(frame(&Request::Change(Change {
+                table: TableId(*t),
+                op: *op,
+                key: *key,
+                parent: *parent,
+                modified_at: Hlc::new(*wall, 0, 1),
+                body,
+            })));
+        }
+        out.extend(frame(&Request::End(End {
+            count: changes.len() as u32,
+        })));
+        out
+    };
+    let l = |n: u32| RecordRef::Local(LocalId(n));
+    let s = |n: u64| RecordRef::Server(ServerId(n));
+    let t0 = NOW_MS - 60_000;
+    vec![
+        // North adds two companies (local 5, 6) and three contacts under them.
+        (
+            0,
+            stream(
+                1,
+                None,
+                &[
+                    (0, Op::Add, l(5), None, t0, body(0, "ACME", "Lyon", "+33 1")),
+                    (
+                        0,
+                        Op::Add,
+                        l(6),
+                        None,
+                        t0,
+                        body(0, "Globex", "Paris", "+33 2"),
+                    ),
+                    (
+                        1,
+                        Op::Add,
+                        l(7),
+                        Some(l(5)),
+                        t0,
+                        body(1, "Ann", "ann@acme", "1"),
+                    ),
+                    (
+                        1,
+                        Op::Add,
+                        l(8),
+                        Some(l(5)),
+                        t0,
+                        body(1, "Bob", "bob@acme", "2"),
+                    ),
+                    (
+                        1,
+                        Op::Add,
+                        l(9),
+                        Some(l(6)),
+                        t0,
+                        body(1, "Cy", "cy@globex", "3"),
+                    ),
+                ],
+            ),
+        ),
+        // North renames company 2 and deletes contact 2 (a tombstone).
+        (
+            0,
+            stream(
+                2,
+                Some(6),
+                &[
+                    (
+                        0,
+                        Op::Update,
+                        s(2),
+                        None,
+                        t0 + 1000,
+                        body(0, "Globex SA", "Paris", "+33 2"),
+                    ),
+                    (1, Op::Delete, s(2), Some(s(1)), t0 + 1000, Vec::new()),
+                ],
+            ),
+        ),
+        // South adds its own company and contact.
+        (
+            1,
+            stream(
+                1,
+                None,
+                &[
+                    (
+                        0,
+                        Op::Add,
+                        l(5),
+                        None,
+                        t0,
+                        body(0, "Initech", "Lille", "+33 3"),
+                    ),
+                    (
+                        1,
+                        Op::Add,
+                        l(6),
+                        Some(l(5)),
+                        t0,
+                        body(1, "Dee", "dee@initech", "4"),
+                    ),
+                ],
+            ),
+        ),
+    ]
+}
