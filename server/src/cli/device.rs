@@ -1,9 +1,30 @@
 //! `ferrysync device add|list|revoke`.
 
 use super::CliError;
-use clap::Subcommand;
-use ferrysync_server::{ServerStore, SqliteStore};
-use std::path::{Path, PathBuf};
+use clap::{Args, Subcommand};
+use ferrysync_server::{PostgresStore, ServerStore, SqliteStore};
+use std::path::PathBuf;
+
+/// Where the server's data is.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Server database file.
+    #[arg(long, default_value = "ferrysync.db")]
+    db: PathBuf,
+    /// PostgreSQL database of the server instead of the file (`postgres://...`).
+    #[arg(long, env = "FERRYSYNC_DATABASE", conflicts_with = "db")]
+    database: Option<String>,
+}
+
+impl DbArgs {
+    /// The database, as printed.
+    fn name(&self) -> String {
+        match &self.database {
+            Some(url) => super::serve::redact(url),
+            None => self.db.display().to_string(),
+        }
+    }
+}
 
 /// Device administration.
 #[derive(Debug, Subcommand)]
@@ -13,33 +34,38 @@ pub enum DeviceCommand {
         /// Scope of the device: it reads and writes only records of this scope.
         #[arg(long)]
         scope: String,
-        /// Server database file.
-        #[arg(long, default_value = "ferrysync.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// List devices.
     List {
-        /// Server database file.
-        #[arg(long, default_value = "ferrysync.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Revoke a device's token.
     Revoke {
         /// Device id (see `device list`).
         id: u32,
-        /// Server database file.
-        #[arg(long, default_value = "ferrysync.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
-fn open(db: &Path) -> Result<SqliteStore, CliError> {
-    SqliteStore::open_admin(db).map_err(|e| {
-        CliError(format!(
-            "cannot open database {}: {e}; check the path and its permissions",
-            db.display()
-        ))
-    })
+fn open(db: &DbArgs) -> Result<Box<dyn ServerStore>, CliError> {
+    match &db.database {
+        Some(url) => Ok(Box::new(PostgresStore::open_admin(url).map_err(|e| {
+            CliError(format!(
+                "cannot open the PostgreSQL database: {e}; check --database \
+                 (postgres://user:password@host:port/dbname) and that the server is up"
+            ))
+        })?)),
+        None => Ok(Box::new(SqliteStore::open_admin(&db.db).map_err(|e| {
+            CliError(format!(
+                "cannot open database {}: {e}; check the path and its permissions",
+                db.db.display()
+            ))
+        })?)),
+    }
 }
 
 /// Runs a device command.
@@ -47,7 +73,7 @@ pub fn run(cmd: DeviceCommand) -> Result<(), CliError> {
     match cmd {
         DeviceCommand::Add { scope, db } => {
             let store = open(&db)?;
-            let (device, token) = ferrysync_server::auth::add_device(&store, &scope)
+            let (device, token) = ferrysync_server::auth::add_device(store.as_ref(), &scope)
                 .map_err(|e| CliError(format!("cannot add device: {e}")))?;
             println!("device {} (scope {:?})", device.id, device.scope);
             println!("token {token}");
@@ -83,7 +109,7 @@ pub fn run(cmd: DeviceCommand) -> Result<(), CliError> {
                 }
                 Ok(false) => Err(CliError(format!(
                     "no device {id} in {}; see `ferrysync device list`",
-                    db.display()
+                    db.name()
                 ))),
                 Err(e) => Err(CliError(format!("cannot revoke device {id}: {e}"))),
             }

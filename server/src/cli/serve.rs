@@ -2,7 +2,7 @@
 
 use super::CliError;
 use clap::Args;
-use ferrysync_server::{Config, LoadedSchema, Server, SqliteStore};
+use ferrysync_server::{Config, LoadedSchema, PostgresStore, Server, ServerStore, SqliteStore};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +14,10 @@ pub struct ServeArgs {
     /// Database file (created on first start).
     #[arg(long, default_value = "ferrysync.db")]
     db: PathBuf,
+    /// PostgreSQL database instead of the file (`postgres://user:pass@host:port/db`); its
+    /// tables are created on first start. Several servers may share one.
+    #[arg(long, env = "FERRYSYNC_DATABASE", conflicts_with = "db")]
+    database: Option<String>,
     /// Schema file (schema.toml); the built-in company/contact example when absent.
     #[arg(long)]
     schema: Option<PathBuf>,
@@ -56,12 +60,26 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         })?,
         None => LoadedSchema::example(),
     };
-    let store = SqliteStore::open(&args.db, schema).map_err(|e| {
-        CliError(format!(
-            "cannot open database {}: {e}; check the path and its permissions",
-            args.db.display()
-        ))
-    })?;
+    let (store, where_): (Arc<dyn ServerStore>, String) = match &args.database {
+        Some(url) => (
+            Arc::new(PostgresStore::open(url, schema).map_err(|e| {
+                CliError(format!(
+                    "cannot open the PostgreSQL database: {e}; check --database \
+                     (postgres://user:password@host:port/dbname) and that the server is up"
+                ))
+            })?),
+            redact(url),
+        ),
+        None => (
+            Arc::new(SqliteStore::open(&args.db, schema).map_err(|e| {
+                CliError(format!(
+                    "cannot open database {}: {e}; check the path and its permissions",
+                    args.db.display()
+                ))
+            })?),
+            args.db.display().to_string(),
+        ),
+    };
     let config = Config {
         max_body_bytes: args.max_body_bytes,
         max_frames: args.max_frames,
@@ -70,7 +88,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         tombstone_retention_ms: args.tombstone_days.saturating_mul(24 * 3600 * 1000),
         ..Config::default()
     };
-    let server = Server::new(Arc::new(store), schema, config);
+    let server = Server::new(store, schema, config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,8 +105,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         let addr = listener
             .local_addr()
             .map_err(|e| CliError(format!("cannot read the listening address: {e}")))?;
-        println!("ferrysync listening on http://{addr} (database {}, schema {:#018x})", args.db.display(), schema.hash());
-        tracing::info!(%addr, db = %args.db.display(), schema = format!("{:#018x}", schema.hash()), "listening");
+        println!("ferrysync listening on http://{addr} (database {where_}, schema {:#018x})", schema.hash());
+        tracing::info!(%addr, db = %where_, schema = format!("{:#018x}", schema.hash()), "listening");
         ferrysync_server::run(listener, server, shutdown_signal())
             .await
             .map_err(|e| CliError(format!("server failed: {e}")))
@@ -96,6 +114,31 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     // Blocking tasks still running (none after a graceful stop) are not waited for longer.
     rt.shutdown_timeout(Duration::from_secs(5));
     Ok(())
+}
+
+/// A database URL without its password, to print.
+pub(super) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://{auth}@{host}"),
+            },
+            None => url.to_string(),
+        },
+        // key=value form: hide a password pair.
+        None => url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 async fn shutdown_signal() {
@@ -119,4 +162,22 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_passwords() {
+        use super::redact;
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact("host=h password=x dbname=d"),
+            "host=h password=*** dbname=d"
+        );
+    }
 }

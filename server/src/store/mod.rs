@@ -175,7 +175,14 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
-            StoreError::Postgres(e) => write!(f, "PostgreSQL error: {e}"),
+            StoreError::Postgres(e) => {
+                // The client's own message is terse ("db error"); the cause says what.
+                write!(f, "PostgreSQL error: {e}")?;
+                match std::error::Error::source(e) {
+                    Some(cause) => write!(f, ": {cause}"),
+                    None => Ok(()),
+                }
+            }
             StoreError::Aborted => f.write_str("sync aborted, rolled back"),
             StoreError::Closed => f.write_str("reply consumer went away"),
             StoreError::Corrupt(m) => f.write_str(m),

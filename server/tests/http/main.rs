@@ -1,5 +1,7 @@
 //! Sync over real HTTP on 127.0.0.1: the pattern's story, conflicts, rejections, retries,
-//! hierarchies, scopes, error statuses, delta and full replies, health and metrics.
+//! hierarchies, scopes, error statuses, delta and full replies, health and metrics, and several
+//! server instances over one database. Each test runs on SQLite and on PostgreSQL
+//! (`store_test!` in `common.rs`).
 
 #[macro_use]
 mod common;
@@ -9,6 +11,7 @@ mod conflicts;
 mod delta;
 mod errors;
 mod hierarchy;
+mod instances;
 mod ops;
 mod rejections;
 mod scopes;
