@@ -13,6 +13,7 @@ use super::{
     ChangeSource, Device, Incoming, OwnedChange, OwnedRejected, ReplyItem, ReplyPlan, StoreError,
     SyncOutcome, SyncParams,
 };
+use crate::schema_file::LoadedSchema;
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::schema::{FieldDef, Schema, TableDef};
 use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
@@ -118,6 +119,27 @@ pub(crate) trait SyncTx {
         scope: &str,
         at_ms: i64,
     ) -> Result<(), StoreError>;
+}
+
+/// Records the schema's hash in a new database, or refuses a database made for another
+/// schema (`db` names it in the message, `flag` is the option that picks another one).
+pub(crate) fn check_schema_hash<T: SyncTx>(
+    tx: &mut T,
+    schema: &LoadedSchema,
+    db: &str,
+    flag: &str,
+) -> Result<(), StoreError> {
+    let want = schema.hash() as i64;
+    match tx.meta_get("schema_hash")? {
+        Some(have) if have != want => Err(StoreError::Corrupt(format!(
+            "database {db} was created for schema {:#018x}, but the schema given has \
+             {:#018x}; start with the schema file it was created with, or use a new {flag}",
+            have as u64,
+            schema.hash()
+        ))),
+        Some(_) => Ok(()),
+        None => tx.meta_set("schema_hash", want),
+    }
 }
 
 /// Applies a sync inside the store's open transaction: prunes expired tombstones, applies
@@ -399,16 +421,20 @@ impl<T: SyncTx> Apply<'_, T> {
         Ok(Ok(()))
     }
 
+    /// The server id a change's key names: `Ok(None)` for a local id never mapped, a
+    /// rejection for a server id that cannot exist.
+    fn key_id(&mut self, c: &OwnedChange) -> Result<Result<Option<i64>, RejectReason>, StoreError> {
+        Ok(match c.key {
+            RecordRef::Server(s) => sid(s).map(Some).ok_or(RejectReason::UnknownRecord),
+            RecordRef::Local(l) => Ok(self.idmap(c.table, l)?),
+        })
+    }
+
     fn update(&mut self, c: &OwnedChange, t: &TableDef<'static>) -> Step {
-        let id = match c.key {
-            RecordRef::Server(s) => match sid(s) {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::UnknownRecord)),
-            },
-            RecordRef::Local(l) => match self.idmap(c.table, l)? {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::UnknownRecord)),
-            },
+        let id = match self.key_id(c)? {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok(Err(RejectReason::UnknownRecord)),
+            Err(r) => return Ok(Err(r)),
         };
         let values = match decode_body(t, &c.body) {
             Ok(v) => v,
@@ -464,16 +490,11 @@ impl<T: SyncTx> Apply<'_, T> {
     }
 
     fn delete(&mut self, c: &OwnedChange) -> Step {
-        let id = match c.key {
-            RecordRef::Server(s) => match sid(s) {
-                Some(id) => id,
-                None => return Ok(Err(RejectReason::UnknownRecord)),
-            },
-            RecordRef::Local(l) => match self.idmap(c.table, l)? {
-                Some(id) => id,
-                // Never reached the server: nothing to delete.
-                None => return Ok(Ok(())),
-            },
+        let id = match self.key_id(c)? {
+            Ok(Some(id)) => id,
+            // Never reached the server: nothing to delete.
+            Ok(None) => return Ok(Ok(())),
+            Err(r) => return Ok(Err(r)),
         };
         match self.row_meta(c.table, id)? {
             None => Ok(match self.missing(c.table, id)? {

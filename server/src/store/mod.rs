@@ -16,6 +16,8 @@ mod engine;
 pub mod postgres;
 mod sqlgen;
 mod sqlite;
+#[cfg(test)]
+mod testkit;
 
 pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -23,6 +25,13 @@ pub use sqlite::SqliteStore;
 use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
 use ferrysync_core::{Hlc, RecordRef, ServerId, TableId};
 use std::fmt;
+
+/// Locks a store's mutex, recovering it from a panic of a holder: what the stores guard
+/// (a connection whose dropped transaction rolled back, a list of idle connections) stays
+/// consistent whatever panicked.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A device known to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,8 +29,10 @@
 //! block: call them from `spawn_blocking` or plain threads, never on an async worker.
 
 use super::engine::{
-    bad_column, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery, SnapshotTx, SyncTx,
+    bad_column, check_schema_hash, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery,
+    SnapshotTx, SyncTx,
 };
+use super::lock;
 use super::sqlgen::{self, TableSql, POSTGRES};
 use super::{
     ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams,
@@ -38,11 +40,11 @@ use super::{
 use crate::schema_file::LoadedSchema;
 use bytes::BytesMut;
 use ferrysync_core::body::Value;
-use ferrysync_core::schema::{FieldType, Schema, TableDef};
+use ferrysync_core::schema::{FieldType, TableDef};
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Key of the advisory lock every sync transaction holds (scoped to the database).
@@ -113,11 +115,6 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The pool's list stays consistent whatever panicked while it was held.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// `INSERT ... RETURNING id` chained into the `_idmap` insert (params after the row's:
 /// device, table name, local id).
 fn insert_mapped_sql(insert: &str, n_params: usize) -> String {
@@ -172,38 +169,15 @@ impl PostgresStore {
             insert_mapped,
             idle: Mutex::new(Vec::new()),
         };
-        store.with_conn(|conn| {
-            let mut tx = conn.client.transaction()?;
-            tx.batch_execute(LOCK_WRITER)?;
-            tx.batch_execute(SYSTEM_DDL)?;
-            if let Some(ls) = &store.schema {
-                let want = ls.hash() as i64;
-                let have = tx
-                    .query_opt("SELECT value FROM _meta WHERE key = 'schema_hash'", &[])?
-                    .map(|r| r.try_get::<_, i64>(0))
-                    .transpose()?;
-                match have {
-                    Some(have) if have != want => {
-                        return Err(StoreError::Corrupt(format!(
-                            "database {} was created for schema {:#018x}, but the schema given \
-                             has {:#018x}; start with the schema file it was created with, or \
-                             use a new --database",
-                            store.config.get_dbname().unwrap_or("(default)"),
-                            have as u64,
-                            ls.hash()
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        tx.execute(
-                            "INSERT INTO _meta (key, value) VALUES ('schema_hash', $1)",
-                            &[&want],
-                        )?;
-                    }
-                }
-                tx.batch_execute(&sqlgen::schema_ddl(&POSTGRES, &ls.schema()))?;
+        // Under the writer lock: instances starting together do not race to create tables.
+        store.in_tx(Access::Write, |ops| {
+            ops.tx.batch_execute(SYSTEM_DDL)?;
+            if let Some(ls) = ops.schema {
+                let db = store.config.get_dbname().unwrap_or("(default)");
+                check_schema_hash(ops, &ls, db, "--database")?;
+                ops.tx
+                    .batch_execute(&sqlgen::schema_ddl(&POSTGRES, &ls.schema()))?;
             }
-            tx.commit()?;
             Ok(())
         })?;
         Ok(store)
@@ -212,6 +186,44 @@ impl PostgresStore {
     /// The `CREATE TABLE` statements of a schema's tables, as this store creates them.
     pub fn schema_ddl(schema: &LoadedSchema) -> String {
         sqlgen::schema_ddl(&POSTGRES, &schema.schema())
+    }
+
+    /// Runs `f` in a transaction on a pooled connection and commits if it returns `Ok`
+    /// (dropping the transaction on `Err` rolls it back).
+    fn in_tx<R>(
+        &self,
+        access: Access,
+        f: impl FnOnce(&mut PgTx<'_, '_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.with_conn(|conn| {
+            let Conn { client, stmts } = conn;
+            let mut tx = match access {
+                Access::Write => {
+                    let mut tx = client
+                        .build_transaction()
+                        .isolation_level(IsolationLevel::ReadCommitted)
+                        .start()?;
+                    // Single writer across every instance, until commit or rollback.
+                    tx.batch_execute(LOCK_WRITER)?;
+                    tx
+                }
+                Access::Snapshot => client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?,
+            };
+            let mut ops = PgTx {
+                tx: &mut tx,
+                stmts,
+                schema: self.schema,
+                sql: &self.sql,
+                insert_mapped: &self.insert_mapped,
+            };
+            let r = f(&mut ops)?;
+            tx.commit()?;
+            Ok(r)
+        })
     }
 
     /// Runs `f` on a pooled connection (a new one if none is idle); the connection goes back
@@ -258,25 +270,36 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
+impl Arg<'_> {
+    /// Calls `f` with the driver value of this argument (`None`: SQL NULL).
+    fn with_value<R>(&self, f: impl FnOnce(Option<&dyn ToSql>) -> R) -> R {
+        match self {
+            Arg::V(Value::Null) | Arg::Null => f(None),
+            Arg::V(Value::Bool(b)) => f(Some(b)),
+            Arg::V(Value::I64(i)) | Arg::I(i) => f(Some(i)),
+            Arg::V(Value::U64(u)) => f(Some(&(*u as i64))),
+            Arg::V(Value::F64(x)) => f(Some(x)),
+            Arg::V(Value::Text(s)) | Arg::S(s) => f(Some(s)),
+            Arg::V(Value::Bytes(b)) => f(Some(b)),
+        }
+    }
+}
+
 impl ToSql for Arg<'_> {
     fn to_sql(
         &self,
         ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Arg::V(Value::Null) | Arg::Null => Ok(IsNull::Yes),
-            Arg::V(Value::Bool(b)) => b.to_sql(ty, out),
-            Arg::V(Value::I64(i)) | Arg::I(i) => i.to_sql(ty, out),
-            Arg::V(Value::U64(u)) => (*u as i64).to_sql(ty, out),
-            Arg::V(Value::F64(x)) => x.to_sql(ty, out),
-            Arg::V(Value::Text(s)) | Arg::S(s) => s.to_sql(ty, out),
-            Arg::V(Value::Bytes(b)) => b.to_sql(ty, out),
-        }
+        // Always checked: the inner value says whether it fits the column's type.
+        self.with_value(|v| match v {
+            None => Ok(IsNull::Yes),
+            Some(v) => v.to_sql_checked(ty, out),
+        })
     }
 
     fn accepts(_: &Type) -> bool {
-        // Checked per value in `to_sql_checked`.
+        // Checked per value in `to_sql`.
         true
     }
 
@@ -285,15 +308,7 @@ impl ToSql for Arg<'_> {
         ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Arg::V(Value::Null) | Arg::Null => Ok(IsNull::Yes),
-            Arg::V(Value::Bool(b)) => b.to_sql_checked(ty, out),
-            Arg::V(Value::I64(i)) | Arg::I(i) => i.to_sql_checked(ty, out),
-            Arg::V(Value::U64(u)) => (*u as i64).to_sql_checked(ty, out),
-            Arg::V(Value::F64(x)) => x.to_sql_checked(ty, out),
-            Arg::V(Value::Text(s)) | Arg::S(s) => s.to_sql_checked(ty, out),
-            Arg::V(Value::Bytes(b)) => b.to_sql_checked(ty, out),
-        }
+        self.to_sql(ty, out)
     }
 }
 
@@ -304,33 +319,22 @@ fn column_value<'r>(
     row: &'r postgres::Row,
     i: usize,
 ) -> Result<Value<'r>, StoreError> {
-    let bad = |_| bad_column(t, f);
+    fn get<'r, T: postgres::types::FromSql<'r>>(
+        row: &'r postgres::Row,
+        i: usize,
+    ) -> Result<Option<T>, postgres::Error> {
+        row.try_get(i)
+    }
     let v = match f.ty {
-        FieldType::Text => row
-            .try_get::<_, Option<&str>>(i)
-            .map_err(bad)?
-            .map(Value::Text),
-        FieldType::I64 => row
-            .try_get::<_, Option<i64>>(i)
-            .map_err(bad)?
-            .map(Value::I64),
-        FieldType::U64 => row
-            .try_get::<_, Option<i64>>(i)
-            .map_err(bad)?
-            .map(|u| Value::U64(u as u64)),
-        FieldType::Bool => row
-            .try_get::<_, Option<bool>>(i)
-            .map_err(bad)?
-            .map(Value::Bool),
-        FieldType::F64 => row
-            .try_get::<_, Option<f64>>(i)
-            .map_err(bad)?
-            .map(Value::F64),
-        FieldType::Bytes => row
-            .try_get::<_, Option<&[u8]>>(i)
-            .map_err(bad)?
-            .map(Value::Bytes),
-    };
+        FieldType::Text => get(row, i).map(|v| v.map(Value::Text)),
+        FieldType::I64 => get(row, i).map(|v| v.map(Value::I64)),
+        FieldType::U64 => get(row, i).map(|v| v.map(|u: i64| Value::U64(u as u64))),
+        FieldType::Bool => get(row, i).map(|v| v.map(Value::Bool)),
+        FieldType::F64 => get(row, i).map(|v| v.map(Value::F64)),
+        FieldType::Bytes => get(row, i).map(|v| v.map(Value::Bytes)),
+    }
+    // A column of another SQL type than the field's.
+    .map_err(|_| bad_column(t, f))?;
     match v {
         Some(v) => Ok(v),
         None if f.optional => Ok(Value::Null),
@@ -338,11 +342,21 @@ fn column_value<'r>(
     }
 }
 
+/// How a transaction uses the database.
+#[derive(Clone, Copy, Debug)]
+enum Access {
+    /// A sync (or a migration): READ COMMITTED under the database-wide writer lock.
+    Write,
+    /// A reply: one REPEATABLE READ, read-only snapshot, no lock.
+    Snapshot,
+}
+
 /// The statements of a sync or a reply inside one transaction.
 struct PgTx<'a, 'c> {
     tx: &'a mut Transaction<'c>,
     stmts: &'a mut HashMap<String, Statement>,
-    schema: Schema<'static>,
+    /// The schema served (`None`: an admin store, which never reads records).
+    schema: Option<LoadedSchema>,
     sql: &'a [TableSql],
     insert_mapped: &'a [String],
 }
@@ -518,7 +532,8 @@ impl SnapshotTx for PgTx<'_, '_> {
         q: RowQuery<'_>,
         f: &mut dyn FnMut(Row<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let (sql, t) = (self.sql, &self.schema.tables[ti]);
+        let tables = self.schema.ok_or(StoreError::NoSchema)?.schema().tables;
+        let (sql, t) = (self.sql, &tables[ti]);
         let mut per_row = |row: &postgres::Row| -> Result<(), StoreError> {
             let mut values = Vec::with_capacity(t.fields.len());
             for (i, fd) in t.fields.iter().enumerate() {
@@ -588,25 +603,9 @@ impl ServerStore for PostgresStore {
         changes: &mut dyn ChangeSource,
     ) -> Result<SyncOutcome, StoreError> {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
-        self.with_conn(|conn| {
-            let Conn { client, stmts } = conn;
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::ReadCommitted)
-                .start()?;
-            // Single writer across every instance, until commit or rollback.
-            tx.batch_execute(LOCK_WRITER)?;
-            let mut ops = PgTx {
-                tx: &mut tx,
-                stmts,
-                schema,
-                sql: &self.sql,
-                insert_mapped: &self.insert_mapped,
-            };
-            // An error or an abort drops `tx`: rolled back.
-            let out = run_sync(&mut ops, schema, &self.sql, device, params, changes)?;
-            tx.commit()?;
-            Ok(out)
+        // An error or an abort rolls back.
+        self.in_tx(Access::Write, |ops| {
+            run_sync(ops, schema, &self.sql, device, params, changes)
         })
     }
 
@@ -616,24 +615,7 @@ impl ServerStore for PostgresStore {
         sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
-        self.with_conn(|conn| {
-            let Conn { client, stmts } = conn;
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let mut ops = PgTx {
-                tx: &mut tx,
-                stmts,
-                schema,
-                sql: &self.sql,
-                insert_mapped: &self.insert_mapped,
-            };
-            let cursor = read_reply(&mut ops, schema, plan, sink)?;
-            tx.commit()?;
-            Ok(cursor)
-        })
+        self.in_tx(Access::Snapshot, |ops| read_reply(ops, schema, plan, sink))
     }
 
     fn add_device(
@@ -679,10 +661,6 @@ impl ServerStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Incoming, OwnedChange};
-    use ferrysync_core::body::encode;
-    use ferrysync_core::wire::{Mode, Op};
-    use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
 
     /// A fresh database on `FERRYSYNC_TEST_POSTGRES`'s server, dropped after `f`.
     fn with_db(f: impl FnOnce(&str)) {
@@ -719,77 +697,11 @@ mod tests {
         }
     }
 
-    fn company(name: &str) -> Vec<u8> {
-        let mut buf = [0u8; 128];
-        let t = &ferrysync_core::schema::EXAMPLE.tables[0];
-        encode(
-            t,
-            &[Value::Text(name), Value::Text("c"), Value::Text("p")],
-            &mut buf,
-        )
-        .unwrap()
-        .to_vec()
-    }
-
-    fn params() -> SyncParams {
-        SyncParams {
-            now_ms: 1_000_000,
-            max_skew_ms: 1_000,
-            tombstone_retention_ms: 10_000,
-        }
-    }
-
     #[test]
     fn commits_only_on_commit() {
         with_db(|url| {
             let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
-            let dev = store.add_device("north", &[7; 32], 1).unwrap();
-            let change = |l: u32| OwnedChange {
-                table: TableId(0),
-                op: Op::Add,
-                key: RecordRef::Local(LocalId(l)),
-                parent: None,
-                modified_at: Hlc::new(999_000, 0, dev.id),
-                body: company("ACME"),
-            };
-            let mut cut = vec![Incoming::Change(change(1))].into_iter();
-            assert!(matches!(
-                store.sync(&dev, params(), &mut cut),
-                Err(StoreError::Aborted)
-            ));
-            let plan = ReplyPlan {
-                scope: "north",
-                mode: Mode::Full,
-                cursor: None,
-                extra: &[],
-            };
-            let mut reply = Vec::new();
-            let cursor = store
-                .read_reply(&plan, &mut |i| {
-                    reply.push(format!("{i:?}"));
-                    Ok(())
-                })
-                .unwrap();
-            assert_eq!((cursor, reply.len()), (0, 1), "only Reset: {reply:?}");
-            let mut ok = vec![Incoming::Change(change(1)), Incoming::Commit].into_iter();
-            let out = store.sync(&dev, params(), &mut ok).unwrap();
-            assert_eq!((out.mappings.len(), out.applied), (1, 1));
-            let mut n = 0;
-            let cursor = store
-                .read_reply(&plan, &mut |i| {
-                    if let ReplyItem::Upsert(u) = i {
-                        assert_eq!(u.body, company("ACME"));
-                        n += 1;
-                    }
-                    Ok(())
-                })
-                .unwrap();
-            assert_eq!((cursor, n), (1, 1));
-            let found = store.authenticate(&[7; 32]).unwrap().unwrap();
-            assert_eq!(found.id, dev.id);
-            assert!(store.revoke_device(dev.id).unwrap());
-            assert!(store.authenticate(&[7; 32]).unwrap().unwrap().revoked);
-            assert!(store.authenticate(&[8; 32]).unwrap().is_none());
+            crate::store::testkit::commits_only_on_commit(&store);
             // A second open (another instance starting) finds the tables and the hash.
             PostgresStore::open(url, LoadedSchema::example()).unwrap();
         });

@@ -16,8 +16,10 @@
 //!   tombstone sequence) and `schema_hash`.
 
 use super::engine::{
-    bad_column, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery, SnapshotTx, SyncTx,
+    bad_column, check_schema_hash, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery,
+    SnapshotTx, SyncTx,
 };
+use super::lock;
 use super::sqlgen::{self, TableSql, SQLITE};
 use super::{
     ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams,
@@ -28,7 +30,7 @@ use ferrysync_core::schema::{FieldDef, FieldType, Schema, TableDef};
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Readers kept open for reuse.
@@ -109,12 +111,6 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock dropped its transaction (rolled back), so the
-    // connection is still consistent: recover it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` for serving `schema`: creates the
     /// system tables and one table per schema table. Fails if the database was created for
@@ -135,20 +131,12 @@ impl SqliteStore {
         let mut sql = Vec::new();
         if let Some(ls) = schema {
             let s = ls.schema();
-            let want = ls.hash() as i64;
-            match meta_get(&conn, "schema_hash")? {
-                Some(have) if have != want => {
-                    return Err(StoreError::Corrupt(format!(
-                        "database {} was created for schema {:#018x}, but the schema given has \
-                         {:#018x}; start with the schema file it was created with, or use a new --db",
-                        path.display(),
-                        have as u64,
-                        ls.hash()
-                    )));
-                }
-                Some(_) => {}
-                None => meta_set(&conn, "schema_hash", want)?,
-            }
+            let mut ops = LiteTx {
+                conn: &conn,
+                schema: s,
+                sql: &[],
+            };
+            check_schema_hash(&mut ops, &ls, &path.display().to_string(), "--db")?;
             conn.execute_batch(&sqlgen::schema_ddl(&SQLITE, &s))?;
             sql = sqlgen::schema_sql(&SQLITE, &s);
         }
@@ -514,87 +502,13 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Incoming, OwnedChange};
     use super::*;
-    use ferrysync_core::body::encode;
-    use ferrysync_core::wire::{Mode, Op};
-    use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
-
-    fn company(name: &str) -> Vec<u8> {
-        let mut buf = [0u8; 128];
-        let t = &ferrysync_core::schema::EXAMPLE.tables[0];
-        encode(
-            t,
-            &[Value::Text(name), Value::Text("c"), Value::Text("p")],
-            &mut buf,
-        )
-        .unwrap()
-        .to_vec()
-    }
-
-    fn params() -> SyncParams {
-        SyncParams {
-            now_ms: 1_000_000,
-            max_skew_ms: 1_000,
-            tombstone_retention_ms: 10_000,
-        }
-    }
 
     #[test]
     fn commits_only_on_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
-        let dev = store.add_device("north", &[7; 32], 1).unwrap();
-        let change = |l: u32| OwnedChange {
-            table: TableId(0),
-            op: Op::Add,
-            key: RecordRef::Local(LocalId(l)),
-            parent: None,
-            modified_at: Hlc::new(999_000, 0, dev.id),
-            body: company("ACME"),
-        };
-        // The source ends without Commit: rolled back.
-        let mut cut = vec![Incoming::Change(change(1))].into_iter();
-        assert!(matches!(
-            store.sync(&dev, params(), &mut cut),
-            Err(StoreError::Aborted)
-        ));
-        let mut reply = Vec::new();
-        let plan = ReplyPlan {
-            scope: "north",
-            mode: Mode::Full,
-            cursor: None,
-            extra: &[],
-        };
-        let cursor = store
-            .read_reply(&plan, &mut |i| {
-                reply.push(format!("{i:?}"));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!((cursor, reply.len()), (0, 1), "only Reset: {reply:?}");
-        // With Commit: applied, mapped, readable.
-        let mut ok = vec![Incoming::Change(change(1)), Incoming::Commit].into_iter();
-        let out = store.sync(&dev, params(), &mut ok).unwrap();
-        assert_eq!(out.mappings.len(), 1);
-        assert_eq!(out.applied, 1);
-        let mut n = 0;
-        let cursor = store
-            .read_reply(&plan, &mut |i| {
-                if let ReplyItem::Upsert(u) = i {
-                    assert_eq!(u.body, company("ACME"));
-                    n += 1;
-                }
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!((cursor, n), (1, 1));
-        // The device lookup by token hash, and revocation.
-        let found = store.authenticate(&[7; 32]).unwrap().unwrap();
-        assert_eq!(found.id, dev.id);
-        assert!(store.revoke_device(dev.id).unwrap());
-        assert!(store.authenticate(&[7; 32]).unwrap().unwrap().revoked);
-        assert!(store.authenticate(&[8; 32]).unwrap().is_none());
+        crate::store::testkit::commits_only_on_commit(&store);
     }
 
     #[test]
