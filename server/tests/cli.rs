@@ -1,4 +1,9 @@
-//! The `ferrysync` binary: device administration, `serve`, and one-line errors.
+//! The `ferrysync` binary: device administration, `serve`, and one-line errors; on a SQLite
+//! file (`--db`) and on PostgreSQL (`--database`, when `FERRYSYNC_TEST_POSTGRES` is set).
+
+#[path = "http/common.rs"]
+#[allow(unused_macros, unused_imports)]
+mod common;
 
 use ferrysync_core::frame::FrameEncoder;
 use ferrysync_core::schema::EXAMPLE;
@@ -31,12 +36,42 @@ fn http(addr: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The `--db`/`--database` arguments of a fresh database of `kind` (kept alive by the
+/// returned `TestDb`).
+fn db_args(kind: common::StoreKind) -> (common::TestDb, [String; 2]) {
+    let db = common::TestDb::of(kind);
+    let args = match db.kind {
+        common::StoreKind::Sqlite => ["--db".into(), db.path.to_str().unwrap().to_string()],
+        common::StoreKind::Postgres(_) => ["--database".into(), db.url.clone()],
+    };
+    (db, args)
+}
+
+/// Runs `f` on PostgreSQL, or says it was skipped.
+fn on_postgres(test: &str, f: impl FnOnce(common::StoreKind)) {
+    match common::StoreKind::postgres() {
+        Some(k) => f(k),
+        None => common::skipped(test),
+    }
+}
+
 #[test]
 fn device_add_list_revoke() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let db = db.to_str().unwrap();
-    let o = ferrysync(&["device", "add", "--scope", "north", "--db", db]);
+    device_add_list_revoke_on(common::StoreKind::Sqlite);
+}
+
+#[test]
+fn device_add_list_revoke_postgres() {
+    on_postgres(
+        "cli::device_add_list_revoke_postgres",
+        device_add_list_revoke_on,
+    );
+}
+
+fn device_add_list_revoke_on(kind: common::StoreKind) {
+    let (store, [flag, db]) = db_args(kind);
+    let (flag, db) = (flag.as_str(), db.as_str());
+    let o = ferrysync(&["device", "add", "--scope", "north", flag, db]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let token = out
@@ -47,11 +82,21 @@ fn device_add_list_revoke() {
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(out.contains("device 1"));
     // The token itself is not stored, only its hash.
-    let raw = std::fs::read(db).unwrap();
-    assert!(!raw.windows(64).any(|w| w == token.as_bytes()));
+    match store.kind {
+        common::StoreKind::Sqlite => {
+            let raw = std::fs::read(db).unwrap();
+            assert!(!raw.windows(64).any(|w| w == token.as_bytes()));
+        }
+        common::StoreKind::Postgres(_) => {
+            let rows = store.rows("SELECT encode(token_hash, 'hex') FROM _device", &[]);
+            assert_eq!(rows.len(), 1);
+            assert_ne!(rows[0][0].text(), token);
+            assert_eq!(rows[0][0].text().len(), 64, "a SHA-256");
+        }
+    }
 
-    ferrysync(&["device", "add", "--scope", "south", "--db", db]);
-    let list = stdout(&ferrysync(&["device", "list", "--db", db]));
+    ferrysync(&["device", "add", "--scope", "south", flag, db]);
+    let list = stdout(&ferrysync(&["device", "list", flag, db]));
     assert!(
         list.lines()
             .any(|l| l.contains(" 1 ") && l.contains("north") && l.ends_with("active")),
@@ -59,28 +104,37 @@ fn device_add_list_revoke() {
     );
     assert!(list.lines().any(|l| l.contains("south")), "{list}");
 
-    let o = ferrysync(&["device", "revoke", "1", "--db", db]);
+    let o = ferrysync(&["device", "revoke", "1", flag, db]);
     assert!(o.status.success());
-    let list = stdout(&ferrysync(&["device", "list", "--db", db]));
+    let list = stdout(&ferrysync(&["device", "list", flag, db]));
     assert!(
         list.lines()
             .any(|l| l.contains("north") && l.ends_with("revoked")),
         "{list}"
     );
 
-    let o = ferrysync(&["device", "revoke", "99", "--db", db]);
+    let o = ferrysync(&["device", "revoke", "99", flag, db]);
     assert!(!o.status.success());
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
 
 #[test]
 fn serve_answers_health_and_syncs_then_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let db = db.to_str().unwrap();
-    let out = stdout(&ferrysync(&[
-        "device", "add", "--scope", "north", "--db", db,
-    ]));
+    serve_on(common::StoreKind::Sqlite);
+}
+
+#[test]
+fn serve_answers_health_and_syncs_then_stops_on_sigterm_postgres() {
+    on_postgres(
+        "cli::serve_answers_health_and_syncs_then_stops_on_sigterm_postgres",
+        serve_on,
+    );
+}
+
+fn serve_on(kind: common::StoreKind) {
+    let (_store, [flag, db]) = db_args(kind);
+    let (flag, db) = (flag.as_str(), db.as_str());
+    let out = stdout(&ferrysync(&["device", "add", "--scope", "north", flag, db]));
     let token = out
         .lines()
         .find_map(|l| l.strip_prefix("token "))
@@ -88,7 +142,7 @@ fn serve_answers_health_and_syncs_then_stops_on_sigterm() {
         .to_string();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
-        .args(["serve", "--db", db, "--listen", "127.0.0.1:0"])
+        .args(["serve", flag, db, "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -171,6 +225,24 @@ fn errors_are_one_line() {
         e.contains("cannot open database /nonexistent/dir/s.db"),
         "{e}"
     );
+
+    // No PostgreSQL listens on port 1: one line naming the cause; --db and --database clash.
+    let o = ferrysync(&[
+        "device",
+        "list",
+        "--database",
+        "postgres://u:secret@127.0.0.1:1/x",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("cannot open the PostgreSQL database") && e.contains("refused"),
+        "{e}"
+    );
+    assert!(!e.contains("secret"), "{e}");
+    let o = ferrysync(&["serve", "--db", "x.db", "--database", "postgres://h/x"]);
+    assert_eq!(o.status.code(), Some(2));
 
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("schema.toml");
