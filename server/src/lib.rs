@@ -1,4 +1,5 @@
-//! The ferrysync server: reconciliation of devices' offline changes over HTTP, on SQLite.
+//! The ferrysync server: reconciliation of devices' offline changes over HTTP, on SQLite (one
+//! server) or PostgreSQL (several stateless instances, [`PostgresStore`]).
 //!
 //! A device `POST`s its changes to `/v1/sync` as a stream of frames (protocol v1, see
 //! `ferrysync-core`); the server applies them in one transaction (masters first, new local ids
