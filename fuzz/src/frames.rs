@@ -58,7 +58,7 @@ fn feed_all(
     chunks: &[&[u8]],
     roundtrip: fn(&mut FrameDecoder<N>, &[u8]) -> (usize, Option<Outcome>),
 ) -> (Vec<Outcome>, u32, bool) {
-    let mut dec: Box<FrameDecoder<N>> = Box::new(FrameDecoder::new());
+    let mut dec = FrameDecoder::<N>::new();
     let mut out = Vec::new();
     for chunk in chunks {
         let mut input: &[u8] = chunk;
@@ -113,7 +113,7 @@ macro_rules! roundtrip_fn {
                 "encoded frame holds a 00 inside"
             );
             // A fresh decoder reads it back in one go.
-            let mut dec2: Box<FrameDecoder<N>> = Box::new(FrameDecoder::new());
+            let mut dec2 = FrameDecoder::<N>::new();
             let fed2 = dec2.feed::<$ty<'_>>(&bytes);
             invariant!(
                 fed2.consumed == bytes.len(),

@@ -39,6 +39,24 @@ pub fn strict() -> bool {
     *STRICT.get_or_init(|| std::env::var("FERRYSYNC_FUZZ_STRICT").is_ok_and(|v| v == "1"))
 }
 
+/// Counts outcomes by name and, with `FERRYSYNC_FUZZ_STATS=1`, prints the tally to stderr
+/// every 10 000 inputs (to see how deep the inputs get: how many streams are accepted, ...).
+pub fn tally(what: &'static str) {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static ON: OnceLock<bool> = OnceLock::new();
+    static COUNTS: Mutex<(u64, BTreeMap<&'static str, u64>)> = Mutex::new((0, BTreeMap::new()));
+    if !*ON.get_or_init(|| std::env::var("FERRYSYNC_FUZZ_STATS").is_ok_and(|v| v == "1")) {
+        return;
+    }
+    let mut c = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    *c.1.entry(what).or_default() += 1;
+    c.0 += 1;
+    if c.0.is_multiple_of(10_000) {
+        eprintln!("tally after {}: {:?}", c.0, c.1);
+    }
+}
+
 /// Panics with a message that names the broken invariant (libFuzzer reports it as a crash).
 #[macro_export]
 macro_rules! invariant {

@@ -377,12 +377,19 @@ pub fn apply(schema: &Schema<'_>, reply: &[&[u8]]) {
     let after = snapshot(&mut store.mem);
     match result {
         Err(e) => {
+            crate::tally(match e {
+                engine::SyncError::Frame { .. } => "err: frame",
+                engine::SyncError::Stream(_) => "err: stream",
+                engine::SyncError::BadRecord { .. } => "err: bad record",
+                _ => "err: other",
+            });
             invariant!(
                 after == before,
                 "a failed reply ({e:?}) changed the store:\n{before:?}\n->\n{after:?}"
             );
         }
         Ok(report) => {
+            crate::tally(if report.full { "ok: full" } else { "ok: delta" });
             invariant!(
                 after.state.syncs == before.state.syncs + 1,
                 "syncs {} -> {}",

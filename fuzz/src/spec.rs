@@ -198,12 +198,25 @@ pub struct RequestSpec {
     pub changes: Vec<ChangeSpec>,
     /// Keep the changes in the given order.
     pub unsorted: bool,
-    /// Added to the declared count (`0` is right); `None` sends no `End`.
-    pub end: Option<i8>,
+    /// `0xff` = no `End`, `0xfe` = a count one too high, `0xfd` = one too low.
+    pub end: u8,
+    /// The mutations apply when this is below 64 (a quarter of the inputs).
+    pub damage: u8,
     /// Applied in order after encoding.
     pub mutations: Vec<Mutation>,
     /// Chunk sizes for the transport (each `+1`).
     pub chunking: Vec<u8>,
+}
+
+/// The declared count for a fault byte (`None`: no last frame).
+fn declared(n: usize, fault: u8) -> Option<u32> {
+    let n = n as u32;
+    match fault {
+        0xff => None,
+        0xfe => Some(n.wrapping_add(1)),
+        0xfd => Some(n.wrapping_sub(1)),
+        _ => Some(n),
+    }
 }
 
 impl RequestSpec {
@@ -244,18 +257,20 @@ impl RequestSpec {
             };
             frames.push(frame(&Request::Change(change)));
         }
-        if let Some(delta) = self.end {
-            let count = (changes.len() as i64 + i64::from(delta)).clamp(0, i64::from(u32::MAX));
-            frames.push(frame(&Request::End(End {
-                count: count as u32,
-            })));
+        if let Some(count) = declared(changes.len(), self.end) {
+            frames.push(frame(&Request::End(End { count })));
         }
         frames
     }
 
     /// The request's bytes after the mutations.
     pub fn bytes(&self, schema: &Schema<'_>) -> Vec<u8> {
-        mutate(self.frames(schema), &self.mutations)
+        let m: &[Mutation] = if self.damage < 64 {
+            &self.mutations
+        } else {
+            &[]
+        };
+        mutate(self.frames(schema), m)
     }
 
     /// Chunk sizes.
@@ -317,10 +332,12 @@ pub struct ReplySpec {
     pub items: Vec<ReplyItemSpec>,
     /// Keep the items in the given order.
     pub unsorted: bool,
-    /// Added to the declared count (`0` is right); `None` sends no `Done`.
-    pub done: Option<i8>,
+    /// `0xff` = no `Done`, `0xfe` = a count one too high, `0xfd` = one too low.
+    pub done: u8,
     /// Cursor.
     pub cursor: u64,
+    /// The mutations apply when this is below 64 (a quarter of the inputs).
+    pub damage: u8,
     /// Applied in order after encoding.
     pub mutations: Vec<Mutation>,
     /// Chunk sizes for the transport (each `+1`).
@@ -386,11 +403,10 @@ impl ReplySpec {
             };
             frames.push(frame(&msg));
         }
-        if let Some(delta) = self.done {
-            let count = (items.len() as i64 + i64::from(delta)).clamp(0, i64::from(u32::MAX));
+        if let Some(count) = declared(items.len(), self.done) {
             frames.push(frame(&Reply::Done(Done {
                 cursor: self.cursor,
-                count: count as u32,
+                count,
             })));
         }
         frames
@@ -398,7 +414,12 @@ impl ReplySpec {
 
     /// The reply's bytes after the mutations.
     pub fn bytes(&self, schema: &Schema<'_>, batch_id: u64) -> Vec<u8> {
-        mutate(self.frames(schema, batch_id), &self.mutations)
+        let m: &[Mutation] = if self.damage < 64 {
+            &self.mutations
+        } else {
+            &[]
+        };
+        mutate(self.frames(schema, batch_id), m)
     }
 
     /// Chunk sizes.
