@@ -12,8 +12,9 @@
 //!   rejected log);
 //! - on `Ok`: every record's parent exists in the store, unless the record is pending; no
 //!   two records of a table share a server id; every record edited while the sync was in
-//!   flight is still in the store and pending, or is in the rejected log; the device counted
-//!   one more sync.
+//!   flight is still in the store and pending, or is in the rejected log; no pending change
+//!   vanished unless the reply rejected or removed it or an ancestor; the device counted one
+//!   more sync.
 
 use crate::spec::{self, NOW_MS};
 use crate::{chunks, invariant, planted, split_chunking, strict};
@@ -428,6 +429,7 @@ pub fn apply(schema: &Schema<'_>, reply: &[&[u8]]) {
                     );
                 }
             }
+            unconfirmed_kept(schema, &before, &after, &reply.concat());
             for &(t, l) in &dev.in_flight {
                 let kept = after
                     .records
@@ -443,6 +445,87 @@ pub fn apply(schema: &Schema<'_>, reply: &[&[u8]]) {
                 );
             }
         }
+    }
+}
+
+/// No pending change disappears unexplained: every record that was active and pending
+/// before a successful reply is still in the store, unless the reply removed it or an
+/// ancestor (`Remove` of its server id, or of the id a `Mapping` gave it; or a full refresh
+/// that did not deliver a record with a server id), or the rejected log holds it or an
+/// ancestor (a refused add takes its details with it).
+fn unconfirmed_kept(schema: &Schema<'_>, before: &Snapshot, after: &Snapshot, reply: &[u8]) {
+    use ferrysync_core::frame::FrameDecoder;
+    use ferrysync_core::RecordRef;
+    use std::collections::BTreeMap;
+    let mut removed = BTreeSet::new();
+    let mut mapped = BTreeMap::new();
+    let mut reset = false;
+    let mut dec = FrameDecoder::<N>::new();
+    let mut input = reply;
+    while !input.is_empty() {
+        let fed = dec.feed::<Reply<'_>>(input);
+        input = &input[fed.consumed..];
+        match fed.result {
+            Ok(Some(Reply::Remove(r))) => {
+                removed.insert((r.table, r.id));
+            }
+            Ok(Some(Reply::Mapping(m))) => {
+                mapped.insert((m.table, m.local), m.server);
+            }
+            Ok(Some(Reply::Reset)) => reset = true,
+            _ => {}
+        }
+    }
+    let by_local: BTreeMap<(TableId, LocalId), &Record> = before
+        .records
+        .iter()
+        .map(|(r, _)| ((r.table, r.local), r))
+        .collect();
+    let present: BTreeSet<(TableId, LocalId)> = after
+        .records
+        .iter()
+        .map(|(r, _)| (r.table, r.local))
+        .collect();
+    let logged = |t: TableId, l: LocalId| {
+        after
+            .rejected
+            .iter()
+            .any(|(e, _)| e.table == t && (e.local == Some(l) || e.key == RecordRef::Local(l)))
+    };
+    // Removed by the server: a `Remove` of its id, or a full refresh (`Reset`) that did not
+    // deliver a record the server knows.
+    let gone_by_server = |r: &Record| {
+        let ids = [r.server, mapped.get(&(r.table, r.local)).copied()];
+        ids.iter()
+            .flatten()
+            .any(|id| reset || removed.contains(&(r.table, *id)))
+    };
+    for (r, _) in &before.records {
+        if !r.meta.is_active || !r.meta.is_pending() || present.contains(&(r.table, r.local)) {
+            continue;
+        }
+        // Walk up: the record, its parent, ... (bounded by the schema's depth).
+        let mut explained = false;
+        let mut cur = Some(*r);
+        let mut steps = 0;
+        while let Some(c) = cur {
+            if logged(c.table, c.local) || gone_by_server(&c) {
+                explained = true;
+                break;
+            }
+            steps += 1;
+            let pt = schema.table(c.table).and_then(|t| t.parent);
+            cur = match (pt, c.parent) {
+                (Some(pt), Some(p)) if steps < 16 => by_local.get(&(pt, p)).map(|x| **x),
+                _ => None,
+            };
+        }
+        invariant!(
+            explained,
+            "the pending change of {:?} {:?} vanished without a rejection or a removal\n{after:?}",
+            r.table,
+            r.local
+        );
     }
 }
 
