@@ -178,6 +178,8 @@ pub enum StoreError {
     Corrupt(String),
     /// The operation needs a schema and the store was opened without one.
     NoSchema,
+    /// No database connection became free in time.
+    Busy(String),
 }
 
 impl fmt::Display for StoreError {
@@ -196,6 +198,7 @@ impl fmt::Display for StoreError {
             StoreError::Closed => f.write_str("reply consumer went away"),
             StoreError::Corrupt(m) => f.write_str(m),
             StoreError::NoSchema => f.write_str("store opened without a schema"),
+            StoreError::Busy(m) => f.write_str(m),
         }
     }
 }

@@ -44,14 +44,17 @@ use ferrysync_core::schema::{FieldType, TableDef};
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 /// Key of the advisory lock every sync transaction holds (scoped to the database).
 pub const WRITER_LOCK: i64 = 0x6665_7272_7973_796e; // "ferrysyn"
 
-/// Idle connections kept for reuse.
-const POOL_IDLE: usize = 32;
+/// Connections one store opens at most (each instance: its syncs, replies and token checks).
+/// Size PostgreSQL's `max_connections` for `instances × POOL_MAX` plus your own tools.
+pub const POOL_MAX: usize = 32;
+/// Longest wait for a free connection when all `POOL_MAX` are busy.
+const POOL_WAIT: Duration = Duration::from_secs(30);
 /// Rows fetched per round trip when streaming a reply (bounds the reply's memory).
 const FETCH_ROWS: i32 = 512;
 
@@ -102,7 +105,28 @@ pub struct PostgresStore {
     sql: Vec<TableSql>,
     /// Per table: insert the row and its `_idmap` entry in one statement.
     insert_mapped: Vec<String>,
-    idle: Mutex<Vec<Conn>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection goes back to the pool or a slot frees.
+    freed: Condvar,
+}
+
+/// A connection slot in use; gives it back to the pool when dropped.
+struct Lease<'s> {
+    store: &'s PostgresStore,
+    conn: Option<Conn>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.store.give_back(self.conn.take());
+    }
+}
+
+/// The connections of a store: idle ones, and how many are open (idle or in use).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -167,7 +191,8 @@ impl PostgresStore {
             schema,
             sql,
             insert_mapped,
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
         };
         // Under the writer lock: instances starting together do not race to create tables.
         store.in_tx(Access::Write, |ops| {
@@ -226,29 +251,68 @@ impl PostgresStore {
         })
     }
 
-    /// Runs `f` on a pooled connection (a new one if none is idle); the connection goes back
-    /// to the pool unless it broke.
+    /// Runs `f` on a pooled connection (a new one if none is idle and fewer than
+    /// [`POOL_MAX`] are open; else waits up to 30 s for one); the connection goes back to the
+    /// pool unless it broke.
     fn with_conn<R>(
         &self,
         f: impl FnOnce(&mut Conn) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let pooled = lock(&self.idle).pop();
-        let mut conn = match pooled {
-            Some(c) if !c.client.is_closed() => c,
-            _ => Conn {
+        let idle = self.take()?;
+        // From here the slot goes back when `lease` drops: after `f`, on an error, on a panic.
+        let mut lease = Lease {
+            store: self,
+            conn: None,
+        };
+        let conn = match idle {
+            Some(c) => c,
+            None => Conn {
                 client: self.config.connect(NoTls)?,
                 stmts: HashMap::new(),
             },
         };
         // Any open transaction was rolled back when `f` dropped it.
-        let r = f(&mut conn);
-        if !conn.client.is_closed() {
-            let mut idle = lock(&self.idle);
-            if idle.len() < POOL_IDLE {
-                idle.push(conn);
+        f(lease.conn.insert(conn))
+    }
+
+    /// An idle connection, or `None` with a slot reserved to open one.
+    fn take(&self) -> Result<Option<Conn>, StoreError> {
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut pool = lock(&self.pool);
+        loop {
+            while let Some(c) = pool.idle.pop() {
+                if !c.client.is_closed() {
+                    return Ok(Some(c));
+                }
+                pool.open -= 1;
             }
+            if pool.open < POOL_MAX {
+                pool.open += 1;
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Busy(format!(
+                    "all {POOL_MAX} PostgreSQL connections stayed busy for {}s",
+                    POOL_WAIT.as_secs()
+                )));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
         }
-        r
+    }
+
+    /// Returns a connection to the pool (`None`, or a broken one: its slot frees).
+    fn give_back(&self, conn: Option<Conn>) {
+        let mut pool = lock(&self.pool);
+        match conn {
+            Some(c) if !c.client.is_closed() => pool.idle.push(c),
+            _ => pool.open -= 1,
+        }
+        drop(pool);
+        self.freed.notify_one();
     }
 }
 
@@ -257,7 +321,7 @@ impl Drop for PostgresStore {
         // Closing a synchronous client blocks on its own small runtime, which panics on an
         // async worker thread, and the last `Arc` of a server may well be dropped on one:
         // close the idle connections on a plain thread.
-        let idle = std::mem::take(&mut *lock(&self.idle));
+        let idle = std::mem::take(&mut lock(&self.pool).idle);
         if !idle.is_empty() {
             let _ = std::thread::spawn(move || drop(idle)).join();
         }
@@ -704,6 +768,35 @@ mod tests {
             crate::store::testkit::commits_only_on_commit(&store);
             // A second open (another instance starting) finds the tables and the hash.
             PostgresStore::open(url, LoadedSchema::example()).unwrap();
+        });
+    }
+
+    #[test]
+    fn the_pool_opens_at_most_pool_max_connections() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        with_db(|url| {
+            let store = PostgresStore::open_admin(url).unwrap();
+            let (now, max) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            std::thread::scope(|s| {
+                for _ in 0..POOL_MAX + 8 {
+                    s.spawn(|| {
+                        store
+                            .with_conn(|c| {
+                                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                                max.fetch_max(n, Ordering::SeqCst);
+                                c.client.batch_execute("SELECT pg_sleep(0.05)")?;
+                                now.fetch_sub(1, Ordering::SeqCst);
+                                Ok(())
+                            })
+                            .unwrap();
+                    });
+                }
+            });
+            let max = max.load(Ordering::SeqCst);
+            assert!(max <= POOL_MAX && max > 1, "{max} at once");
+            let pool = lock(&store.pool);
+            assert_eq!(pool.open, pool.idle.len(), "every slot given back");
+            drop(pool);
         });
     }
 }
