@@ -50,9 +50,13 @@
 extern crate std;
 
 mod error;
+#[cfg(feature = "std")]
+mod file;
 mod layout;
 mod store;
 
 pub use error::FlashError;
+#[cfg(feature = "std")]
+pub use file::{FileFlash, FileFlashError, FlashStats};
 pub use layout::{FlashKey, MAX_HOLES, MAX_TABLE};
 pub use store::{store_cache, FlashStore, StoreCache};

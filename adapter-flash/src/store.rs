@@ -342,9 +342,11 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
             txn.marked = true;
             self.txn = Some(txn);
             self.started = self.started.max(txn.tag);
-            self.map
+            let r = self
+                .map
                 .store_item(&mut self.rbuf.0, &MARKER_KEY, &txn.tag)
-                .await?;
+                .await;
+            self.check(r)?;
         }
         Ok(txn)
     }
@@ -417,8 +419,27 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         }
         write_head(&mut self.wbuf.0, txn.tag, new_len, has_prev).ok_or(FlashError::TooLarge)?;
         let value: &[u8] = &self.wbuf.0[..end];
-        self.map.store_item(&mut self.rbuf.0, key, &value).await?;
-        Ok(())
+        let r = self.map.store_item(&mut self.rbuf.0, key, &value).await;
+        self.check(r)
+    }
+
+    fn check(&mut self, r: Result<(), sequential_storage::Error<F::Error>>) -> Res<(), F> {
+        r.map_err(FlashError::from)
+    }
+
+    /// After a write of the open transaction found the flash full: whether healing the
+    /// items aborted transactions left (they may hold much of the flash after a sync that did
+    /// not fit) can free room. If so, heals them and the caller retries once.
+    async fn heal_for_room(&mut self) -> Res<bool, F> {
+        let Some(txn) = self.txn else {
+            return Ok(false);
+        };
+        let upto = txn.tag - 1;
+        if upto <= self.state.committed && self.state.holes.is_empty() {
+            return Ok(false);
+        }
+        self.heal(upto).await?;
+        Ok(true)
     }
 
     fn note_local(&mut self, local: LocalId) {
@@ -431,32 +452,53 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         }
     }
 
-    /// Forgets the aborted transactions: rewrites every item one of them wrote last to its
-    /// committed version, then writes a state item without holes. Outside any transaction.
-    async fn heal(&mut self) -> Res<(), F> {
+    /// Forgets the aborted transactions up to number `upto`: rewrites every item one of them
+    /// wrote last to its committed version, then writes a state item with `upto` committed and
+    /// no holes. Items of an open transaction (numbered above `upto`) are left alone.
+    async fn heal(&mut self, upto: u32) -> Res<(), F> {
         let view = View {
             committed: self.state.committed,
             holes: self.state.holes.clone(),
             open: None,
         };
+        let dirty_tag = |tag: u32| !view.is_committed(tag) && tag <= upto;
+        // Each pass lists, exactly, the dirty keys in `[lo, bound)` (the smallest ones, as many
+        // as fit), heals them, and the next pass starts at `bound`.
+        let mut lo: Option<FlashKey> = None;
         loop {
             let mut dirty: Vec<FlashKey, HEAL_BATCH> = Vec::new();
-            let mut overflow = false;
+            let mut bound: Option<FlashKey> = None;
             {
                 let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
                 while let Some((key, v)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
-                    if key == STATE_KEY || key == MARKER_KEY {
+                    if key == STATE_KEY
+                        || key == MARKER_KEY
+                        || lo.is_some_and(|l| key < l)
+                        || bound.is_some_and(|b| key >= b)
+                    {
                         continue;
                     }
                     let item = Item::parse(v).ok_or(FlashError::Corrupted)?;
-                    let pos = dirty.iter().position(|k| *k == key);
-                    match (view.is_committed(item.tag), pos) {
-                        (true, Some(p)) => {
-                            dirty.swap_remove(p);
+                    let pos = dirty.binary_search(&key);
+                    match (dirty_tag(item.tag), pos) {
+                        (false, Ok(p)) => {
+                            dirty.remove(p);
                         }
-                        (false, None) => {
-                            if dirty.push(key).is_err() {
-                                overflow = true;
+                        (true, Err(p)) => {
+                            if dirty.is_full() {
+                                match dirty.last() {
+                                    Some(last) if *last > key => {
+                                        bound = Some(*last);
+                                        dirty.pop();
+                                    }
+                                    _ => {
+                                        bound = Some(key);
+                                        continue;
+                                    }
+                                }
+                            }
+                            if dirty.insert(p.min(dirty.len()), key).is_err() {
+                                bound = Some(key);
                             }
                         }
                         _ => {}
@@ -468,7 +510,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
                     continue;
                 };
                 let item = self.item(len)?;
-                if view.is_committed(item.tag) {
+                if !dirty_tag(item.tag) {
                     continue;
                 }
                 let prev = item.prev.map(|p| self.range_of(p));
@@ -479,14 +521,16 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
                 }
                 write_head(&mut self.wbuf.0, 0, new_len, false).ok_or(FlashError::Logic)?;
                 let value: &[u8] = &self.wbuf.0[..ITEM_HEAD + new_len.unwrap_or(0)];
-                self.map.store_item(&mut self.rbuf.0, key, &value).await?;
+                let r = self.map.store_item(&mut self.rbuf.0, key, &value).await;
+                self.check(r)?;
             }
-            if !overflow {
-                break;
+            match bound {
+                None => break,
+                Some(b) => lo = Some(b),
             }
         }
         let mut state = self.state.clone();
-        state.committed = self.started;
+        state.committed = upto;
         state.holes.clear();
         self.write_state(&state).await?;
         self.state = state;
@@ -587,6 +631,80 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         }
     }
 
+    async fn put_once(&mut self, rec: &Record, body: Option<&[u8]>) -> Res<(), F> {
+        self.ensure_mounted().await?;
+        self.open()?;
+        if rec.table.0 > MAX_TABLE {
+            return Err(FlashError::BadTable);
+        }
+        let key = record_key(rec.table, rec.local);
+        let absent = self.known_absent(rec.local);
+        let new_len = match body {
+            Some(b) => {
+                write_payload(&mut self.wbuf.0[ITEM_HEAD..], rec, b).ok_or(FlashError::TooLarge)?
+            }
+            None => {
+                if absent {
+                    return Err(FlashError::NoBody);
+                }
+                let r = self.visible(&key).await?.ok_or(FlashError::NoBody)?;
+                let (_, old_body) = decode_record(&self.rbuf.0[r.clone()])?;
+                let body_range = r.end - old_body.len()..r.end;
+                let rest = self
+                    .wbuf
+                    .0
+                    .get_mut(ITEM_HEAD + 1..)
+                    .ok_or(FlashError::TooLarge)?;
+                let hl = postcard::to_slice(rec, rest)
+                    .map_err(|_| FlashError::TooLarge)?
+                    .len();
+                let n = body_range.len();
+                rest.get_mut(hl..hl + n)
+                    .ok_or(FlashError::TooLarge)?
+                    .copy_from_slice(&self.rbuf.0[body_range]);
+                self.wbuf.0[ITEM_HEAD] = u8::try_from(hl).map_err(|_| FlashError::TooLarge)?;
+                1 + hl + n
+            }
+        };
+        self.write_versioned(&key, Some(new_len), absent).await?;
+        self.note_local(rec.local);
+        self.note_server(rec);
+        self.remember(rec);
+        self.cursor.on_write(rec.table, rec.local, Some(rec));
+        Ok(())
+    }
+
+    async fn remove_once(&mut self, table: TableId, local: LocalId) -> Res<(), F> {
+        self.ensure_mounted().await?;
+        self.open()?;
+        if table.0 > MAX_TABLE {
+            return Err(FlashError::BadTable);
+        }
+        if self.get_inner(table, local).await?.is_none() {
+            return Ok(());
+        }
+        self.write_versioned(&record_key(table, local), None, false)
+            .await?;
+        self.note_local(local);
+        self.cursor.on_write(table, local, None);
+        Ok(())
+    }
+
+    async fn push_rejected_once(&mut self, entry: &RejectedEntry, body: &[u8]) -> Res<(), F> {
+        self.ensure_mounted().await?;
+        let txn = self.open()?;
+        let seq = txn.rejected.checked_add(1).ok_or(FlashError::Logic)?;
+        let entry = RejectedEntry { seq, ..*entry };
+        let new_len = write_payload(&mut self.wbuf.0[ITEM_HEAD..], &entry, body)
+            .ok_or(FlashError::TooLarge)?;
+        self.write_versioned(&rejected_key(seq), Some(new_len), false)
+            .await?;
+        if let Some(t) = self.txn.as_mut() {
+            t.rejected = seq;
+        }
+        Ok(())
+    }
+
     async fn get_inner(&mut self, table: TableId, local: LocalId) -> Res<Option<Record>, F> {
         if table.0 > MAX_TABLE || self.known_absent(local) {
             return Ok(None);
@@ -614,7 +732,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
             return Ok(());
         }
         if self.started > self.state.committed && self.state.holes.len() >= MAX_HOLES {
-            self.heal().await?;
+            self.heal(self.started).await?;
         }
         self.txn = Some(Txn {
             tag: self.started.checked_add(1).ok_or(FlashError::Logic)?,
@@ -650,7 +768,14 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
                 _ => next.holes.push(hole).map_err(|_| FlashError::Logic)?,
             }
         }
-        self.write_state(&next).await?;
+        match self.write_state(&next).await {
+            Err(FlashError::Full) if self.heal_for_room().await? => {
+                // Healing committed the aborted numbers below this transaction.
+                next.holes = self.state.holes.clone();
+                self.write_state(&next).await?;
+            }
+            r => r?,
+        }
         self.state = next;
         self.started = self.started.max(txn.tag);
         self.txn = None;
@@ -723,64 +848,33 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
     }
 
     async fn put(&mut self, rec: &Record, body: Option<&[u8]>) -> Result<(), Self::Error> {
-        self.ensure_mounted().await?;
-        self.open()?;
-        if rec.table.0 > MAX_TABLE {
-            return Err(FlashError::BadTable);
+        match self.put_once(rec, body).await {
+            Err(FlashError::Full) if self.heal_for_room().await? => self.put_once(rec, body).await,
+            r => r,
         }
-        let key = record_key(rec.table, rec.local);
-        let absent = self.known_absent(rec.local);
-        let new_len = match body {
-            Some(b) => {
-                write_payload(&mut self.wbuf.0[ITEM_HEAD..], rec, b).ok_or(FlashError::TooLarge)?
-            }
-            None => {
-                if absent {
-                    return Err(FlashError::NoBody);
-                }
-                let r = self.visible(&key).await?.ok_or(FlashError::NoBody)?;
-                let (_, old_body) = decode_record(&self.rbuf.0[r.clone()])?;
-                let body_range = r.end - old_body.len()..r.end;
-                let rest = self
-                    .wbuf
-                    .0
-                    .get_mut(ITEM_HEAD + 1..)
-                    .ok_or(FlashError::TooLarge)?;
-                let hl = postcard::to_slice(rec, rest)
-                    .map_err(|_| FlashError::TooLarge)?
-                    .len();
-                let n = body_range.len();
-                rest.get_mut(hl..hl + n)
-                    .ok_or(FlashError::TooLarge)?
-                    .copy_from_slice(&self.rbuf.0[body_range]);
-                self.wbuf.0[ITEM_HEAD] = u8::try_from(hl).map_err(|_| FlashError::TooLarge)?;
-                1 + hl + n
-            }
-        };
-        self.write_versioned(&key, Some(new_len), absent).await?;
-        self.note_local(rec.local);
-        self.note_server(rec);
-        self.remember(rec);
-        self.cursor.on_write(rec.table, rec.local, Some(rec));
-        Ok(())
     }
 
     async fn remove(&mut self, table: TableId, local: LocalId) -> Result<(), Self::Error> {
-        self.ensure_mounted().await?;
-        self.open()?;
-        if table.0 > MAX_TABLE {
-            return Err(FlashError::BadTable);
+        match self.remove_once(table, local).await {
+            Err(FlashError::Full) if self.heal_for_room().await? => {
+                self.remove_once(table, local).await
+            }
+            r => r,
         }
-        if self.get_inner(table, local).await?.is_none() {
-            return Ok(());
-        }
-        self.write_versioned(&record_key(table, local), None, false)
-            .await?;
-        self.note_local(local);
-        self.cursor.on_write(table, local, None);
-        Ok(())
     }
 
+    async fn push_rejected(
+        &mut self,
+        entry: &RejectedEntry,
+        body: &[u8],
+    ) -> Result<(), Self::Error> {
+        match self.push_rejected_once(entry, body).await {
+            Err(FlashError::Full) if self.heal_for_room().await? => {
+                self.push_rejected_once(entry, body).await
+            }
+            r => r,
+        }
+    }
     async fn next(
         &mut self,
         table: TableId,
@@ -808,25 +902,6 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
                 }
             }
         }
-    }
-
-    async fn push_rejected(
-        &mut self,
-        entry: &RejectedEntry,
-        body: &[u8],
-    ) -> Result<(), Self::Error> {
-        self.ensure_mounted().await?;
-        let txn = self.open()?;
-        let seq = txn.rejected.checked_add(1).ok_or(FlashError::Logic)?;
-        let entry = RejectedEntry { seq, ..*entry };
-        let new_len = write_payload(&mut self.wbuf.0[ITEM_HEAD..], &entry, body)
-            .ok_or(FlashError::TooLarge)?;
-        self.write_versioned(&rejected_key(seq), Some(new_len), false)
-            .await?;
-        if let Some(t) = self.txn.as_mut() {
-            t.rejected = seq;
-        }
-        Ok(())
     }
 
     async fn next_rejected(
