@@ -648,12 +648,20 @@ fn device_row(r: &postgres::Row) -> Result<Device, StoreError> {
 
 impl ServerStore for PostgresStore {
     fn authenticate(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, StoreError> {
+        // Once per sync: a statement prepared once per connection.
+        const SQL: &str =
+            "SELECT id, scope, created_at, revoked FROM _device WHERE token_hash = $1";
         self.with_conn(|c| {
+            let st = match c.stmts.get(SQL) {
+                Some(st) => st.clone(),
+                None => {
+                    let st = c.client.prepare(SQL)?;
+                    c.stmts.insert(SQL.to_string(), st.clone());
+                    st
+                }
+            };
             c.client
-                .query_opt(
-                    "SELECT id, scope, created_at, revoked FROM _device WHERE token_hash = $1",
-                    &[&&token_hash[..]],
-                )?
+                .query_opt(&st, &[&&token_hash[..]])?
                 .as_ref()
                 .map(device_row)
                 .transpose()
