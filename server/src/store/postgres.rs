@@ -24,9 +24,10 @@
 //! retried add landing on another instance finds the `_idmap` row the first one committed
 //! (the primary key would refuse a duplicate mapping even without the lock).
 //!
-//! Connections: a small pool of synchronous `postgres` clients, each with its own prepared
-//! statements; a broken connection is dropped, not reused. Like every store method, these
-//! block: call them from `spawn_blocking` or plain threads, never on an async worker.
+//! Connections: a pool of at most [`POOL_MAX`] synchronous `postgres` clients, each with its
+//! own prepared statements; a broken connection is dropped, not reused. Plain TCP (no TLS):
+//! run the database on a trusted network. Like every store method, these block: call them
+//! from `spawn_blocking` or plain threads, never on an async worker.
 
 use super::engine::{
     bad_column, check_schema_hash, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery,
