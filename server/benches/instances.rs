@@ -178,21 +178,36 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Syncs/s of each setup over the same number of rounds, and the ratios, in one run.
+/// Syncs/s of each setup over the same number of rounds, and the ratios, in one run. The
+/// setups take turns round by round, so load from elsewhere on the machine falls on all of
+/// them alike.
 fn summary() {
     let rt = runtime();
     let rounds = 150;
-    let mut rates = Vec::new();
-    for (name, kind, instances) in setups() {
-        let mut setup = rt.block_on(Setup::new(kind, instances));
-        // Warm up (connections, prepared statements), then measure.
-        for _ in 0..3 {
-            rt.block_on(setup.round());
+    let mut runs: Vec<(&str, Setup, Duration)> = setups()
+        .into_iter()
+        .map(|(name, kind, instances)| {
+            let mut setup = rt.block_on(Setup::new(kind, instances));
+            // Warm up (connections, prepared statements).
+            for _ in 0..3 {
+                rt.block_on(setup.round());
+            }
+            (name, setup, Duration::ZERO)
+        })
+        .collect();
+    for _ in 0..rounds {
+        for (_, setup, took) in &mut runs {
+            *took += rt.block_on(setup.round());
         }
-        let took: Duration = (0..rounds).map(|_| rt.block_on(setup.round())).sum();
-        rates.push((name, (rounds * DEVICES) as f64 / took.as_secs_f64()));
     }
-    println!("\nsummary: {DEVICES} devices syncing at once ({rounds} rounds, small delta batches)");
+    let rates: Vec<(&str, f64)> = runs
+        .iter()
+        .map(|(name, _, took)| (*name, (rounds * DEVICES) as f64 / took.as_secs_f64()))
+        .collect();
+    println!(
+        "\nsummary: {DEVICES} devices syncing at once ({rounds} rounds each, taking turns; small \
+         delta batches)"
+    );
     let base = rates[0].1;
     for (name, rate) in &rates {
         println!(
