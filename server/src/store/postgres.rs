@@ -737,7 +737,10 @@ mod tests {
 
     /// A fresh database on `FERRYSYNC_TEST_POSTGRES`'s server, dropped after `f`.
     fn with_db(f: impl FnOnce(&str)) {
-        let Ok(admin) = std::env::var("FERRYSYNC_TEST_POSTGRES") else {
+        let Some(admin) = std::env::var("FERRYSYNC_TEST_POSTGRES")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+        else {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
