@@ -23,7 +23,12 @@ use serde::{Deserialize, Serialize};
 pub type FlashKey = [u8; 5];
 
 /// Highest table id the flash layout can store (key bytes above it name other kinds).
-pub const MAX_TABLE: u8 = 0xEF;
+pub const MAX_TABLE: u8 = 0x3F;
+
+/// First byte of a server-id index key: `[SERVER_INDEX + table, low 32 bits of the id]`.
+pub(crate) const SERVER_INDEX: u8 = 0x40;
+/// Length of an index payload: `[local: u32 LE][server id: u64 LE]`.
+pub(crate) const INDEX_LEN: usize = 12;
 
 /// The key of the rejected-log entry with that sequence number.
 pub(crate) const REJECTED: u8 = 0xF0;
@@ -43,6 +48,11 @@ pub(crate) const ITEM_HEAD: usize = 7;
 pub(crate) fn record_key(table: TableId, local: LocalId) -> FlashKey {
     let l = local.0.to_be_bytes();
     [table.0, l[0], l[1], l[2], l[3]]
+}
+
+pub(crate) fn server_key(table: TableId, server: u64) -> FlashKey {
+    let s = (server as u32).to_be_bytes();
+    [SERVER_INDEX + table.0, s[0], s[1], s[2], s[3]]
 }
 
 pub(crate) fn rejected_key(seq: u32) -> FlashKey {

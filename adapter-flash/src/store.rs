@@ -2,8 +2,9 @@
 
 use crate::error::FlashError;
 use crate::layout::{
-    parse_record_key, record_key, rejected_key, split_payload, write_head, write_payload, FlashKey,
-    Item, StateItem, View, ITEM_HEAD, LAYOUT_VERSION, MARKER_KEY, MAX_HOLES, MAX_TABLE, STATE_KEY,
+    parse_record_key, record_key, rejected_key, server_key, split_payload, write_head,
+    write_payload, FlashKey, Item, StateItem, View, INDEX_LEN, ITEM_HEAD, LAYOUT_VERSION,
+    MARKER_KEY, MAX_HOLES, MAX_TABLE, STATE_KEY,
 };
 use core::ops::Range;
 use embedded_storage_async::nor_flash::NorFlash;
@@ -19,7 +20,7 @@ use sequential_storage::map::{MapConfig, MapStorage};
 struct Aligned<const N: usize>([u8; N]);
 
 /// Tables whose highest server id the store tracks (to answer "absent" without a scan).
-const TRACKED_TABLES: usize = 16;
+const TRACKED_TABLES: usize = MAX_TABLE as usize + 1;
 /// Recent `by_server` answers remembered (a detail's parent is asked for again and again).
 const MEMO: usize = 4;
 /// Keys healed per pass over the flash when the store forgets aborted transactions.
@@ -612,6 +613,35 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         Ok(found.first().copied())
     }
 
+    async fn ensure_max_server(&mut self) -> Res<(), F> {
+        if self.max_server.is_none() {
+            self.scan_server(TableId(0), ServerId(u64::MAX)).await?;
+        }
+        Ok(())
+    }
+
+    /// The record with server id `server`, through the index.
+    async fn by_index(&mut self, table: TableId, server: ServerId) -> Res<Option<Record>, F> {
+        let Some(r) = self.visible(&server_key(table, server.0)).await? else {
+            return Ok(None);
+        };
+        let p = self.rbuf.0.get(r).ok_or(FlashError::Logic)?;
+        if p.len() != INDEX_LEN {
+            return Err(FlashError::Corrupted);
+        }
+        let local = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        let full = u64::from_le_bytes([p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]]);
+        if full != server.0 {
+            // Two ids alike in their low 32 bits: the slow way.
+            return self.scan_server(table, server).await;
+        }
+        // The entry outlives a removed record; the record decides.
+        Ok(self
+            .get_inner(table, LocalId(local))
+            .await?
+            .filter(|r| r.server == Some(server)))
+    }
+
     fn note_server(&mut self, rec: &Record) {
         if let (Some(maxes), Some(s)) = (self.max_server.as_mut(), rec.server) {
             if let Some(m) = maxes.get_mut(rec.table.0 as usize) {
@@ -639,6 +669,16 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         }
         let key = record_key(rec.table, rec.local);
         let absent = self.known_absent(rec.local);
+        let old_server = if absent {
+            None
+        } else {
+            self.get_inner(rec.table, rec.local)
+                .await?
+                .and_then(|r| r.server)
+        };
+        if rec.server.is_some() && rec.server != old_server {
+            self.ensure_max_server().await?;
+        }
         let new_len = match body {
             Some(b) => {
                 write_payload(&mut self.wbuf.0[ITEM_HEAD..], rec, b).ok_or(FlashError::TooLarge)?
@@ -668,6 +708,22 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         };
         self.write_versioned(&key, Some(new_len), absent).await?;
         self.note_local(rec.local);
+        if let Some(s) = rec.server.filter(|_| rec.server != old_server) {
+            // The server-id index entry: written once, when the record gets its server id.
+            let fresh = self.max_server.as_ref().is_some_and(|m| {
+                m.get(rec.table.0 as usize)
+                    .is_some_and(|m| s.0 > *m && *m <= u64::from(u32::MAX))
+            }) && s.0 <= u64::from(u32::MAX);
+            let out = self
+                .wbuf
+                .0
+                .get_mut(ITEM_HEAD..ITEM_HEAD + INDEX_LEN)
+                .ok_or(FlashError::TooLarge)?;
+            out[..4].copy_from_slice(&rec.local.0.to_le_bytes());
+            out[4..].copy_from_slice(&s.0.to_le_bytes());
+            self.write_versioned(&server_key(rec.table, s.0), Some(INDEX_LEN), fresh)
+                .await?;
+        }
         self.note_server(rec);
         self.remember(rec);
         self.cursor.on_write(rec.table, rec.local, Some(rec));
@@ -835,12 +891,13 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
             }
             self.memo.retain(|(t, s, _)| !(*t == table && *s == server));
         }
+        self.ensure_max_server().await?;
         if let Some(maxes) = &self.max_server {
             if maxes.get(table.0 as usize).is_some_and(|m| server.0 > *m) {
                 return Ok(None);
             }
         }
-        let found = self.scan_server(table, server).await?;
+        let found = self.by_index(table, server).await?;
         if let Some(r) = &found {
             self.remember(r);
         }

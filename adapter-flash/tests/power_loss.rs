@@ -227,7 +227,7 @@ fn sync_across_page_migrations_strided() {
     run(Case {
         setup,
         op,
-        stride: 5,
+        stride: 9,
     });
     assert!(ERASES.with(|e| e.get()) > 0, "the sync erased pages");
 }

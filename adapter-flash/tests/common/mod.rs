@@ -145,6 +145,17 @@ impl FakeServer {
         id
     }
 
+    /// Changes a record as if another device had.
+    pub fn touch(&mut self, table: TableId, id: u64, body: Vec<u8>) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(r) = self.recs.get_mut(&(table.0, id)) {
+            r.body = body;
+            r.at = Hlc::new(100_000 + seq, 0, 0);
+            r.seq = seq;
+        }
+    }
+
     pub fn ids(&self, table: TableId) -> Vec<u64> {
         self.recs
             .keys()
