@@ -1,10 +1,10 @@
 //! Flash cost and host time of the flash store for 1,000 and 10,000 records.
 //!
-//! `cargo run --release -p ferrysync-flash --example measure [records...]`
+//! `cargo run --release -p ferrysync-flash --example measure [scanner|host] [records...]`
 //!
 //! Runs on sequential-storage's mock flash (2 MiB, 4 KiB sectors, 4-byte words), which counts
 //! reads, writes and erases. Two configurations: a scanner-sized one (a key cache of 1,024
-//! keys, 12 KiB, and a cursor of 32 records) and a host-sized one (16,384 keys, 1,024 records).
+//! keys, 12 KiB, and a cursor of 32 records) and a host-sized one (32,768 keys, 1,024 records).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -152,9 +152,43 @@ fn run<const KEYS: usize, const CUR: usize>(label: &str, n: usize) {
     );
 }
 
+/// RAM the scanner configuration needs: the store, and the future of a whole sync.
+fn ram() {
+    type Scanner = FlashStore<Big, StoreCache<512, 1024>, 640, 32>;
+    let flash = Big::new(WriteCountCheck::Twice, None, false);
+    let mut s: Box<Scanner> =
+        Box::new(FlashStore::try_new(flash, Big::FULL_FLASH_RANGE, store_cache()).unwrap());
+    let mut t = Script::default();
+    let fut = ferrysync_core::engine::sync::<_, _, 1024>(
+        &EXAMPLE,
+        &mut *s,
+        &mut t,
+        ferrysync_core::wire::Mode::Delta,
+    );
+    let fut_size = core::mem::size_of_val(&fut);
+    drop(fut);
+    let cache = core::mem::size_of::<StoreCache<512, 1024>>();
+    println!(
+        "RAM, scanner config: store {} B (of which sequential-storage cache {} B for 512 pages and 1024 keys), sync future with 1 KiB frames {} B",
+        core::mem::size_of::<Scanner>(),
+        cache,
+        fut_size
+    );
+    println!(
+        "RAM, host config: store {} B",
+        core::mem::size_of::<FlashStore<Big, StoreCache<512, 32768>, 640, 1024>>()
+    );
+}
+
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
+    ram();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let which = match args.first().map(String::as_str) {
+        Some("scanner") | Some("host") => args.remove(0),
+        _ => "both".into(),
+    };
+    let sizes: Vec<usize> = args
+        .iter()
         .map(|a| a.parse().expect("a number of records"))
         .collect();
     let sizes = if sizes.is_empty() {
@@ -163,10 +197,14 @@ fn main() {
         sizes
     };
     for n in sizes {
-        run::<1024, 32>(
-            "scanner config (key cache 1024 keys = 12 KiB, cursor 32)",
-            n,
-        );
-        run::<16384, 1024>("host config (key cache 16384 keys, cursor 1024)", n);
+        if which != "host" {
+            run::<1024, 32>(
+                "scanner config (key cache 1024 keys = 12 KiB, cursor 32)",
+                n,
+            );
+        }
+        if which != "scanner" {
+            run::<32768, 1024>("host config (key cache 32768 keys, cursor 1024)", n);
+        }
     }
 }
