@@ -255,3 +255,20 @@ fn healing_aborted_transactions_every_byte() {
         stride: 1,
     });
 }
+
+#[test]
+fn larger_first_sync_sampled() {
+    let mut setup = offline_three();
+    for i in 0..12 {
+        setup.push(Step::Insert {
+            parent: Some(i % 3),
+            name: format!("Local {i}"),
+        });
+    }
+    setup.push(Step::ServerAdd { kids: 15 });
+    run(Case {
+        setup,
+        op: vec![Step::Sync],
+        stride: 23,
+    });
+}
