@@ -340,14 +340,17 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
     async fn mark(&mut self) -> Res<Txn, F> {
         let mut txn = self.open()?;
         if !txn.marked {
-            txn.marked = true;
-            self.txn = Some(txn);
+            // Never hand this number out again in this session, whatever happens below.
             self.started = self.started.max(txn.tag);
             let r = self
                 .map
                 .store_item(&mut self.rbuf.0, &MARKER_KEY, &txn.tag)
                 .await;
+            // Only a marker that is on flash lets items of this transaction be written: a
+            // failed marker write is retried by the next write.
             self.check(r)?;
+            txn.marked = true;
+            self.txn = Some(txn);
         }
         Ok(txn)
     }
