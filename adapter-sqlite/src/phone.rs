@@ -106,11 +106,11 @@ pub struct RejectedRow {
     pub values: Vec<OwnedValue>,
 }
 
-/// Why a phone operation failed.
+/// Why a device operation failed; `E` is the store's error.
 #[derive(Debug)]
-pub enum Error {
-    /// The SQLite store failed.
-    Store(StoreError),
+pub enum Error<E = StoreError> {
+    /// The store failed.
+    Store(E),
     /// No table of that name in the schema.
     UnknownTable(String),
     /// No field of that name in the table.
@@ -139,12 +139,12 @@ pub enum Error {
         reason: String,
     },
     /// The change was refused (no such record, bad parent, ...).
-    Track(TrackError<StoreError>),
-    /// The sync failed; nothing was changed on the phone.
-    Sync(SyncError<StoreError, crate::http::HttpError>),
+    Track(TrackError<E>),
+    /// The sync failed; nothing was changed on the device.
+    Sync(SyncError<E, crate::http::HttpError>),
 }
 
-impl fmt::Display for Error {
+impl<E: fmt::Display> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Store(e) => e.fmt(f),
@@ -175,7 +175,7 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl<E: fmt::Debug + fmt::Display> std::error::Error for Error<E> {}
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
@@ -183,14 +183,14 @@ impl From<StoreError> for Error {
     }
 }
 
-impl From<TrackError<StoreError>> for Error {
-    fn from(e: TrackError<StoreError>) -> Self {
+impl<E> From<TrackError<E>> for Error<E> {
+    fn from(e: TrackError<E>) -> Self {
         Error::Track(e)
     }
 }
 
-impl From<SyncError<StoreError, crate::http::HttpError>> for Error {
-    fn from(e: SyncError<StoreError, crate::http::HttpError>) -> Self {
+impl<E> From<SyncError<E, crate::http::HttpError>> for Error<E> {
+    fn from(e: SyncError<E, crate::http::HttpError>) -> Self {
         Error::Sync(e)
     }
 }
@@ -201,9 +201,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A phone's local database: change tracking by table and field names, and sync.
-pub struct Phone {
-    store: SqliteStore,
+/// An encoded body and the parent named among its fields.
+type BodyAndParent = (Vec<u8>, Option<LocalId>);
+
+/// A device's local data with change tracking by table and field names, and sync: a phone on
+/// SQLite by default, or any other [`LocalStore`] (a scanner's flash image on a PC).
+pub struct Phone<S: LocalStore = SqliteStore> {
+    store: S,
+    schema: Schema<'static>,
 }
 
 impl Phone {
@@ -211,27 +216,42 @@ impl Phone {
     pub fn open(path: impl AsRef<Path>, schema: Schema<'static>) -> Result<Self, Error> {
         Ok(Phone {
             store: SqliteStore::open(path, schema)?,
+            schema,
         })
     }
 
-    /// A phone on an existing store.
+    /// A phone on an existing SQLite store.
     pub fn with_store(store: SqliteStore) -> Self {
-        Phone { store }
+        let schema = *store.schema();
+        Phone { store, schema }
+    }
+}
+
+impl<S: LocalStore> Phone<S>
+where
+    S::Error: fmt::Display,
+{
+    /// A device on any store, for `schema`.
+    pub fn on_store(store: S, schema: Schema<'static>) -> Self {
+        Phone { store, schema }
     }
 
-    /// The underlying store (for the engine, or plain SQL through its connection).
-    pub fn store(&mut self) -> &mut SqliteStore {
+    /// The underlying store (for the engine, or plain SQL through a SQLite connection).
+    pub fn store(&mut self) -> &mut S {
         &mut self.store
     }
 
     /// The schema.
     pub fn schema(&self) -> &Schema<'static> {
-        self.store.schema()
+        &self.schema
     }
 
     /// The table called `name`.
-    pub fn table(&self, name: &str) -> Result<(TableId, &'static TableDef<'static>), Error> {
-        let schema = *self.store.schema();
+    pub fn table(
+        &self,
+        name: &str,
+    ) -> Result<(TableId, &'static TableDef<'static>), Error<S::Error>> {
+        let schema = self.schema;
         let id = schema
             .table_id(name)
             .ok_or_else(|| Error::UnknownTable(name.to_owned()))?;
@@ -241,7 +261,7 @@ impl Phone {
         Ok((id, def))
     }
 
-    fn unknown_field(def: &TableDef<'_>, field: &str) -> Error {
+    fn unknown_field(def: &TableDef<'_>, field: &str) -> Error<S::Error> {
         let mut known: Vec<String> = def.fields.iter().map(|f| f.name.to_owned()).collect();
         if let Some(p) = def.parent_field {
             known.insert(0, p.to_owned());
@@ -258,7 +278,7 @@ impl Phone {
         def: &TableDef<'_>,
         base: Vec<OwnedValue>,
         fields: &[(&str, &str)],
-    ) -> Result<(Vec<u8>, Option<LocalId>), Error> {
+    ) -> Result<BodyAndParent, Error<S::Error>> {
         let mut values: Vec<Option<OwnedValue>> = base.into_iter().map(Some).collect();
         values.resize(def.fields.len(), None);
         let mut parent = None;
@@ -310,7 +330,11 @@ impl Phone {
 
     /// Creates a record from `field=value` texts (a detail names its parent's local id in its
     /// parent field, e.g. `company_id`); returns its local id.
-    pub fn insert(&mut self, table: &str, fields: &[(&str, &str)]) -> Result<LocalId, Error> {
+    pub fn insert(
+        &mut self,
+        table: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<LocalId, Error<S::Error>> {
         let (id, def) = self.table(table)?;
         let (body, parent) = Self::body_from_text(def, Vec::new(), fields)?;
         self.insert_body(id, parent, &body)
@@ -322,8 +346,8 @@ impl Phone {
         table: TableId,
         parent: Option<LocalId>,
         body: &[u8],
-    ) -> Result<LocalId, Error> {
-        let schema = *self.store.schema();
+    ) -> Result<LocalId, Error<S::Error>> {
+        let schema = self.schema;
         Ok(block_on(track::insert(
             &schema,
             &mut self.store,
@@ -340,7 +364,7 @@ impl Phone {
         table: &str,
         id: LocalId,
         fields: &[(&str, &str)],
-    ) -> Result<(), Error> {
+    ) -> Result<(), Error<S::Error>> {
         let (tid, def) = self.table(table)?;
         let current = self
             .get(table, id)?
@@ -361,8 +385,13 @@ impl Phone {
     }
 
     /// Replaces a record's body.
-    pub fn update_body(&mut self, table: TableId, id: LocalId, body: &[u8]) -> Result<(), Error> {
-        let schema = *self.store.schema();
+    pub fn update_body(
+        &mut self,
+        table: TableId,
+        id: LocalId,
+        body: &[u8],
+    ) -> Result<(), Error<S::Error>> {
+        let schema = self.schema;
         Ok(block_on(track::update(
             &schema,
             &mut self.store,
@@ -374,9 +403,9 @@ impl Phone {
     }
 
     /// Deletes a record and its details (soft until the server confirms).
-    pub fn delete(&mut self, table: &str, id: LocalId) -> Result<(), Error> {
+    pub fn delete(&mut self, table: &str, id: LocalId) -> Result<(), Error<S::Error>> {
         let (tid, _) = self.table(table)?;
-        let schema = *self.store.schema();
+        let schema = self.schema;
         Ok(block_on(track::delete(
             &schema,
             &mut self.store,
@@ -386,14 +415,15 @@ impl Phone {
         ))?)
     }
 
-    fn row(&mut self, rec: Record) -> Result<Row, Error> {
+    fn row(&mut self, rec: Record) -> Result<Row, Error<S::Error>> {
         let def = self
-            .store
-            .schema()
+            .schema
             .table(rec.table)
             .ok_or_else(|| Error::UnknownTable(rec.table.to_string()))?;
         let mut buf = vec![0u8; MAX_FRAME * 64];
-        let n = block_on(self.store.get_body(rec.table, rec.local, &mut buf))?.unwrap_or(0);
+        let n = block_on(self.store.get_body(rec.table, rec.local, &mut buf))
+            .map_err(Error::Store)?
+            .unwrap_or(0);
         let mut values = Vec::with_capacity(def.fields.len());
         let _ = body::decode(def, &buf[..n], |_, _, v| {
             values.push(OwnedValue::from_value(v));
@@ -406,18 +436,20 @@ impl Phone {
     }
 
     /// The record `id` of `table`, deleted or not.
-    pub fn get(&mut self, table: &str, id: LocalId) -> Result<Option<Row>, Error> {
+    pub fn get(&mut self, table: &str, id: LocalId) -> Result<Option<Row>, Error<S::Error>> {
         let (tid, _) = self.table(table)?;
-        match block_on(self.store.get(tid, id))? {
+        match block_on(self.store.get(tid, id)).map_err(Error::Store)? {
             Some(rec) => Ok(Some(self.row(rec)?)),
             None => Ok(None),
         }
     }
 
-    fn walk(&mut self, table: TableId, filter: Filter) -> Result<Vec<Row>, Error> {
+    fn walk(&mut self, table: TableId, filter: Filter) -> Result<Vec<Row>, Error<S::Error>> {
         let mut out = Vec::new();
         let mut after = None;
-        while let Some(rec) = block_on(self.store.next(table, after, filter))? {
+        while let Some(rec) =
+            block_on(self.store.next(table, after, filter)).map_err(Error::Store)?
+        {
             after = Some(rec.local);
             out.push(self.row(rec)?);
         }
@@ -426,34 +458,36 @@ impl Phone {
 
     /// Every record of `table` in local-id order (soft-deleted ones included, see
     /// `record.meta.is_active`).
-    pub fn list(&mut self, table: &str) -> Result<Vec<Row>, Error> {
+    pub fn list(&mut self, table: &str) -> Result<Vec<Row>, Error<S::Error>> {
         let (tid, _) = self.table(table)?;
         self.walk(tid, Filter::All)
     }
 
     /// The records of `table` whose parent is `parent`.
-    pub fn children(&mut self, table: &str, parent: LocalId) -> Result<Vec<Row>, Error> {
+    pub fn children(&mut self, table: &str, parent: LocalId) -> Result<Vec<Row>, Error<S::Error>> {
         let (tid, _) = self.table(table)?;
         self.walk(tid, Filter::Children(parent))
     }
 
     /// Every record a sync would send, parents first.
-    pub fn pending(&mut self) -> Result<Vec<Row>, Error> {
+    pub fn pending(&mut self) -> Result<Vec<Row>, Error<S::Error>> {
         let mut out = Vec::new();
-        for t in 0..self.store.schema().tables.len() {
+        for t in 0..self.schema.tables.len() {
             out.extend(self.walk(TableId(t as u8), Filter::Pending)?);
         }
         Ok(out)
     }
 
     /// The rejected log, oldest first.
-    pub fn rejected(&mut self) -> Result<Vec<RejectedRow>, Error> {
+    pub fn rejected(&mut self) -> Result<Vec<RejectedRow>, Error<S::Error>> {
         let mut out = Vec::new();
         let mut after = None;
         let mut buf = vec![0u8; MAX_FRAME * 64];
-        while let Some((entry, n)) = block_on(self.store.next_rejected(after, &mut buf))? {
+        while let Some((entry, n)) =
+            block_on(self.store.next_rejected(after, &mut buf)).map_err(Error::Store)?
+        {
             after = Some(entry.seq);
-            let def = self.store.schema().table(entry.table);
+            let def = self.schema.table(entry.table);
             let mut values = Vec::new();
             if let Some(def) = def {
                 if entry.op != Op::Delete
@@ -478,8 +512,8 @@ impl Phone {
     }
 
     /// Empties the rejected log.
-    pub fn clear_rejected(&mut self) -> Result<(), Error> {
-        Ok(block_on(track::clear_rejected(&mut self.store))?)
+    pub fn clear_rejected(&mut self) -> Result<(), Error<S::Error>> {
+        block_on(track::clear_rejected(&mut self.store)).map_err(Error::Store)
     }
 
     /// Syncs with the server through `transport`: sends pending changes, applies the reply in
@@ -488,8 +522,8 @@ impl Phone {
         &mut self,
         transport: &mut T,
         mode: Mode,
-    ) -> Result<SyncReport, SyncError<StoreError, T::Error>> {
-        let schema = *self.store.schema();
+    ) -> Result<SyncReport, SyncError<S::Error, T::Error>> {
+        let schema = self.schema;
         engine::sync::<_, _, MAX_FRAME>(&schema, &mut self.store, transport, mode).await
     }
 }

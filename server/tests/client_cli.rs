@@ -56,9 +56,15 @@ fn token(dir: &Path, scope: &str) -> String {
         .to_owned()
 }
 
-/// `client --db DB --server URL --token TOKEN ARGS...`
+/// `client --db DB --server URL --token TOKEN ARGS...` (`--flash IMAGE` for a `.img`: a
+/// scanner on a flash image instead of a phone on SQLite).
 fn dev(db: &str, url: &str, token: &str, args: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["client", "--db", db, "--server", url, "--token", token]
+    let store = if db.ends_with(".img") {
+        "--flash"
+    } else {
+        "--db"
+    };
+    let mut v: Vec<String> = ["client", store, db, "--server", url, "--token", token]
         .map(str::to_owned)
         .to_vec();
     v.extend(args.iter().map(|a| (*a).to_owned()));
@@ -93,7 +99,7 @@ fn two_devices_from_the_shell() {
         .unwrap_or_else(|| panic!("no URL in {line:?}"))
         .to_owned();
     let a = |args: &[&'static str]| -> Vec<String> { dev("a.db", &url, &ta, args) };
-    let b = |args: &[&'static str]| -> Vec<String> { dev("b.db", &url, &tb, args) };
+    let b = |args: &[&'static str]| -> Vec<String> { dev("b.img", &url, &tb, args) };
 
     // Device A works offline: a company and a contact under it.
     let acme = ok(
@@ -133,7 +139,8 @@ fn two_devices_from_the_shell() {
     assert!(synced.contains("mapped contact local"), "{synced}");
     assert_eq!(ok(d, &s(&a(&["pending"]))).trim(), "nothing to send");
 
-    // Device B receives them, edits the contact, syncs; A sees the edit.
+    // Device B, a scanner on a flash image, receives them, edits the contact, syncs; A sees
+    // the edit.
     let got = ok(d, &s(&b(&["sync"])));
     assert!(
         got.contains("received 2 records") && got.contains("full refresh"),
@@ -154,7 +161,7 @@ fn two_devices_from_the_shell() {
     ok(
         d,
         &s(&dev(
-            "b.db",
+            "b.img",
             &url,
             &tb,
             &["update", "contact", &id_on_b, "email=ann@new.example"],

@@ -25,7 +25,7 @@ fn demo_tells_the_story_and_converges() {
     );
     assert!(!text.contains("Initech, Lyon"), "{text}");
     assert!(
-        text.contains("the phone and the tablet hold the same data as the server"),
+        text.contains("the phone and the scanner hold the same data as the server"),
         "{text}"
     );
 }

@@ -5,9 +5,12 @@ use super::CliError;
 use clap::{Args, Subcommand};
 use ferrysync_core::id::LocalId;
 use ferrysync_core::wire::Mode;
+use ferrysync_core::LocalStore;
+use ferrysync_flash::{store_cache, HostStore};
 use ferrysync_server::LoadedSchema;
 use ferrysync_sqlite::{HttpTransport, Phone, Row};
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::path::PathBuf;
 
 /// Options of `client`.
@@ -16,6 +19,10 @@ pub struct ClientArgs {
     /// The device's database file (created on first use).
     #[arg(long, default_value = "phone.db")]
     db: PathBuf,
+    /// Be a scanner instead: keep the data on this NOR-flash image (created on first use,
+    /// 1 MiB, 4 KiB sectors) rather than in a SQLite file.
+    #[arg(long, conflicts_with = "db")]
+    flash: Option<PathBuf>,
     /// Server URL, for `sync`.
     #[arg(
         long,
@@ -106,7 +113,10 @@ fn status(row: &Row) -> &'static str {
 }
 
 /// Prints rows as an aligned table: id, server id, state, parent, fields.
-fn print_rows(phone: &Phone, table: &str, rows: &[Row]) -> Result<(), CliError> {
+fn print_rows<S: LocalStore>(phone: &Phone<S>, table: &str, rows: &[Row]) -> Result<(), CliError>
+where
+    S::Error: Display,
+{
     let (_, def) = phone.table(table).map_err(|e| CliError(e.to_string()))?;
     let mut header = vec!["id".to_owned(), "server_id".into(), "state".into()];
     if let Some(p) = def.parent_field {
@@ -146,7 +156,10 @@ fn print_rows(phone: &Phone, table: &str, rows: &[Row]) -> Result<(), CliError> 
     Ok(())
 }
 
-fn json_row(phone: &Phone, table: &str, r: &Row) -> Result<String, CliError> {
+fn json_row<S: LocalStore>(phone: &Phone<S>, table: &str, r: &Row) -> Result<String, CliError>
+where
+    S::Error: Display,
+{
     let (_, def) = phone.table(table).map_err(|e| CliError(e.to_string()))?;
     let mut obj = serde_json::Map::new();
     obj.insert("id".into(), r.record.local.0.into());
@@ -174,21 +187,56 @@ fn json_row(phone: &Phone, table: &str, r: &Row) -> Result<String, CliError> {
     Ok(serde_json::Value::Object(obj).to_string())
 }
 
+fn load_schema(schema: Option<&PathBuf>) -> Result<LoadedSchema, CliError> {
+    match schema {
+        Some(path) => {
+            LoadedSchema::load(path).map_err(|e| CliError(format!("{e} (in {})", path.display())))
+        }
+        None => Ok(LoadedSchema::example()),
+    }
+}
+
+/// Opens a scanner's flash image (1 MiB, created erased on first use).
+pub fn open_scanner(
+    image: &PathBuf,
+    schema: Option<&PathBuf>,
+) -> Result<Box<Phone<HostStore>>, CliError> {
+    let schema = load_schema(schema)?;
+    let store = HostStore::open_file(image, 1 << 20, store_cache()).map_err(|e| {
+        CliError(format!(
+            "cannot open flash image {}: {e}; check the path (a new image is created)",
+            image.display()
+        ))
+    })?;
+    Ok(Box::new(Phone::on_store(store, schema.schema())))
+}
+
 /// Opens the phone database for the schema given (or the built-in one).
 pub fn open_phone(db: &PathBuf, schema: Option<&PathBuf>) -> Result<Phone, CliError> {
-    let schema = match schema {
-        Some(path) => LoadedSchema::load(path)
-            .map_err(|e| CliError(format!("{e} (in {})", path.display())))?,
-        None => LoadedSchema::example(),
-    };
+    let schema = load_schema(schema)?;
     Phone::open(db, schema.schema())
         .map_err(|e| CliError(format!("cannot open device database {}: {e}", db.display())))
 }
 
 /// Runs a client command.
 pub fn run(args: ClientArgs) -> Result<(), CliError> {
-    let mut phone = open_phone(&args.db, args.schema.as_ref())?;
-    let err = |e: ferrysync_sqlite::Error| CliError(e.to_string());
+    match &args.flash {
+        Some(image) => {
+            let mut scanner = open_scanner(image, args.schema.as_ref())?;
+            exec(&mut scanner, args)
+        }
+        None => {
+            let mut phone = open_phone(&args.db, args.schema.as_ref())?;
+            exec(&mut phone, args)
+        }
+    }
+}
+
+fn exec<S: LocalStore>(phone: &mut Phone<S>, args: ClientArgs) -> Result<(), CliError>
+where
+    S::Error: Display,
+{
+    let err = |e: ferrysync_sqlite::Error<S::Error>| CliError(e.to_string());
     match args.command {
         ClientCommand::Add { table, fields } => {
             let id = phone.insert(&table, &pairs(&fields)?).map_err(err)?;
@@ -208,10 +256,10 @@ pub fn run(args: ClientArgs) -> Result<(), CliError> {
             let rows = phone.list(&table).map_err(err)?;
             if json {
                 for r in &rows {
-                    println!("{}", json_row(&phone, &table, r)?);
+                    println!("{}", json_row(phone, &table, r)?);
                 }
             } else {
-                print_rows(&phone, &table, &rows)?;
+                print_rows(phone, &table, &rows)?;
             }
         }
         ClientCommand::Pending => {
@@ -252,14 +300,22 @@ pub fn run(args: ClientArgs) -> Result<(), CliError> {
                         .into(),
                 )
             })?;
-            sync(&mut phone, &args.server, &token, full)?;
+            sync(phone, &args.server, &token, full)?;
         }
     }
     Ok(())
 }
 
 /// Syncs and prints what was sent, mapped, rejected and received.
-pub fn sync(phone: &mut Phone, server: &str, token: &str, full: bool) -> Result<(), CliError> {
+pub fn sync<S: LocalStore>(
+    phone: &mut Phone<S>,
+    server: &str,
+    token: &str,
+    full: bool,
+) -> Result<(), CliError>
+where
+    S::Error: Display,
+{
     // Remember the records the server does not know yet, to print their new ids after.
     let schema = *phone.schema();
     let mut unmapped = BTreeMap::new();

@@ -1,11 +1,14 @@
 //! `ferrysync demo`: the pattern's story end to end in one process, on temporary files: a
-//! server on 127.0.0.1, and two devices that work offline, conflict, delete, and sync.
+//! server on 127.0.0.1, a phone on SQLite and a scanner on a NOR-flash image, that work
+//! offline, conflict, delete, and sync.
 
 use super::client::open_phone;
 use super::CliError;
 use clap::Args;
 use ferrysync_core::id::LocalId;
 use ferrysync_core::wire::Mode;
+use ferrysync_core::LocalStore;
+use ferrysync_flash::{store_cache, HostStore};
 use ferrysync_server::{run as serve, Config, LoadedSchema, Server, SqliteStore};
 use ferrysync_sqlite::{HttpTransport, Phone};
 use std::collections::BTreeMap;
@@ -24,13 +27,16 @@ fn e(err: impl std::fmt::Display) -> CliError {
     CliError(format!("demo failed: {err}"))
 }
 
-struct Device {
+struct Device<S: LocalStore> {
     name: &'static str,
-    phone: Phone,
+    phone: Box<Phone<S>>,
     token: String,
 }
 
-impl Device {
+impl<S: LocalStore> Device<S>
+where
+    S::Error: std::fmt::Display,
+{
     fn add(&mut self, table: &str, fields: &[(&str, &str)]) -> Result<LocalId, CliError> {
         let id = self.phone.insert(table, fields).map_err(e)?;
         let vals: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -214,20 +220,33 @@ async fn story(dir: &Path) -> Result<(), CliError> {
     }));
     println!("server  {url}  (database {})", db.display());
 
-    let mut devices = Vec::new();
-    for name in ["phone", "tablet"] {
-        let (id, token) =
+    let enrol = |name: &str| -> Result<String, CliError> {
+        let (d, token) =
             ferrysync_server::auth::add_device(server.store().as_ref(), "lyon").map_err(e)?;
-        let phone = open_phone(&dir.join(format!("{name}.db")), None)?;
-        println!(
-            "{name:<7} enrolled as device {} in scope \"lyon\" ({name}.db)",
-            id.id
-        );
-        devices.push(Device { name, phone, token });
-    }
-    let [phone, tablet] = &mut devices[..] else {
-        return Err(e("two devices expected"));
+        println!("{name:<7} enrolled as device {} in scope \"lyon\"", d.id);
+        Ok(token)
     };
+    let mut phone = Device {
+        name: "phone",
+        phone: Box::new(open_phone(&dir.join("phone.db"), None)?),
+        token: enrol("phone")?,
+    };
+    println!(
+        "        a phone app on SQLite: {}",
+        dir.join("phone.db").display()
+    );
+    let image = dir.join("scanner.img");
+    let flash = HostStore::open_file(&image, 1 << 20, store_cache()).map_err(e)?;
+    let mut scanner = Device {
+        name: "scanner",
+        phone: Box::new(Phone::on_store(flash, schema.schema())),
+        token: enrol("scanner")?,
+    };
+    println!(
+        "        a handheld scanner on 1 MiB of NOR flash (4 KiB sectors): {}",
+        image.display()
+    );
+    let phone = &mut phone;
 
     println!("\n1. The phone works offline: three companies and their contacts.");
     for (company, contacts) in [
@@ -256,8 +275,8 @@ async fn story(dir: &Path) -> Result<(), CliError> {
 
     println!("\n2. The phone syncs: masters first, local ids mapped, contacts re-parented.");
     phone.sync(&url).await?;
-    println!("\n3. The tablet syncs and receives the data.");
-    tablet.sync(&url).await?;
+    println!("\n3. The scanner syncs and receives the data.");
+    scanner.sync(&url).await?;
 
     println!("\n4. Both work offline again.");
     let acme = phone.find("company", "ACME")?;
@@ -270,14 +289,14 @@ async fn story(dir: &Path) -> Result<(), CliError> {
     phone.phone.delete("company", initech).map_err(e)?;
     println!("  phone    delete company Initech (and its contacts)");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let acme_t = tablet.find("company", "ACME")?;
-    tablet
+    let acme_t = scanner.find("company", "ACME")?;
+    scanner
         .phone
         .update("company", acme_t, &[("city", "Villeurbanne")])
         .map_err(e)?;
-    println!("  tablet   update company ACME city=Villeurbanne (later: wins the conflict)");
-    let globex = tablet.find("company", "Globex")?.0.to_string();
-    tablet.add(
+    println!("  scanner  update company ACME city=Villeurbanne (later: wins the conflict)");
+    let globex = scanner.find("company", "Globex")?.0.to_string();
+    scanner.add(
         "contact",
         &[
             ("company_id", &globex),
@@ -287,25 +306,25 @@ async fn story(dir: &Path) -> Result<(), CliError> {
         ],
     )?;
 
-    println!("\n5. They sync: phone, tablet, phone.");
+    println!("\n5. They sync: phone, scanner, phone.");
     phone.sync(&url).await?;
-    tablet.sync(&url).await?;
+    scanner.sync(&url).await?;
     phone.sync(&url).await?;
 
     let columns =
         |rows: BTreeMap<i64, String>, p: BTreeMap<i64, String>, t: BTreeMap<i64, String>| {
-            [("server", rows), ("phone", p), ("tablet", t)]
+            [("server", rows), ("phone", p), ("scanner", t)]
         };
     let co = columns(
         server_rows(&db, "company", "name, city")?,
         phone.by_server("company", 2)?,
-        tablet.by_server("company", 2)?,
+        scanner.by_server("company", 2)?,
     );
     side_by_side("company (name, city) by server id", &co);
     let ct = columns(
         server_rows(&db, "contact", "company_id, name")?,
         phone.by_server("contact", 1)?,
-        tablet.by_server("contact", 1)?,
+        scanner.by_server("contact", 1)?,
     );
     side_by_side("contact (company_id, name) by server id", &ct);
     let same = [&co, &ct]
@@ -314,7 +333,7 @@ async fn story(dir: &Path) -> Result<(), CliError> {
     println!(
         "\n{}",
         if same {
-            "the phone and the tablet hold the same data as the server"
+            "the phone and the scanner hold the same data as the server"
         } else {
             "the devices differ (unexpected)"
         }
