@@ -44,6 +44,7 @@ use ferrysync_server::store::{
 use ferrysync_server::{Config, LoadedSchema, SqliteStore, MAX_FRAME};
 use rusqlite::Connection;
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 /// Why the server refused a stream (it answers 4xx and changes nothing).
@@ -273,22 +274,61 @@ pub struct World {
     pub devices: [Device; 2],
     check: Connection,
     seed_print: Vec<i64>,
-    _dir: tempfile::TempDir,
+    _dir: Scratch,
 }
 
-fn tempdir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    let b = tempfile::Builder::new()
-        .prefix("ferrysync-fuzz-")
-        .tempdir_in(shm);
-    b.or_else(|_| tempfile::tempdir())
-        .expect("temporary directory")
+/// A scratch directory named after this process, removed on drop. Fuzzing processes end
+/// with `exit` (statics are never dropped), so each start also removes the directories of
+/// processes that are gone.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("ferrysync-fuzz-"))
+                else {
+                    continue;
+                };
+                let alive = pid
+                    .parse::<u32>()
+                    .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("ferrysync-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        Scratch(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl World {
     /// A fresh database with the seed data (built through [`serve`] itself).
     pub fn new() -> Self {
-        let dir = tempdir();
+        let dir = Scratch::new();
         let path = dir.path().join("server.db");
         let schema = LoadedSchema::example();
         let store = SqliteStore::open(&path, schema).expect("open store");
