@@ -1,8 +1,9 @@
-//! A deterministic simulation of a fleet: devices on SQLite and in memory (and, through the
-//! same `LocalStore` trait, any other store) make random offline edits on masters and details,
+//! A deterministic simulation of a fleet: phones on SQLite, scanners on NOR-flash images and
+//! devices on the core's in-memory store make random offline edits on masters and details,
 //! sync in random order through the server's real request/reply path, and suffer faults:
-//! request lost, reply lost, reply cut mid-stream, device crash mid-apply, duplicate delivery,
-//! server restart. The server's time and every device's clock are simulated, so a seed replays
+//! request lost, reply lost, reply cut mid-stream, device crash mid-apply (for a scanner, a
+//! power cut: the store is dropped and mounted again from its flash image), duplicate
+//! delivery, server restart. The server's time and every device's clock are simulated, so a seed replays
 //! exactly.
 //!
 //! Checked after every step: a failed sync changed nothing on its device; a successful one
@@ -24,6 +25,7 @@ use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEnt
 use ferrysync_core::track;
 use ferrysync_core::transport::Transport;
 use ferrysync_core::wire::{Mode, Op, RejectReason, Reply, Request};
+use ferrysync_flash::{store_cache, HostStore};
 use ferrysync_server::direct;
 use ferrysync_server::store::{Device, OwnedChange, ReplyItem, ReplyPlan, ServerStore, SyncParams};
 use ferrysync_server::{LoadedSchema, SqliteStore as ServerDb};
@@ -91,6 +93,18 @@ pub enum DevStore {
     Sqlite(SqliteStore),
     /// The core's in-memory store.
     Mem(Box<MemStore>),
+    /// A scanner: the flash store on a flash image file.
+    Flash(Box<HostStore>, PathBuf),
+}
+
+/// Size of a simulated scanner's flash image.
+const FLASH_BYTES: usize = 256 * 1024;
+
+impl DevStore {
+    fn flash(image: PathBuf) -> DevStore {
+        let store = HostStore::open_file(&image, FLASH_BYTES, store_cache()).unwrap();
+        DevStore::Flash(Box::new(store), image)
+    }
 }
 
 macro_rules! each {
@@ -98,6 +112,7 @@ macro_rules! each {
         match $self {
             DevStore::Sqlite($s) => $e.map_err(|e| e.to_string()),
             DevStore::Mem($s) => $e.map_err(|e| e.to_string()),
+            DevStore::Flash($s, _) => $e.map_err(|e| e.to_string()),
         }
     };
 }
@@ -644,10 +659,10 @@ impl Sim {
         for i in 0..cfg.devices {
             let scope = if i % 2 == 0 { "north" } else { "south" };
             let device = server.add_device(scope, &[i as u8; 32], 0).unwrap();
-            let store = if i % 4 < 2 {
-                DevStore::Sqlite(SqliteStore::open_in_memory(SCHEMA).unwrap())
-            } else {
-                DevStore::Mem(Box::default())
+            let store = match i % 3 {
+                0 => DevStore::Sqlite(SqliteStore::open_in_memory(SCHEMA).unwrap()),
+                1 => DevStore::flash(dir.path().join(format!("scanner{i}.img"))),
+                _ => DevStore::Mem(Box::default()),
             };
             // One device in five runs ten minutes fast: the server clamps its stamps.
             let skew = if rng.random_range(0..5u32) == 0 {
@@ -809,6 +824,7 @@ impl Sim {
             }
         };
         let committed = std::mem::take(&mut link.committed);
+        self.reboot_scanner(d, crash_at.is_some());
         self.log.push(format!(
             "t={} device {d} ({}) sync {mode:?} fault {fault:?} crash {crash_at:?}: {}",
             self.now,
@@ -862,6 +878,24 @@ impl Sim {
             }
         }
         self.check_server()
+    }
+
+    /// A scanner that crashed loses its RAM: mount its store again from the flash image (the
+    /// state must be exactly what was committed). Scanners also reboot now and then anyway.
+    fn reboot_scanner(&mut self, d: usize, crashed: bool) {
+        let again = crashed || self.rng.random_range(0..10u32) == 0;
+        if let DevStore::Flash(_, image) = &self.devices[d].store {
+            if again {
+                let image = image.clone();
+                // Drop the old store (and its file handle) before mounting the image again.
+                self.devices[d].store = DevStore::Mem(Box::default());
+                self.devices[d].store = DevStore::flash(image);
+                self.log.push(format!(
+                    "t={} device {d} reboots from its flash image",
+                    self.now
+                ));
+            }
+        }
     }
 
     fn check_server(&self) -> Result<(), String> {

@@ -5,6 +5,9 @@
 
 use ferrysync_tests::sim::{Broken, Sim, SimConfig, SimStats};
 
+/// Stack for simulation threads: a scanner's host store is large, and debug builds copy it.
+const STACK: usize = 256 << 20;
+
 fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("FERRYSYNC_SIM_SEED") {
         return vec![s.parse().expect("FERRYSYNC_SIM_SEED is a number")];
@@ -25,24 +28,28 @@ fn fleets_converge_through_faults() {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let mine: Vec<u64> = seeds.iter().copied().skip(t).step_by(threads).collect();
-                s.spawn(move || {
-                    let mut total = SimStats::default();
-                    for seed in mine {
-                        let cfg = SimConfig {
-                            devices: 3 + (seed % 4) as usize,
-                            ..SimConfig::default()
-                        };
-                        let stats = Sim::new(seed, cfg)
-                            .run()
-                            .unwrap_or_else(|e| panic!("{e}\nreplay: FERRYSYNC_SIM_SEED={seed}"));
-                        total.syncs_ok += stats.syncs_ok;
-                        total.syncs_failed += stats.syncs_failed;
-                        total.edits += stats.edits;
-                        total.rejected += stats.rejected;
-                        total.restarts += stats.restarts;
-                    }
-                    total
-                })
+                // A scanner's host store is large and debug builds copy it on the stack.
+                std::thread::Builder::new()
+                    .stack_size(STACK)
+                    .spawn_scoped(s, move || {
+                        let mut total = SimStats::default();
+                        for seed in mine {
+                            let cfg = SimConfig {
+                                devices: 3 + (seed % 4) as usize,
+                                ..SimConfig::default()
+                            };
+                            let stats = Sim::new(seed, cfg).run().unwrap_or_else(|e| {
+                                panic!("{e}\nreplay: FERRYSYNC_SIM_SEED={seed}")
+                            });
+                            total.syncs_ok += stats.syncs_ok;
+                            total.syncs_failed += stats.syncs_failed;
+                            total.edits += stats.edits;
+                            total.rejected += stats.rejected;
+                            total.restarts += stats.restarts;
+                        }
+                        total
+                    })
+                    .unwrap()
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -69,7 +76,12 @@ fn a_broken_rule_is_caught() {
             broken: Some(broken),
             ..SimConfig::default()
         };
-        let caught = (0..50).find_map(|seed| Sim::new(seed, cfg).run().err());
+        let caught = std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn(move || (0..50).find_map(|seed| Sim::new(seed, cfg).run().err()))
+            .unwrap()
+            .join()
+            .unwrap();
         let msg = caught.unwrap_or_else(|| panic!("{broken:?} was not caught in 50 seeds"));
         assert!(msg.starts_with("seed "), "{msg}");
     }
