@@ -158,7 +158,7 @@ fn ram() {
     let flash = Big::new(WriteCountCheck::Twice, None, false);
     let mut s: Box<Scanner> =
         Box::new(FlashStore::try_new(flash, Big::FULL_FLASH_RANGE, store_cache()).unwrap());
-    let mut t = Script::default();
+    let mut t = ferrysync_core::mem::ScriptLink::default();
     let fut = ferrysync_core::engine::sync::<_, _, 1024>(
         &EXAMPLE,
         &mut *s,

@@ -11,7 +11,7 @@ use ferrysync_core::engine::{self, Outgoing};
 use ferrysync_core::frame::FrameEncoder;
 use ferrysync_core::id::{ServerId, TableId};
 use ferrysync_core::schema::EXAMPLE;
-use ferrysync_core::transport::Transport;
+use ferrysync_core::mem::ScriptLink;
 use ferrysync_core::wire::{Accepted, Done, Reply, Upsert};
 use ferrysync_core::Hlc;
 use ferrysync_sqlite::{rusqlite, SqliteStore};
@@ -107,27 +107,6 @@ fn reply(rows: &Rows) -> Vec<u8> {
     out
 }
 
-struct Replay<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Transport for Replay<'_> {
-    type Error = std::convert::Infallible;
-    async fn send(&mut self, _: &[u8]) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    async fn finish(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        let n = buf.len().min(self.bytes.len() - self.pos);
-        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 fn apply_engine(dir: &std::path::Path, bytes: &[u8]) -> Duration {
     let mut store = SqliteStore::open(dir.join("phone.db"), EXAMPLE).unwrap();
     let out = Outgoing {
@@ -136,7 +115,7 @@ fn apply_engine(dir: &std::path::Path, bytes: &[u8]) -> Duration {
         changes: 0,
         full: true,
     };
-    let mut t = Replay { bytes, pos: 0 };
+    let mut t = ScriptLink::replying(bytes.to_vec());
     let start = Instant::now();
     pollster::block_on(engine::receive_reply::<_, _, N>(
         &EXAMPLE, &mut store, &mut t, &out,

@@ -4,7 +4,7 @@ use super::*;
 use crate::body::{encode, Value};
 use crate::frame::{FrameDecoder, FrameEncoder};
 use crate::id::ServerId;
-use crate::mem::{MemError, MemStore};
+use crate::mem::{LinkDown, MemError, MemStore, ScriptLink};
 use crate::schema::EXAMPLE;
 use crate::track;
 use crate::wire::{Accepted, Mapping, Remove};
@@ -15,49 +15,6 @@ use std::vec::Vec;
 const N: usize = 1024;
 const CO: TableId = TableId(0);
 const CT: TableId = TableId(1);
-
-/// A transport that records the request and plays back a scripted reply.
-#[derive(Default)]
-struct Script {
-    sent: Vec<u8>,
-    reply: Vec<u8>,
-    pos: usize,
-    chunk: usize,
-    fail_send: bool,
-}
-
-#[derive(Debug, PartialEq)]
-struct Fail;
-impl fmt::Display for Fail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("link down")
-    }
-}
-
-impl Transport for Script {
-    type Error = Fail;
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fail> {
-        if self.fail_send {
-            return Err(Fail);
-        }
-        self.sent.extend_from_slice(bytes);
-        Ok(())
-    }
-    async fn finish(&mut self) -> Result<(), Fail> {
-        Ok(())
-    }
-    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, Fail> {
-        let chunk = if self.chunk == 0 {
-            buf.len()
-        } else {
-            self.chunk
-        };
-        let n = chunk.min(buf.len()).min(self.reply.len() - self.pos);
-        buf[..n].copy_from_slice(&self.reply[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
 
 /// An owned copy of a decoded request frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,15 +146,15 @@ fn offline() -> (MemStore, LocalId, LocalId, LocalId) {
     (s, c, a, b)
 }
 
-fn send(s: &mut MemStore, t: &mut Script, mode: Mode) -> Outgoing {
+fn send(s: &mut MemStore, t: &mut ScriptLink<'_>, mode: Mode) -> Outgoing {
     block_on(send_request::<_, _, N>(&EXAMPLE, s, t, mode)).unwrap()
 }
 
 fn receive(
     s: &mut MemStore,
-    t: &mut Script,
+    t: &mut ScriptLink<'_>,
     out: &Outgoing,
-) -> Result<SyncReport, SyncError<MemError, Fail>> {
+) -> Result<SyncReport, SyncError<MemError, LinkDown>> {
     block_on(receive_reply::<_, _, N>(&EXAMPLE, s, t, out))
 }
 
@@ -251,7 +208,7 @@ fn first_reply(batch: u64, c: LocalId, a: LocalId, b: LocalId) -> Vec<u8> {
 #[test]
 fn request_carries_parents_first_with_local_keys() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     assert!(out.full, "first sync is a full refresh");
     assert_eq!(out.changes, 3);
@@ -294,7 +251,7 @@ fn request_carries_parents_first_with_local_keys() {
 #[test]
 fn reply_maps_ids_and_confirms() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     t.reply = first_reply(out.batch_id, c, a, b);
     t.chunk = 1; // worst case: one byte at a time
@@ -319,7 +276,7 @@ fn reply_maps_ids_and_confirms() {
         2000,
     ))
     .unwrap();
-    let mut t2 = Script::default();
+    let mut t2 = ScriptLink::default();
     let out2 = send(&mut s, &mut t2, Mode::Delta);
     let req = decode_request(&t2.sent);
     assert!(matches!(
@@ -346,7 +303,7 @@ fn reply_maps_ids_and_confirms() {
 #[test]
 fn edit_during_flight_stays_pending_and_wins_locally() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     // The user edits Ann while the request is on its way.
     block_on(track::update(
@@ -380,15 +337,12 @@ fn snapshot(s: &MemStore) -> Vec<(Record, Vec<u8>)> {
 fn cut_or_damaged_reply_changes_nothing() {
     let (mut s, c, a, b) = offline();
     let before = snapshot(&s);
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     let full = first_reply(out.batch_id, c, a, b);
     // Cut the reply at every byte: never a partial apply.
     for cut in 0..full.len() {
-        let mut t = Script {
-            reply: full[..cut].to_vec(),
-            ..Script::default()
-        };
+        let mut t = ScriptLink::replying(full[..cut].to_vec());
         let err = receive(&mut s, &mut t, &out).unwrap_err();
         assert!(
             matches!(err, SyncError::Stream(StreamError::Truncated)),
@@ -401,17 +355,11 @@ fn cut_or_damaged_reply_changes_nothing() {
     let mut bad = full.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x10;
-    let mut t = Script {
-        reply: bad,
-        ..Script::default()
-    };
+    let mut t = ScriptLink::replying(bad);
     assert!(receive(&mut s, &mut t, &out).is_err());
     assert_eq!(snapshot(&s), before);
     // A reply for another batch is refused.
-    let mut t = Script {
-        reply: first_reply(out.batch_id + 5, c, a, b),
-        ..Script::default()
-    };
+    let mut t = ScriptLink::replying(first_reply(out.batch_id + 5, c, a, b));
     assert!(matches!(
         receive(&mut s, &mut t, &out),
         Err(SyncError::Stream(StreamError::BatchMismatch { .. }))
@@ -423,17 +371,14 @@ fn cut_or_damaged_reply_changes_nothing() {
 fn store_failure_or_crash_at_any_write_keeps_old_state() {
     let (mut s, c, a, b) = offline();
     let before = snapshot(&s);
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     let full = first_reply(out.batch_id, c, a, b);
     let mut n = 1;
     loop {
         let mut s2 = s.clone();
         s2.fail_after(n);
-        let mut t = Script {
-            reply: full.clone(),
-            ..Script::default()
-        };
+        let mut t = ScriptLink::replying(full.clone());
         match receive(&mut s2, &mut t, &out) {
             Err(SyncError::Store(MemError::Injected)) => {
                 assert_eq!(snapshot(&s2), before, "failed write {n}");
@@ -449,10 +394,7 @@ fn store_failure_or_crash_at_any_write_keeps_old_state() {
     }
     assert!(n > 6, "the apply wrote {n} times");
     // The retry after all that converges.
-    let mut t = Script {
-        reply: full,
-        ..Script::default()
-    };
+    let mut t = ScriptLink::replying(full);
     receive(&mut s, &mut t, &out).unwrap();
     assert_eq!(block_on(track::pending_count(&EXAMPLE, &mut s)).unwrap(), 0);
 }
@@ -461,19 +403,17 @@ fn store_failure_or_crash_at_any_write_keeps_old_state() {
 fn transport_failure_while_sending_changes_nothing() {
     let (mut s, ..) = offline();
     let before = snapshot(&s);
-    let mut t = Script {
-        fail_send: true,
-        ..Script::default()
-    };
+    let mut t = ScriptLink::default();
+    t.fail_send = true;
     let e = block_on(sync::<_, _, N>(&EXAMPLE, &mut s, &mut t, Mode::Delta)).unwrap_err();
-    assert_eq!(e, SyncError::Transport(Fail));
+    assert_eq!(e, SyncError::Transport(LinkDown));
     assert_eq!(snapshot(&s), before);
 }
 
 #[test]
 fn rejected_add_goes_to_log_with_its_details() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     // Created during the flight under the company that will be refused.
     let late = block_on(track::insert(
@@ -540,7 +480,7 @@ fn rejected_add_goes_to_log_with_its_details() {
 #[test]
 fn rejected_update_is_cleaned_and_next_sync_is_full() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     t.reply = first_reply(out.batch_id, c, a, b);
     receive(&mut s, &mut t, &out).unwrap();
@@ -553,7 +493,7 @@ fn rejected_update_is_cleaned_and_next_sync_is_full() {
         3000,
     ))
     .unwrap();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     assert!(!out.full);
     let body = contact("Bad");
@@ -570,7 +510,7 @@ fn rejected_update_is_cleaned_and_next_sync_is_full() {
     receive(&mut s, &mut t, &out).unwrap();
     let ann = get(&mut s, CT, a).unwrap();
     assert!(!ann.meta.is_modified);
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     assert!(
         send(&mut s, &mut t, Mode::Delta).full,
         "a full refresh heals the refused update"
@@ -580,7 +520,7 @@ fn rejected_update_is_cleaned_and_next_sync_is_full() {
 #[test]
 fn server_remove_cascades_and_logs_orphaned_local_work() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     t.reply = first_reply(out.batch_id, c, a, b);
     receive(&mut s, &mut t, &out).unwrap();
@@ -594,7 +534,7 @@ fn server_remove_cascades_and_logs_orphaned_local_work() {
         4000,
     ))
     .unwrap();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     // The contact was in the batch: the server refused it, then sent the removes.
     let nb = contact("New");
@@ -637,7 +577,7 @@ fn server_remove_cascades_and_logs_orphaned_local_work() {
 #[test]
 fn local_delete_cascades_soft_then_confirmed_for_good() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     t.reply = first_reply(out.batch_id, c, a, b);
     receive(&mut s, &mut t, &out).unwrap();
@@ -647,7 +587,7 @@ fn local_delete_cascades_soft_then_confirmed_for_good() {
         assert!(!r.meta.is_active && r.meta.is_modified);
     }
     assert!(block_on(track::update(&EXAMPLE, &mut s, CT, a, &contact("x"), 5001)).is_err());
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     let req = decode_request(&t.sent);
     assert_eq!(out.changes, 3);
@@ -673,12 +613,12 @@ fn local_delete_cascades_soft_then_confirmed_for_good() {
 #[test]
 fn full_refresh_drops_what_the_server_no_longer_has_but_keeps_local_work() {
     let (mut s, c, a, b) = offline();
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Delta);
     t.reply = first_reply(out.batch_id, c, a, b);
     receive(&mut s, &mut t, &out).unwrap();
     // Local work made after this full request was built.
-    let mut t = Script::default();
+    let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Full);
     assert!(out.full);
     let late = block_on(track::insert(

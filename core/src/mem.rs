@@ -216,3 +216,85 @@ impl LocalStore for MemStore {
         Ok(())
     }
 }
+
+/// Makes a reply from a whole request (a fake server).
+pub type Responder<'a> = dyn FnMut(&[u8]) -> Vec<u8> + 'a;
+
+/// The error of [`ScriptLink`]: the link is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkDown;
+
+impl fmt::Display for LinkDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("link down")
+    }
+}
+
+/// A [`Transport`](crate::transport::Transport) for tests: records the request and plays a
+/// reply back `chunk` bytes at a time (0 = as much as asked). The reply is either set before
+/// the sync or made from the request at `finish` by a responder (a fake server).
+#[derive(Default)]
+pub struct ScriptLink<'r> {
+    /// The request bytes sent so far.
+    pub sent: Vec<u8>,
+    /// The reply to play back.
+    pub reply: Vec<u8>,
+    /// Bytes per `receive` (0: as many as the caller's buffer holds).
+    pub chunk: usize,
+    /// Fail every `send` (a link that is down).
+    pub fail_send: bool,
+    pos: usize,
+    respond: Option<&'r mut Responder<'r>>,
+}
+
+impl<'r> ScriptLink<'r> {
+    /// A link that plays back `reply`.
+    pub fn replying(reply: Vec<u8>) -> Self {
+        ScriptLink {
+            reply,
+            ..Self::default()
+        }
+    }
+
+    /// A link whose reply `respond` makes from the whole request.
+    pub fn answering(respond: &'r mut Responder<'r>) -> Self {
+        ScriptLink {
+            respond: Some(respond),
+            ..Self::default()
+        }
+    }
+}
+
+impl crate::transport::Transport for ScriptLink<'_> {
+    type Error = LinkDown;
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkDown> {
+        if self.fail_send {
+            return Err(LinkDown);
+        }
+        self.sent.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), LinkDown> {
+        if let Some(respond) = self.respond.as_mut() {
+            self.reply = respond(&self.sent);
+            self.pos = 0;
+        }
+        Ok(())
+    }
+
+    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, LinkDown> {
+        let chunk = if self.chunk == 0 {
+            buf.len()
+        } else {
+            self.chunk
+        };
+        let n = chunk
+            .min(buf.len())
+            .min(self.reply.len().saturating_sub(self.pos));
+        buf[..n].copy_from_slice(&self.reply[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

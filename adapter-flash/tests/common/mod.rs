@@ -6,9 +6,9 @@ use ferrysync_core::engine::{self, SyncError, SyncReport};
 use ferrysync_core::frame::{FrameDecoder, FrameEncoder};
 use ferrysync_core::hlc::Hlc;
 use ferrysync_core::id::{LocalId, RecordRef, ServerId, TableId};
+use ferrysync_core::mem::{LinkDown, ScriptLink};
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
-use ferrysync_core::transport::Transport;
 use ferrysync_core::wire::{
     Accepted, Done, Mapping, Mode, Op, RejectReason, Rejected, Remove, Reply, Request, Upsert,
 };
@@ -32,50 +32,6 @@ pub fn small_flash() -> Small {
 
 pub fn small_store(flash: Small) -> SmallStore {
     FlashStore::try_new(flash, Small::FULL_FLASH_RANGE, store_cache()).unwrap()
-}
-
-/// A transport that records the request and plays back a reply produced by a callback.
-#[derive(Default)]
-pub struct Script {
-    pub sent: Vec<u8>,
-    pub reply: Vec<u8>,
-    pub pos: usize,
-    pub chunk: usize,
-    pub server: Option<FakeServer>,
-}
-
-#[derive(Debug, PartialEq)]
-pub struct Fail;
-impl fmt::Display for Fail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("link down")
-    }
-}
-
-impl Transport for Script {
-    type Error = Fail;
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fail> {
-        self.sent.extend_from_slice(bytes);
-        Ok(())
-    }
-    async fn finish(&mut self) -> Result<(), Fail> {
-        if let Some(server) = self.server.as_mut() {
-            self.reply = server.handle(&self.sent);
-            self.pos = 0;
-        }
-        Ok(())
-    }
-    async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, Fail> {
-        let chunk = if self.chunk == 0 {
-            buf.len()
-        } else {
-            self.chunk
-        };
-        let n = chunk.min(buf.len()).min(self.reply.len() - self.pos);
-        buf[..n].copy_from_slice(&self.reply[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 pub fn company(name: &str) -> Vec<u8> {
@@ -394,18 +350,19 @@ pub async fn pending<S: LocalStore>(s: &mut S) -> Result<Vec<(TableId, LocalId)>
     Ok(out)
 }
 
-/// One sync against `server`.
+/// One sync against `server`; the server keeps what it applied only if the device's sync
+/// went through (a failed sync models a request that never arrived).
 pub fn sync_with<S: LocalStore>(
     s: &mut S,
     server: &mut FakeServer,
-) -> Result<SyncReport, SyncError<S::Error, Fail>> {
-    let mut t = Script {
-        server: Some(server.clone()),
-        ..Script::default()
-    };
+) -> Result<SyncReport, SyncError<S::Error, LinkDown>> {
+    let mut next = server.clone();
+    let mut respond = |request: &[u8]| next.handle(request);
+    let mut t = ScriptLink::answering(&mut respond);
     let r = block_on(engine::sync::<_, _, N>(&EXAMPLE, s, &mut t, Mode::Delta));
+    drop(t);
     if r.is_ok() {
-        *server = t.server.take().unwrap();
+        *server = next;
     }
     r
 }
