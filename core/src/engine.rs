@@ -369,6 +369,17 @@ impl<const N: usize> Apply<'_, '_, N> {
                 self.clock.observe(Hlc::new(a.server_time, 0, 0));
             }
             Reply::Mapping(m) => {
+                // A server id names one record: a mapping onto an id another record holds is a
+                // broken reply, refused whole.
+                if let Some(other) = store
+                    .by_server(m.table, m.server)
+                    .await
+                    .map_err(SyncError::Store)?
+                {
+                    if other.local != m.local {
+                        return Err(SyncError::BadRecord { frame: self.frame });
+                    }
+                }
                 if let Some(mut rec) = store
                     .get(m.table, m.local)
                     .await

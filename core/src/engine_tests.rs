@@ -666,3 +666,37 @@ fn full_refresh_drops_what_the_server_no_longer_has_but_keeps_local_work() {
     );
     assert!(get(&mut s, CT, late).unwrap().meta.is_pending());
 }
+
+#[test]
+fn a_mapping_onto_a_taken_server_id_is_refused() {
+    let (mut s, c, a, b) = offline();
+    let mut t = ScriptLink::default();
+    let out = send(&mut s, &mut t, Mode::Delta);
+    t.reply = first_reply(out.batch_id, c, a, b);
+    receive(&mut s, &mut t, &out).unwrap();
+    // A new contact, and a broken reply mapping it onto Ann's server id.
+    let d = block_on(track::insert(
+        &EXAMPLE,
+        &mut s,
+        CT,
+        Some(c),
+        &contact("Dan"),
+        9000,
+    ))
+    .unwrap();
+    let before = snapshot(&s);
+    let out = send(&mut s, &mut ScriptLink::default(), Mode::Delta);
+    let mut t = ScriptLink::replying(reply(
+        out.batch_id,
+        &[Reply::Mapping(Mapping {
+            table: CT,
+            local: d,
+            server: ServerId(500),
+        })],
+    ));
+    assert!(matches!(
+        receive(&mut s, &mut t, &out),
+        Err(SyncError::BadRecord { frame: 1 })
+    ));
+    assert_eq!(snapshot(&s), before);
+}

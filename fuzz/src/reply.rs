@@ -419,8 +419,9 @@ pub fn apply(schema: &Schema<'_>, reply: &[&[u8]]) {
                 );
             }
             let mut servers = BTreeSet::new();
-            // Open finding (strict only): a `Mapping` to a server id another record holds.
-            for (r, _) in after.records.iter().filter(|_| strict()) {
+            // No two records of a table share a server id (a reply mapping onto a taken id
+            // is refused whole).
+            for (r, _) in &after.records {
                 if let Some(s) = r.server {
                     invariant!(
                         servers.insert((r.table, s)),

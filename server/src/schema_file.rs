@@ -141,13 +141,14 @@ fn check_names(schema: &Schema<'static>) -> Result<(), SchemaFileError> {
     let bad = |what: &str, name: &str| {
         SchemaFileError::Invalid(format!(
             "{what} name {name:?} is not usable: names must match [A-Za-z][A-Za-z0-9_]* \
-             (at most 63 characters, no leading `_`), be unique ignoring case, and not be `id`"
+             (at most 63 characters, no leading `_`), be unique ignoring case, and not be `id` \
+             (nor, for a table, start with `sqlite_`)"
         ))
     };
     let mut table_names: Vec<String> = Vec::new();
     for t in schema.tables {
         let lower = t.name.to_ascii_lowercase();
-        if !is_valid_ident(t.name) || table_names.contains(&lower) {
+        if !is_valid_ident(t.name) || table_names.contains(&lower) || lower.starts_with("sqlite_") {
             return Err(bad("table", t.name));
         }
         table_names.push(lower);
@@ -291,6 +292,38 @@ mod tests {
             LoadedSchema::parse(unknown_key),
             Err(SchemaFileError::Toml(_))
         ));
+    }
+
+    /// Names the fuzzer's schema target showed the store could not create: SQLite's own
+    /// `sqlite_` prefix, and tables named like another table's generated index.
+    #[test]
+    fn names_that_once_broke_the_store() {
+        let internal = r#"
+            [[table]]
+            name = "SQLite_stat"
+            fields = []
+        "#;
+        assert!(LoadedSchema::parse(internal).is_err());
+        let like_index = r#"
+            [[table]]
+            name = "a"
+            fields = []
+            [[table]]
+            name = "a__scope_seq"
+            parent = "a"
+            parent_field = "scope_seq"
+            fields = []
+            [[table]]
+            name = "b_fk"
+            fields = []
+            [[table]]
+            name = "b"
+            fields = []
+        "#;
+        let schema = LoadedSchema::parse(like_index).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::SqliteStore::open(&dir.path().join("s.db"), schema);
+        assert!(store.is_ok(), "{:?}", store.err());
     }
 
     #[test]

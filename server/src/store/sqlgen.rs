@@ -107,7 +107,8 @@ pub(crate) fn table_ddl(d: &Dialect, schema: &Schema<'static>, t: &TableDef<'sta
         ));
         extra = format!(
             "CREATE INDEX IF NOT EXISTS {} ON {name} ({});\n",
-            q(&format!("{}__{}", t.name, pf)),
+            // Index names start with `_`, which no table name may: they never collide.
+            q(&format!("_ix_{}_fk", t.name)),
             q(pf)
         );
     }
@@ -119,7 +120,7 @@ pub(crate) fn table_ddl(d: &Dialect, schema: &Schema<'static>, t: &TableDef<'sta
         "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n);\n\
          CREATE INDEX IF NOT EXISTS {} ON {name} (_scope, _seq);\n{extra}",
         cols.join(",\n    "),
-        q(&format!("{}__scope_seq", t.name)),
+        q(&format!("_ix_{}_scope_seq", t.name)),
     )
 }
 
