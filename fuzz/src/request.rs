@@ -754,11 +754,47 @@ pub type SeedChange = (
     Vec<u8>,
 );
 
+/// A whole request stream of hand-written changes (full mode without a cursor, delta with).
+pub fn seed_request(
+    schema_hash: u64,
+    batch: u64,
+    cursor: Option<u64>,
+    changes: &[SeedChange],
+) -> Vec<u8> {
+    use crate::spec::frame;
+    use ferrysync_core::wire::{Change, End, Mode};
+    use ferrysync_core::{Hlc, TableId};
+    let mut out = frame(&Request::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        schema_hash,
+        batch_id: batch,
+        cursor,
+        mode: if cursor.is_some() {
+            Mode::Delta
+        } else {
+            Mode::Full
+        },
+    }));
+    for (t, op, key, parent, wall, body) in changes {
+        out.extend(frame(&Request::Change(Change {
+            table: TableId(*t),
+            op: *op,
+            key: *key,
+            parent: *parent,
+            modified_at: Hlc::new(*wall, 0, 1),
+            body,
+        })));
+    }
+    out.extend(frame(&Request::End(End {
+        count: changes.len() as u32,
+    })));
+    out
+}
+
 /// The seed streams: `(device index, bytes)`; the pattern's story for two devices.
 pub fn seed_streams(schema: &Schema<'_>) -> Vec<(usize, Vec<u8>)> {
-    use crate::spec::frame;
-    use ferrysync_core::wire::{Change, End, Mode, Op};
-    use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
+    use ferrysync_core::wire::Op;
+    use ferrysync_core::{LocalId, RecordRef, ServerId, TableId};
     let body = |t: u8, a: &str, b: &str, c: &str| -> Vec<u8> {
         let mut buf = [0u8; 256];
         let t = schema.table(TableId(t)).expect("table");
@@ -774,33 +810,8 @@ pub fn seed_streams(schema: &Schema<'_>) -> Vec<(usize, Vec<u8>)> {
         .expect("body")
         .to_vec()
     };
-    let stream = |batch: u64, cursor: Option<u64>, changes: &[SeedChange]| {
-        let mut out = frame(&Request::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            schema_hash: schema.hash(),
-            batch_id: batch,
-            cursor,
-            mode: if cursor.is_some() {
-                Mode::Delta
-            } else {
-                Mode::Full
-            },
-        }));
-        for (t, op, key, parent, wall, body) in changes {
-            out.extend(frame(&Request::Change(Change {
-                table: TableId(*t),
-                op: *op,
-                key: *key,
-                parent: *parent,
-                modified_at: Hlc::new(*wall, 0, 1),
-                body,
-            })));
-        }
-        out.extend(frame(&Request::End(End {
-            count: changes.len() as u32,
-        })));
-        out
-    };
+    let stream =
+        |batch, cursor, changes: &[SeedChange]| seed_request(schema.hash(), batch, cursor, changes);
     let l = |n: u32| RecordRef::Local(LocalId(n));
     let s = |n: u64| RecordRef::Server(ServerId(n));
     let t0 = NOW_MS - 60_000;

@@ -10,13 +10,10 @@
 
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::schema::EXAMPLE;
-use ferrysync_core::wire::{
-    Change, End, Hello, Mapping, Mode, Op, RejectReason, Rejected, Remove, Reply, Request, Upsert,
-    PROTOCOL_VERSION,
-};
+use ferrysync_core::wire::{Mapping, Op, RejectReason, Rejected, Remove, Reply, Upsert};
 use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
 use ferrysync_fuzz::request::{self, Verdict};
-use ferrysync_fuzz::spec::{frame, NOW_MS};
+use ferrysync_fuzz::spec::NOW_MS;
 use ferrysync_fuzz::{reply, schema, with_chunking};
 use std::path::{Path, PathBuf};
 
@@ -34,31 +31,7 @@ fn body(t: u8, a: &str, b: &str, c: &str) -> Vec<u8> {
 use ferrysync_fuzz::request::SeedChange as Ch;
 
 fn request(batch: u64, cursor: Option<u64>, changes: &[Ch]) -> Vec<u8> {
-    let mut out = frame(&Request::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        schema_hash: EXAMPLE.hash(),
-        batch_id: batch,
-        cursor,
-        mode: if cursor.is_some() {
-            Mode::Delta
-        } else {
-            Mode::Full
-        },
-    }));
-    for (t, op, key, parent, wall, body) in changes {
-        out.extend(frame(&Request::Change(Change {
-            table: TableId(*t),
-            op: *op,
-            key: *key,
-            parent: *parent,
-            modified_at: Hlc::new(*wall, 0, 1),
-            body,
-        })));
-    }
-    out.extend(frame(&Request::End(End {
-        count: changes.len() as u32,
-    })));
-    out
+    request::seed_request(EXAMPLE.hash(), batch, cursor, changes)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -418,11 +391,13 @@ fn main() {
     let open = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regressions/reply_stream/open");
     write(&open, "full-refresh-orphan", &one);
     reply::run(&one);
-    // Open finding: a mapping to a server id another record holds (Globex's, 2, for ACME).
+    // Fixed finding: a mapping to a server id another record holds (Globex's, 2, for ACME)
+    // is refused whole; the regression is replayed from regressions/reply_stream.
     let reuse = reply::reply_bytes(b, &[map(co, 1, 2)], 27);
     let mut one = vec![0u8];
     one.extend(with_chunking(&[], &reuse));
-    write(&open, "mapping-reuses-server-id", &one);
+    let fixed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regressions/reply_stream");
+    write(&fixed, "mapping-reuses-server-id", &one);
     reply::run(&one);
     for (i, junk) in [
         &b"\x01\x00\x00\x01\x02\x03\x04\x05\x06\x07"[..],
