@@ -205,6 +205,16 @@ fn first_reply(batch: u64, c: LocalId, a: LocalId, b: LocalId) -> Vec<u8> {
     )
 }
 
+/// `offline()` after its first sync: every record mapped and clean.
+fn synced() -> (MemStore, LocalId, LocalId, LocalId) {
+    let (mut s, c, a, b) = offline();
+    let mut t = ScriptLink::default();
+    let out = send(&mut s, &mut t, Mode::Delta);
+    t.reply = first_reply(out.batch_id, c, a, b);
+    receive(&mut s, &mut t, &out).unwrap();
+    (s, c, a, b)
+}
+
 #[test]
 fn request_carries_parents_first_with_local_keys() {
     let (mut s, c, a, b) = offline();
@@ -479,11 +489,7 @@ fn rejected_add_goes_to_log_with_its_details() {
 
 #[test]
 fn rejected_update_is_cleaned_and_next_sync_is_full() {
-    let (mut s, c, a, b) = offline();
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Delta);
-    t.reply = first_reply(out.batch_id, c, a, b);
-    receive(&mut s, &mut t, &out).unwrap();
+    let (mut s, _, a, _) = synced();
     block_on(track::update(
         &EXAMPLE,
         &mut s,
@@ -519,11 +525,7 @@ fn rejected_update_is_cleaned_and_next_sync_is_full() {
 
 #[test]
 fn server_remove_cascades_and_logs_orphaned_local_work() {
-    let (mut s, c, a, b) = offline();
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Delta);
-    t.reply = first_reply(out.batch_id, c, a, b);
-    receive(&mut s, &mut t, &out).unwrap();
+    let (mut s, c, _, _) = synced();
     // Offline: a new contact under the company, which another device deletes meanwhile.
     let n = block_on(track::insert(
         &EXAMPLE,
@@ -576,11 +578,7 @@ fn server_remove_cascades_and_logs_orphaned_local_work() {
 
 #[test]
 fn local_delete_cascades_soft_then_confirmed_for_good() {
-    let (mut s, c, a, b) = offline();
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Delta);
-    t.reply = first_reply(out.batch_id, c, a, b);
-    receive(&mut s, &mut t, &out).unwrap();
+    let (mut s, c, a, b) = synced();
     block_on(track::delete(&EXAMPLE, &mut s, CO, c, 5000)).unwrap();
     for l in [a, b] {
         let r = get(&mut s, CT, l).unwrap();
@@ -612,11 +610,7 @@ fn local_delete_cascades_soft_then_confirmed_for_good() {
 
 #[test]
 fn full_refresh_drops_what_the_server_no_longer_has_but_keeps_local_work() {
-    let (mut s, c, a, b) = offline();
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Delta);
-    t.reply = first_reply(out.batch_id, c, a, b);
-    receive(&mut s, &mut t, &out).unwrap();
+    let (mut s, c, a, b) = synced();
     // Local work made after this full request was built.
     let mut t = ScriptLink::default();
     let out = send(&mut s, &mut t, Mode::Full);
@@ -669,11 +663,7 @@ fn full_refresh_drops_what_the_server_no_longer_has_but_keeps_local_work() {
 
 #[test]
 fn a_mapping_onto_a_taken_server_id_is_refused() {
-    let (mut s, c, a, b) = offline();
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Delta);
-    t.reply = first_reply(out.batch_id, c, a, b);
-    receive(&mut s, &mut t, &out).unwrap();
+    let (mut s, c, _, _) = synced();
     // A new contact, and a broken reply mapping it onto Ann's server id.
     let d = block_on(track::insert(
         &EXAMPLE,
