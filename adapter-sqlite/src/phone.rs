@@ -17,6 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Largest frame (and so largest record body) a phone sends or accepts.
 pub const MAX_FRAME: usize = ferrysync_core::frame::DEFAULT_MAX_FRAME;
 
+/// Room for one stored body when reading it back: far more than a frame holds, for rows an
+/// app wrote with plain SQL.
+const BODY_BUF: usize = MAX_FRAME * 64;
+
 /// A field value owned by the caller.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OwnedValue {
@@ -415,13 +419,13 @@ where
         ))?)
     }
 
-    fn row(&mut self, rec: Record) -> Result<Row, Error<S::Error>> {
+    /// The record with its values; `buf` holds the body while it is decoded.
+    fn row(&mut self, rec: Record, buf: &mut [u8]) -> Result<Row, Error<S::Error>> {
         let def = self
             .schema
             .table(rec.table)
             .ok_or_else(|| Error::UnknownTable(rec.table.to_string()))?;
-        let mut buf = vec![0u8; MAX_FRAME * 64];
-        let n = block_on(self.store.get_body(rec.table, rec.local, &mut buf))
+        let n = block_on(self.store.get_body(rec.table, rec.local, buf))
             .map_err(Error::Store)?
             .unwrap_or(0);
         let mut values = Vec::with_capacity(def.fields.len());
@@ -439,7 +443,7 @@ where
     pub fn get(&mut self, table: &str, id: LocalId) -> Result<Option<Row>, Error<S::Error>> {
         let (tid, _) = self.table(table)?;
         match block_on(self.store.get(tid, id)).map_err(Error::Store)? {
-            Some(rec) => Ok(Some(self.row(rec)?)),
+            Some(rec) => Ok(Some(self.row(rec, &mut vec![0u8; BODY_BUF])?)),
             None => Ok(None),
         }
     }
@@ -447,11 +451,12 @@ where
     fn walk(&mut self, table: TableId, filter: Filter) -> Result<Vec<Row>, Error<S::Error>> {
         let mut out = Vec::new();
         let mut after = None;
+        let mut buf = vec![0u8; BODY_BUF];
         while let Some(rec) =
             block_on(self.store.next(table, after, filter)).map_err(Error::Store)?
         {
             after = Some(rec.local);
-            out.push(self.row(rec)?);
+            out.push(self.row(rec, &mut buf)?);
         }
         Ok(out)
     }
@@ -482,7 +487,7 @@ where
     pub fn rejected(&mut self) -> Result<Vec<RejectedRow>, Error<S::Error>> {
         let mut out = Vec::new();
         let mut after = None;
-        let mut buf = vec![0u8; MAX_FRAME * 64];
+        let mut buf = vec![0u8; BODY_BUF];
         while let Some((entry, n)) =
             block_on(self.store.next_rejected(after, &mut buf)).map_err(Error::Store)?
         {
