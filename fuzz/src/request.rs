@@ -1,13 +1,12 @@
 //! `request_stream`: request bytes through the server's request path into a real
 //! `SqliteStore`.
 //!
-//! The HTTP handler's body reader (`receive` in `server/src/http.rs`) is private and reads a
-//! hyper body, so [`serve`] re-creates it step by step with the same public pieces, in the
-//! same order: a `FrameDecoder::<MAX_FRAME>` fed each chunk as it arrives, the protocol peek on
-//! a bad first frame, `RequestCheck` on every message, the frame limit, `OwnedChange::from_wire`,
-//! and `ServerStore::sync` (started at the `Hello`, fed the changes as they are decoded,
-//! committed only when the body ended well, rolled back otherwise). Body decoding against the
-//! schema and reconciliation are the store's own code.
+//! The HTTP handler reads a hyper body, so [`serve`] drives the same pieces it uses: the
+//! server's `direct::RequestReader` (frame decoding, the version peek on a bad first frame,
+//! stream checks, the frame limit) fed each chunk as it arrives, and `ServerStore::sync`
+//! (started once a `Hello` arrived, fed the changes as they are decoded, committed only when
+//! the body ended well, rolled back otherwise). Body decoding against the schema and
+//! reconciliation are the store's own code.
 //!
 //! One database per process, on a temporary file, seeded once with two devices in two scopes
 //! (companies, contacts, a tombstone, id maps). Each input starts from that seed: after an
@@ -34,16 +33,16 @@ use crate::{chunks, invariant, planted, split_chunking};
 use ferrysync_core::body;
 use ferrysync_core::frame::FrameDecoder;
 use ferrysync_core::schema::Schema;
-use ferrysync_core::stream::{ReplyCheck, RequestCheck, StreamError};
-use ferrysync_core::wire::{peek_protocol, Hello, Mapping, Reply, Request, PROTOCOL_VERSION};
+use ferrysync_core::stream::{ReplyCheck, StreamError};
+use ferrysync_core::wire::{Hello, Mapping, Reply, Request, PROTOCOL_VERSION};
 use ferrysync_core::RecordRef;
-use ferrysync_server::direct::{self, DirectError};
+use ferrysync_server::direct::{self, DirectError, ReadError, RequestReader};
 use ferrysync_server::store::{
     ChangeSource, Device, Incoming, OwnedChange, ServerStore, StoreError, SyncOutcome, SyncParams,
 };
 use ferrysync_server::{Config, LoadedSchema, SqliteStore, MAX_FRAME};
 use rusqlite::Connection;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -71,15 +70,12 @@ pub enum Verdict {
     Refused(Refusal),
 }
 
-/// The body reader: decodes chunks lazily, as `ServerStore::sync` asks for changes.
+/// The body reader: the server's own `RequestReader`, fed one chunk at a time as
+/// `ServerStore::sync` asks for changes.
 struct Reader<'a> {
     chunks: std::slice::Iter<'a, &'a [u8]>,
-    input: &'a [u8],
-    dec: Box<FrameDecoder<MAX_FRAME>>,
-    check: RequestCheck,
-    first: Vec<u8>,
-    max_frames: u32,
-    hello: Option<Hello>,
+    reader: RequestReader,
+    queue: VecDeque<OwnedChange>,
     /// Set when the stream is refused.
     refused: Option<Refusal>,
     /// The stream ended well (the source said `Commit`).
@@ -88,65 +84,33 @@ struct Reader<'a> {
     handed: u32,
 }
 
-/// What the reader found next.
-enum Next {
-    Hello,
-    Change(OwnedChange),
-    End,
+fn refusal(e: ReadError) -> Refusal {
+    match e {
+        ReadError::Frame { frame, .. } => Refusal::Frame(frame),
+        ReadError::Stream {
+            error: StreamError::UnsupportedVersion { got },
+            ..
+        } => Refusal::Version(got),
+        ReadError::Stream { error, .. } => Refusal::Stream(error),
+        ReadError::TooManyFrames { .. } => Refusal::TooManyFrames,
+    }
 }
 
 impl Reader<'_> {
-    /// Decodes up to the next message; `None` at the end of the body or on a refusal.
-    fn next_msg(&mut self) -> Option<Next> {
-        loop {
-            while self.input.is_empty() {
-                self.input = self.chunks.next().copied()?;
+    /// Reads the next chunk; `false` at the end of the body or on a refusal.
+    fn read_chunk(&mut self) -> bool {
+        let Some(chunk) = self.chunks.next() else {
+            return false;
+        };
+        let mut out = Vec::new();
+        match self.reader.push(chunk, &mut out) {
+            Ok(()) => {
+                self.queue.extend(out);
+                true
             }
-            let index = self.dec.frames();
-            let input = self.input;
-            let fed = self.dec.feed::<Request<'_>>(input);
-            if index == 0 && self.first.len() < MAX_FRAME {
-                self.first
-                    .extend_from_slice(&input[..fed.consumed.min(MAX_FRAME)]);
-            }
-            self.input = &input[fed.consumed..];
-            let out = match fed.result {
-                Ok(None) => None,
-                Err(_) => {
-                    // As the server does: a first frame that is a later version's `Hello`
-                    // is "unsupported version", anything else "bad frame".
-                    let version = if index == 0 {
-                        peek_raw_protocol(&self.first)
-                    } else {
-                        None
-                    };
-                    self.refused = Some(match version {
-                        Some(v) if v != PROTOCOL_VERSION => Refusal::Version(v),
-                        _ => Refusal::Frame(index),
-                    });
-                    return None;
-                }
-                Ok(Some(msg)) => {
-                    if let Err(e) = self.check.handle(&msg) {
-                        self.refused = Some(Refusal::Stream(e));
-                        return None;
-                    }
-                    Some(match msg {
-                        Request::Hello(h) => {
-                            self.hello = Some(h);
-                            Next::Hello
-                        }
-                        Request::Change(c) => Next::Change(OwnedChange::from_wire(&c)),
-                        Request::End(_) => Next::End,
-                    })
-                }
-            };
-            if self.dec.frames() > self.max_frames {
-                self.refused = Some(Refusal::TooManyFrames);
-                return None;
-            }
-            if out.is_some() {
-                return out;
+            Err(e) => {
+                self.refused = Some(refusal(e));
+                false
             }
         }
     }
@@ -156,74 +120,38 @@ impl Reader<'_> {
         if self.refused.is_some() {
             return false;
         }
-        if self.dec.is_mid_frame() {
-            self.refused = Some(Refusal::Stream(StreamError::Truncated));
-            return false;
+        match self.reader.finish() {
+            Ok(_) => true,
+            Err(e) => {
+                self.refused = Some(refusal(e));
+                false
+            }
         }
-        if let Err(e) = self.check.finish() {
-            self.refused = Some(Refusal::Stream(e));
-            return false;
-        }
-        true
     }
 }
 
 impl ChangeSource for Reader<'_> {
     fn next(&mut self) -> Option<Incoming> {
         loop {
-            match self.next_msg() {
-                Some(Next::Change(c)) => {
-                    self.handed += 1;
-                    return Some(Incoming::Change(c));
-                }
-                Some(Next::Hello | Next::End) => continue,
-                None => {
-                    if self.finish() {
-                        self.complete = true;
-                        return Some(Incoming::Commit);
-                    }
-                    // The planted bug (selftest): a server that commits what it has read
-                    // of a refused stream instead of rolling back.
-                    if planted("request_stream") && self.handed > 0 {
-                        return Some(Incoming::Commit);
-                    }
-                    return None;
-                }
+            if let Some(c) = self.queue.pop_front() {
+                self.handed += 1;
+                return Some(Incoming::Change(c));
             }
+            if self.read_chunk() {
+                continue;
+            }
+            if self.finish() {
+                self.complete = true;
+                return Some(Incoming::Commit);
+            }
+            // The planted bug (selftest): a server that commits what it has read of a
+            // refused stream instead of rolling back.
+            if planted("request_stream") && self.handed > 0 {
+                return Some(Incoming::Commit);
+            }
+            return None;
         }
     }
-}
-
-/// The first frame's protocol version, read from its raw bytes as the server does (COBS
-/// decode, CRC check, `Hello` tag, then the version varint): `wire::peek_protocol` on the
-/// decoded message.
-fn peek_raw_protocol(raw: &[u8]) -> Option<u16> {
-    let start = raw.iter().position(|&b| b != 0)?;
-    let raw = &raw[start..];
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let mut buf = raw[..end].to_vec();
-    let n = cobs_decode(&mut buf)?;
-    let (msg, crc) = buf[..n].split_at(n.checked_sub(4)?);
-    let crc = u32::from_le_bytes(crc.try_into().ok()?);
-    if ferrysync_core::frame::CRC32.checksum(msg) != crc {
-        return None;
-    }
-    peek_protocol(msg)
-}
-
-fn cobs_decode(buf: &mut [u8]) -> Option<usize> {
-    let mut out = Vec::with_capacity(buf.len());
-    let mut i = 0;
-    while i < buf.len() {
-        let code = buf[i] as usize;
-        out.extend_from_slice(buf.get(i + 1..i + code)?);
-        i += code;
-        if code < 0xff && i < buf.len() {
-            out.push(0);
-        }
-    }
-    buf[..out.len()].copy_from_slice(&out);
-    Some(out.len())
 }
 
 /// Runs one request body (as chunks) through the server's request path for `device`.
@@ -235,27 +163,21 @@ pub fn serve<'a>(
 ) -> Verdict {
     let mut r = Reader {
         chunks: body.iter(),
-        input: &[],
-        dec: Box::new(FrameDecoder::new()),
-        check: RequestCheck::new(schema.hash()),
-        first: Vec::new(),
-        max_frames: Config::default().max_frames,
-        hello: None,
+        reader: RequestReader::new(schema.hash(), Config::default().max_frames),
+        queue: VecDeque::new(),
         refused: None,
         complete: false,
         handed: 0,
     };
-    // The server starts the database transaction when the `Hello` arrives.
-    match r.next_msg() {
-        Some(Next::Hello) => {}
-        Some(_) => unreachable!("RequestCheck lets only Hello first"),
-        None => {
+    // The database transaction starts once a `Hello` has arrived.
+    while r.reader.hello().is_none() {
+        if !r.read_chunk() {
             r.finish();
             return Verdict::Refused(r.refused.unwrap_or(Refusal::Stream(StreamError::Truncated)));
         }
     }
     let result = store.sync(device, params(), &mut r);
-    match (result, r.hello) {
+    match (result, r.reader.hello()) {
         (Ok(outcome), Some(hello)) if r.complete => Verdict::Accepted(hello, outcome),
         // Only reachable with the planted bug: the store committed a refused stream.
         (Ok(_), _) => Verdict::Refused(r.refused.unwrap_or(Refusal::Aborted)),

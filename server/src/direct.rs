@@ -9,7 +9,9 @@ use crate::store::{
 use crate::MAX_FRAME;
 use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
 use ferrysync_core::stream::{RequestCheck, StreamError};
-use ferrysync_core::wire::{Accepted, Done, Hello, Rejected, Reply, Request};
+use ferrysync_core::wire::{
+    peek_protocol, Accepted, Done, Hello, Rejected, Reply, Request, PROTOCOL_VERSION,
+};
 use std::fmt;
 
 /// Writes a whole reply through `put`: `Accepted`, the mappings, the rejections, the records
@@ -64,6 +66,121 @@ fn rejected(r: &OwnedRejected) -> Reply<'_> {
     })
 }
 
+/// Why a request stream was refused as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// Frame `frame` is malformed.
+    Frame {
+        /// Index of the frame.
+        frame: u32,
+        /// What is wrong.
+        error: FrameError,
+    },
+    /// The stream breaks the protocol (order, count, schema, version, truncation).
+    Stream {
+        /// Index of the offending frame, when there is one.
+        frame: Option<u32>,
+        /// What is wrong.
+        error: StreamError,
+    },
+    /// More frames than the reader's limit.
+    TooManyFrames {
+        /// The limit.
+        limit: u32,
+    },
+}
+
+/// Decodes and checks a request stream as its bytes arrive, in chunks of any size: the one
+/// reader behind the HTTP handler and [`sync`].
+pub struct RequestReader {
+    dec: Box<FrameDecoder<MAX_FRAME>>,
+    check: RequestCheck,
+    hello: Option<Hello>,
+    max_frames: u32,
+}
+
+impl RequestReader {
+    /// A reader for requests that must carry `schema_hash`, refusing more than `max_frames`.
+    pub fn new(schema_hash: u64, max_frames: u32) -> Self {
+        RequestReader {
+            dec: Box::new(FrameDecoder::new()),
+            check: RequestCheck::new(schema_hash),
+            hello: None,
+            max_frames,
+        }
+    }
+
+    /// The request's `Hello`, once read.
+    pub fn hello(&self) -> Option<Hello> {
+        self.hello
+    }
+
+    /// Consumes `input`, appending the changes it completes to `out`.
+    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<OwnedChange>) -> Result<(), ReadError> {
+        while !input.is_empty() {
+            let index = self.dec.frames();
+            let fed = self.dec.feed::<Request<'_>>(input);
+            input = &input[fed.consumed..];
+            match fed.result {
+                Ok(None) => {}
+                Err(error) => {
+                    // A later version's Hello may not decode as v1's; its first field is
+                    // still the version (docs/wire-format.md, versions).
+                    if index == 0 {
+                        if let Some(got) = self.dec.last_message().and_then(peek_protocol) {
+                            if got != PROTOCOL_VERSION {
+                                return Err(ReadError::Stream {
+                                    frame: Some(0),
+                                    error: StreamError::UnsupportedVersion { got },
+                                });
+                            }
+                        }
+                    }
+                    return Err(ReadError::Frame {
+                        frame: index,
+                        error,
+                    });
+                }
+                Ok(Some(msg)) => {
+                    self.check.handle(&msg).map_err(|error| ReadError::Stream {
+                        frame: Some(index),
+                        error,
+                    })?;
+                    match msg {
+                        Request::Hello(h) => self.hello = Some(h),
+                        Request::Change(c) => out.push(OwnedChange::from_wire(&c)),
+                        Request::End(_) => {}
+                    }
+                }
+            }
+            if self.dec.frames() > self.max_frames {
+                return Err(ReadError::TooManyFrames {
+                    limit: self.max_frames,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes ended: the `Hello` of a complete request, or why it is not one.
+    pub fn finish(&self) -> Result<Hello, ReadError> {
+        if self.dec.is_mid_frame() {
+            return Err(ReadError::Stream {
+                frame: Some(self.dec.frames()),
+                error: StreamError::Truncated,
+            });
+        }
+        self.check.finish().map_err(|error| ReadError::Stream {
+            frame: Some(self.check.frame()),
+            error,
+        })?;
+        self.hello.ok_or(ReadError::Stream {
+            frame: None,
+            error: StreamError::Truncated,
+        })
+    }
+}
+
 /// Why an in-process sync was refused; nothing was applied.
 #[derive(Debug)]
 pub enum DirectError {
@@ -101,38 +218,20 @@ pub fn sync(
     params: SyncParams,
     request: &[u8],
 ) -> Result<Vec<u8>, DirectError> {
-    let mut dec = FrameDecoder::<MAX_FRAME>::new();
-    let mut check = RequestCheck::new(schema_hash);
-    let mut hello = None;
+    let mut reader = RequestReader::new(schema_hash, u32::MAX);
     let mut changes = Vec::new();
-    let mut input = request;
-    while !input.is_empty() {
-        let index = dec.frames();
-        let fed = dec.feed::<Request<'_>>(input);
-        input = &input[fed.consumed..];
-        match fed.result {
-            Ok(None) => {}
-            Err(error) => {
-                return Err(DirectError::Frame {
-                    frame: index,
-                    error,
-                })
-            }
-            Ok(Some(msg)) => {
-                check.handle(&msg).map_err(DirectError::Stream)?;
-                match msg {
-                    Request::Hello(h) => hello = Some(h),
-                    Request::Change(c) => changes.push(OwnedChange::from_wire(&c)),
-                    Request::End(_) => {}
-                }
-            }
+    let read = reader
+        .push(request, &mut changes)
+        .and_then(|()| reader.finish());
+    let hello = match read {
+        Ok(hello) => hello,
+        Err(ReadError::Frame { frame, error }) => return Err(DirectError::Frame { frame, error }),
+        Err(ReadError::Stream { error, .. }) => return Err(DirectError::Stream(error)),
+        // No frame limit here (`u32::MAX` frames cannot be counted past).
+        Err(ReadError::TooManyFrames { .. }) => {
+            return Err(DirectError::Stream(StreamError::Truncated))
         }
-    }
-    if dec.is_mid_frame() {
-        return Err(DirectError::Stream(StreamError::Truncated));
-    }
-    check.finish().map_err(DirectError::Stream)?;
-    let hello = hello.ok_or(DirectError::Stream(StreamError::MissingStart))?;
+    };
     let mut source = changes
         .into_iter()
         .map(Incoming::Change)

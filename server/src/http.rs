@@ -1,7 +1,7 @@
 //! The HTTP server: `POST /v1/sync`, `GET /healthz`, `GET /metrics`.
 //!
 //! A sync streams both ways. The request body is decoded frame by frame as hyper delivers it
-//! (one frame of buffer), checked with [`RequestCheck`], and its changes go through a bounded
+//! (one frame of buffer) and checked by [`RequestReader`], and its changes go through a bounded
 //! channel to a blocking task that applies them inside one database transaction. Only when the
 //! body ended well (an `End` with the right count, nothing after it) is the transaction
 //! committed; any error rolls it back and is answered with a status and a JSON body
@@ -9,12 +9,13 @@
 //! snapshot by another blocking task and streamed through a bounded channel.
 
 use crate::auth::hash_token;
+use crate::direct::{ReadError, RequestReader};
 use crate::store::{ChangeSource, Device, Incoming, OwnedChange, StoreError, SyncOutcome};
 use crate::{now_ms, Server, CONTENT_TYPE_V1, MAX_FRAME};
 use bytes::Bytes;
-use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
-use ferrysync_core::stream::{RequestCheck, StreamError};
-use ferrysync_core::wire::{peek_protocol, Hello, Reply, Request, PROTOCOL_VERSION};
+use ferrysync_core::frame::{FrameEncoder, FrameError};
+use ferrysync_core::stream::StreamError;
+use ferrysync_core::wire::{Hello, Reply};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -177,6 +178,19 @@ impl ApiError {
     fn at(mut self, frame: Option<u32>) -> Self {
         self.frame = frame;
         self
+    }
+
+    fn read(e: ReadError) -> Self {
+        match e {
+            ReadError::Frame { frame, error } => ApiError::frame(error, frame),
+            ReadError::Stream { frame, error } => ApiError::stream(error, frame),
+            ReadError::TooManyFrames { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request over the limit of {limit} frames"),
+            )
+            .at(Some(limit)),
+        }
     }
 
     fn frame(e: FrameError, index: u32) -> Self {
@@ -487,9 +501,7 @@ async fn receive(
     mut body: IncomingBody,
 ) -> Result<(Hello, SyncOutcome), ApiError> {
     let cfg = &server.config;
-    let mut dec: Box<FrameDecoder<MAX_FRAME>> = Box::new(FrameDecoder::new());
-    let mut check = RequestCheck::new(server.schema.hash());
-    let mut hello: Option<Hello> = None;
+    let mut reader = RequestReader::new(server.schema.hash(), cfg.max_frames);
     let mut db: Option<DbTask> = None;
     let mut pending: Vec<OwnedChange> = Vec::new();
     let mut received: u64 = 0;
@@ -520,46 +532,7 @@ async fn receive(
                 return Err(body_too_large(server));
             }
             let mut batch = Vec::new();
-            let mut input: &[u8] = &data;
-            while !input.is_empty() {
-                let index = dec.frames();
-                let fed = dec.feed::<Request<'_>>(input);
-                input = &input[fed.consumed..];
-                match fed.result {
-                    Ok(None) => {}
-                    Err(e) => {
-                        if index == 0 {
-                            // A later version's Hello may not decode as v1's; its first field
-                            // is still the version (docs/wire-format.md, versions).
-                            if let Some(got) = dec.last_message().and_then(peek_protocol) {
-                                if got != PROTOCOL_VERSION {
-                                    let e = StreamError::UnsupportedVersion { got };
-                                    return Err(ApiError::stream(e, Some(0)));
-                                }
-                            }
-                        }
-                        return Err(ApiError::frame(e, index));
-                    }
-                    Ok(Some(msg)) => {
-                        check
-                            .handle(&msg)
-                            .map_err(|e| ApiError::stream(e, Some(index)))?;
-                        match msg {
-                            Request::Hello(h) => hello = Some(h),
-                            Request::Change(c) => batch.push(OwnedChange::from_wire(&c)),
-                            Request::End(_) => {}
-                        }
-                    }
-                }
-                if dec.frames() > cfg.max_frames {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("request over the limit of {} frames", cfg.max_frames),
-                    )
-                    .at(Some(cfg.max_frames)));
-                }
-            }
+            reader.push(&data, &mut batch).map_err(ApiError::read)?;
             pending.append(&mut batch);
             if db.is_none() && (received > SPOOL_BYTES || pending.len() > SPOOL_CHANGES) {
                 db = Some(DbTask::start(server, device));
@@ -577,15 +550,10 @@ async fn receive(
                 }
             }
         }
-        if dec.is_mid_frame() {
-            return Err(ApiError::stream(StreamError::Truncated, Some(dec.frames())));
-        }
-        check
-            .finish()
-            .map_err(|e| ApiError::stream(e, Some(check.frame())))
+        reader.finish().map(|_| ()).map_err(ApiError::read)
     }
     .await;
-    match (read, db, hello) {
+    match (read, db, reader.hello()) {
         (Ok(()), db, Some(hello)) => {
             let db = db.unwrap_or_else(|| DbTask::start(server, device));
             // A send error means the task ended early; `finish` reports why.
