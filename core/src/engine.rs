@@ -602,6 +602,9 @@ impl<const N: usize> Apply<'_, '_, N> {
                         continue;
                     }
                     rec.meta.confirm(self.sent);
+                    // The server holds exactly this version now and does not send it back:
+                    // it belongs to a full refresh like the records the reply delivered.
+                    rec.mark = self.state.refresh;
                     store.put(&rec, None).await.map_err(SyncError::Store)?;
                 } else {
                     store
