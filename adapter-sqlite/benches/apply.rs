@@ -1,11 +1,20 @@
-//! Device apply of a full refresh on the phone: 1,000 companies + 10,000 contacts (contact j
-//! under company j % 1,000) applied by the sync engine to a `SqliteStore` on a file, beside a
-//! bare rusqlite bulk insert of the same rows into the same kind of tables, in one run.
+//! Device apply on the phone (issue 7, items 2 and 4), side by side in one run:
 //!
-//! `cargo bench -p ferrysync-sqlite --bench apply` (`FERRYSYNC_BENCH_SCALE=10` for 10,000 +
-//! 100,000).
+//! - a full refresh of N companies + M contacts (contact j under company j % N) applied by the
+//!   sync engine to an empty `SqliteStore` on a file, beside a bare rusqlite bulk insert of the
+//!   same rows in one transaction with the same pragmas (WAL, `synchronous = FULL`), and beside
+//!   the same bulk insert into the store's own tables (sync columns and indexes: the floor any
+//!   store with these tables pays);
+//! - on a phone that holds the data set already, a delta reply that renames 1 % of the
+//!   contacts (every contact with j % 100 == 0) beside a full refresh of the same data set:
+//!   apply time and reply bytes.
+//!
+//! `cargo bench -p ferrysync-sqlite --bench apply`; `FERRYSYNC_BENCH_SIZES=small,default,large`
+//! picks the sizes (small = 100 + 1,000, default = 1,000 + 10,000, large = 10,000 + 100,000;
+//! default only when unset). Each size prints `summary:` lines with both times and the ratio
+//! (medians of rounds that alternate the two sides), then criterion measures each side.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::engine::{self, Outgoing};
 use ferrysync_core::frame::FrameEncoder;
@@ -15,187 +24,413 @@ use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::{Accepted, Done, Reply, Upsert};
 use ferrysync_core::Hlc;
 use ferrysync_sqlite::{rusqlite, SqliteStore};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const N: usize = 1024;
+/// Frame size the phone uses (`ferrysync_sqlite::MAX_FRAME`).
+const N: usize = ferrysync_sqlite::MAX_FRAME;
 
-fn scale() -> usize {
-    std::env::var("FERRYSYNC_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+/// One workload size.
+struct Size {
+    name: &'static str,
+    companies: usize,
+    contacts: usize,
+    /// Rounds of the side-by-side summary.
+    rounds: usize,
+}
+
+const SIZES: [Size; 3] = [
+    Size {
+        name: "small",
+        companies: 100,
+        contacts: 1_000,
+        rounds: 15,
+    },
+    Size {
+        name: "default",
+        companies: 1_000,
+        contacts: 10_000,
+        rounds: 9,
+    },
+    Size {
+        name: "large",
+        companies: 10_000,
+        contacts: 100_000,
+        rounds: 3,
+    },
+];
+
+fn sizes() -> Vec<&'static Size> {
+    let wanted = std::env::var("FERRYSYNC_BENCH_SIZES").unwrap_or_else(|_| "default".into());
+    let picked: Vec<&Size> = SIZES
+        .iter()
+        .filter(|s| wanted.split(',').any(|w| w.trim() == s.name))
+        .collect();
+    assert!(
+        !picked.is_empty(),
+        "FERRYSYNC_BENCH_SIZES={wanted}: expected a comma-separated list of small, default, large"
+    );
+    picked
 }
 
 struct Rows {
-    companies: Vec<(String, String, String)>,
-    contacts: Vec<(usize, String, String, String)>,
+    companies: Vec<[String; 3]>,
+    contacts: Vec<(usize, [String; 3])>,
 }
 
-fn rows() -> Rows {
-    let n = 1_000 * scale();
-    let m = 10_000 * scale();
+fn rows(size: &Size) -> Rows {
+    let n = size.companies;
     Rows {
         companies: (0..n)
             .map(|i| {
-                (
+                [
                     format!("Company {i}"),
                     format!("City {}", i % 97),
                     format!("+33 4 72 {i:06}"),
-                )
+                ]
             })
             .collect(),
-        contacts: (0..m)
+        contacts: (0..size.contacts)
             .map(|j| {
                 (
                     j % n,
-                    format!("Contact {j}"),
-                    format!("contact{j}@example.com"),
-                    format!("+33 6 {j:08}"),
+                    [
+                        format!("Contact {j}"),
+                        format!("contact{j}@example.com"),
+                        format!("+33 6 {j:08}"),
+                    ],
                 )
             })
             .collect(),
     }
 }
 
-/// The server's full-refresh reply for `rows`, as bytes.
-fn reply(rows: &Rows) -> Vec<u8> {
-    let mut enc = FrameEncoder::<N>::new();
-    let mut out = Vec::new();
-    let mut put = |m: &Reply<'_>| out.extend_from_slice(enc.encode(m).unwrap());
-    put(&Reply::Accepted(Accepted {
-        batch_id: 1,
-        server_time: 1,
-    }));
-    put(&Reply::Reset);
-    let at = Hlc::new(1, 0, 0);
-    let mut buf = [0u8; 256];
-    for (i, (a, b, c)) in rows.companies.iter().enumerate() {
-        let body = body::encode(
-            &EXAMPLE.tables[0],
-            &[Value::Text(a), Value::Text(b), Value::Text(c)],
-            &mut buf,
-        )
-        .unwrap();
-        put(&Reply::Upsert(Upsert {
-            table: TableId(0),
-            id: ServerId(i as u64 + 1),
-            parent: None,
-            modified_at: at,
-            body,
-        }));
+/// The 1 % update: every contact with j % 100 == 0 renamed.
+fn renamed(rows: &Rows) -> Rows {
+    Rows {
+        companies: rows.companies.clone(),
+        contacts: rows
+            .contacts
+            .iter()
+            .enumerate()
+            .map(|(j, (p, f))| {
+                let mut f = f.clone();
+                if j % 100 == 0 {
+                    f[0] = format!("Contact {j} (renamed)");
+                }
+                (*p, f)
+            })
+            .collect(),
     }
-    for (j, (p, a, b, c)) in rows.contacts.iter().enumerate() {
-        let body = body::encode(
-            &EXAMPLE.tables[1],
-            &[Value::Text(a), Value::Text(b), Value::Text(c)],
-            &mut buf,
-        )
-        .unwrap();
-        put(&Reply::Upsert(Upsert {
-            table: TableId(1),
-            id: ServerId(j as u64 + 1),
-            parent: Some(ServerId(*p as u64 + 1)),
-            modified_at: at,
-            body,
-        }));
-    }
-    let count = (1 + rows.companies.len() + rows.contacts.len()) as u32;
-    put(&Reply::Done(Done {
-        cursor: count as u64,
-        count,
-    }));
-    out
 }
 
-fn apply_engine(dir: &std::path::Path, bytes: &[u8]) -> Duration {
-    let mut store = SqliteStore::open(dir.join("phone.db"), EXAMPLE).unwrap();
+/// Encodes a reply: `Accepted`, then `Reset` for a full refresh, the upserts, `Done`.
+struct ReplyWriter {
+    enc: FrameEncoder<N>,
+    out: Vec<u8>,
+    between: u32,
+    at: Hlc,
+}
+
+impl ReplyWriter {
+    fn new(batch_id: u64, full: bool, at: Hlc) -> Self {
+        let mut w = ReplyWriter {
+            enc: FrameEncoder::new(),
+            out: Vec::new(),
+            between: 0,
+            at,
+        };
+        w.put(&Reply::Accepted(Accepted {
+            batch_id,
+            server_time: at.wall_ms,
+        }));
+        if full {
+            w.put(&Reply::Reset);
+            w.between += 1;
+        }
+        w
+    }
+
+    fn put(&mut self, m: &Reply<'_>) {
+        let frame = self.enc.encode(m).expect("a bench record fits one frame");
+        self.out.extend_from_slice(frame);
+    }
+
+    fn upsert(&mut self, table: u8, id: usize, parent: Option<usize>, fields: &[String; 3]) {
+        let mut buf = [0u8; 256];
+        let values = fields.each_ref().map(|f| Value::Text(f));
+        let body = body::encode(&EXAMPLE.tables[table as usize], &values, &mut buf)
+            .expect("a bench body fits 256 bytes");
+        let at = self.at;
+        self.put(&Reply::Upsert(Upsert {
+            table: TableId(table),
+            id: ServerId(id as u64 + 1),
+            parent: parent.map(|p| ServerId(p as u64 + 1)),
+            modified_at: at,
+            body,
+        }));
+        self.between += 1;
+    }
+
+    fn finish(mut self, cursor: u64) -> Vec<u8> {
+        let count = self.between;
+        self.put(&Reply::Done(Done { cursor, count }));
+        self.out
+    }
+}
+
+/// A full-refresh reply of `rows` for batch `batch_id`, stamped `at`.
+fn full_reply(rows: &Rows, batch_id: u64, at: Hlc) -> Vec<u8> {
+    let mut w = ReplyWriter::new(batch_id, true, at);
+    for (i, f) in rows.companies.iter().enumerate() {
+        w.upsert(0, i, None, f);
+    }
+    for (j, (p, f)) in rows.contacts.iter().enumerate() {
+        w.upsert(1, j, Some(*p), f);
+    }
+    w.finish(rows.companies.len() as u64 + rows.contacts.len() as u64)
+}
+
+/// The delta reply after the 1 % update: the renamed contacts only.
+fn delta_reply(rows: &Rows, batch_id: u64, at: Hlc) -> Vec<u8> {
+    let mut w = ReplyWriter::new(batch_id, false, at);
+    for (j, (p, f)) in rows.contacts.iter().enumerate() {
+        if j % 100 == 0 {
+            w.upsert(1, j, Some(*p), f);
+        }
+    }
+    w.finish(u64::MAX / 2)
+}
+
+/// Applies `bytes` as the reply to batch `batch_id` on `store`; returns the apply time.
+fn apply(store: &mut SqliteStore, bytes: &[u8], batch_id: u64, full: bool) -> Duration {
     let out = Outgoing {
-        batch_id: 1,
+        batch_id,
         sent: 0,
         changes: 0,
-        full: true,
+        full,
     };
-    let mut t = ScriptLink::replying(bytes.to_vec());
+    let mut link = ScriptLink::replying(bytes.to_vec());
     let start = Instant::now();
-    pollster::block_on(engine::receive_reply::<_, _, N>(
-        &EXAMPLE, &mut store, &mut t, &out,
+    let report = pollster::block_on(engine::receive_reply::<_, _, N>(
+        &EXAMPLE, store, &mut link, &out,
     ))
-    .unwrap();
-    start.elapsed()
+    .expect("the bench reply applies");
+    let took = start.elapsed();
+    assert!(report.upserts > 0, "the reply stored records");
+    took
 }
 
-fn bulk_insert(dir: &std::path::Path, rows: &Rows) -> Duration {
-    let mut conn = rusqlite::Connection::open(dir.join("bare.db")).unwrap();
+/// Full refresh on an empty phone.
+fn engine_full(dir: &Path, bytes: &[u8]) -> Duration {
+    let mut store = SqliteStore::open(dir.join("phone.db"), EXAMPLE).expect("open phone");
+    apply(&mut store, bytes, 1, true)
+}
+
+/// Bare bulk insert of the same rows into plain tables, same pragmas, one transaction.
+fn bare_insert(dir: &Path, rows: &Rows) -> Duration {
+    let mut conn = rusqlite::Connection::open(dir.join("bare.db")).expect("open bare");
     let _: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .unwrap();
+        .expect("WAL");
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          CREATE TABLE company (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL, phone TEXT NOT NULL);
          CREATE TABLE contact (id INTEGER PRIMARY KEY, company_id INTEGER, name TEXT NOT NULL, email TEXT NOT NULL, phone TEXT NOT NULL);",
     )
-    .unwrap();
+    .expect("bare tables");
     let start = Instant::now();
-    let tx = conn.transaction().unwrap();
+    let tx = conn.transaction().expect("begin");
     {
         let mut ins = tx
             .prepare("INSERT INTO company (id, name, city, phone) VALUES (?1, ?2, ?3, ?4)")
-            .unwrap();
-        for (i, (a, b, c)) in rows.companies.iter().enumerate() {
+            .expect("prepare");
+        for (i, [a, b, c]) in rows.companies.iter().enumerate() {
             ins.execute(rusqlite::params![i as i64 + 1, a, b, c])
-                .unwrap();
+                .expect("insert");
         }
         let mut ins = tx
-            .prepare("INSERT INTO contact (id, company_id, name, email, phone) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .unwrap();
-        for (j, (p, a, b, c)) in rows.contacts.iter().enumerate() {
+            .prepare(
+                "INSERT INTO contact (id, company_id, name, email, phone) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .expect("prepare");
+        for (j, (p, [a, b, c])) in rows.contacts.iter().enumerate() {
             ins.execute(rusqlite::params![j as i64 + 1, *p as i64 + 1, a, b, c])
-                .unwrap();
+                .expect("insert");
         }
     }
-    tx.commit().unwrap();
+    tx.commit().expect("commit");
     start.elapsed()
 }
 
-fn bench(c: &mut Criterion) {
-    let rows = rows();
-    let bytes = reply(&rows);
-    let records = rows.companies.len() + rows.contacts.len();
-    let mut g = c.benchmark_group(format!("phone_full_refresh_{records}"));
-    g.sample_size(10);
-    g.bench_function("engine_apply_sqlite_store", |b| {
-        b.iter_batched(
-            || tempfile::tempdir().unwrap(),
-            |dir| apply_engine(dir.path(), &bytes),
-            BatchSize::PerIteration,
-        )
-    });
-    g.bench_function("bare_rusqlite_bulk_insert", |b| {
-        b.iter_batched(
-            || tempfile::tempdir().unwrap(),
-            |dir| bulk_insert(dir.path(), &rows),
-            BatchSize::PerIteration,
-        )
-    });
-    g.finish();
-    // Side by side, alternating, median of 7: the ratio this machine gives now.
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        let dir = tempfile::tempdir().unwrap();
-        a.push(apply_engine(dir.path(), &bytes));
-        b.push(bulk_insert(dir.path(), &rows));
+/// The same bulk insert into the store's own tables (sync columns, server-id, parent and
+/// pending indexes): what a store with these tables cannot go below.
+fn bare_insert_store_tables(dir: &Path, rows: &Rows) -> Duration {
+    let store = SqliteStore::open(dir.join("floor.db"), EXAMPLE).expect("open floor");
+    let conn = store.connection();
+    let meta = "1, 0, 1, 0, 1, 0, 0, 1";
+    let start = Instant::now();
+    conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    {
+        let mut ins = conn
+            .prepare(&format!(
+                "INSERT INTO company (id, server_id, name, city, phone, is_from_server, \
+                 is_modified, is_active, edits, modified_wall, modified_counter, \
+                 modified_device, refresh_mark) VALUES (?1, ?1, ?2, ?3, ?4, {meta})"
+            ))
+            .expect("prepare");
+        for (i, [a, b, c]) in rows.companies.iter().enumerate() {
+            ins.execute(rusqlite::params![i as i64 + 1, a, b, c])
+                .expect("insert");
+        }
+        let mut ins = conn
+            .prepare(&format!(
+                "INSERT INTO contact (id, server_id, company_id, name, email, phone, \
+                 is_from_server, is_modified, is_active, edits, modified_wall, \
+                 modified_counter, modified_device, refresh_mark) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, {meta})"
+            ))
+            .expect("prepare");
+        let n = rows.companies.len() as i64;
+        for (j, (p, [a, b, c])) in rows.contacts.iter().enumerate() {
+            let j = j as i64;
+            ins.execute(rusqlite::params![n + j + 1, j + 1, *p as i64 + 1, a, b, c])
+                .expect("insert");
+        }
     }
-    a.sort();
-    b.sort();
-    let (a, b) = (a[3], b[3]);
-    println!(
-        "\nphone full refresh of {records} records: engine apply {:.1} ms, bare bulk insert {:.1} ms, ratio {:.2}x ({} reply bytes, {:.1} bytes/record)",
-        a.as_secs_f64() * 1e3,
-        b.as_secs_f64() * 1e3,
-        a.as_secs_f64() / b.as_secs_f64(),
-        bytes.len(),
-        bytes.len() as f64 / records as f64
+    conn.execute_batch("COMMIT").expect("commit");
+    start.elapsed()
+}
+
+/// A phone that applied the full refresh `first` (batch 1).
+fn synced_phone(dir: &Path, first: &[u8]) -> SqliteStore {
+    let mut store = SqliteStore::open(dir.join("synced.db"), EXAMPLE).expect("open phone");
+    apply(&mut store, first, 1, true);
+    store
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+struct Workload {
+    size: &'static Size,
+    rows: Rows,
+    /// Full refresh of the original data (batch 1).
+    first: Vec<u8>,
+    /// Delta after the 1 % update (batch 2).
+    delta: Vec<u8>,
+    /// Full refresh of the updated data (batch 2).
+    full_again: Vec<u8>,
+}
+
+fn workload(size: &'static Size) -> Workload {
+    let rows = rows(size);
+    let first = full_reply(&rows, 1, Hlc::new(1_000, 0, 0));
+    let updated = renamed(&rows);
+    let delta = delta_reply(&updated, 2, Hlc::new(2_000, 0, 0));
+    let full_again = full_reply(&updated, 2, Hlc::new(2_000, 0, 0));
+    Workload {
+        size,
+        rows,
+        first,
+        delta,
+        full_again,
+    }
+}
+
+/// The side-by-side summary of one size: rounds alternate the sides, medians are compared.
+fn summary(w: &Workload) {
+    let records = w.rows.companies.len() + w.rows.contacts.len();
+    let label = format!(
+        "{} ({} + {})",
+        w.size.name,
+        w.rows.companies.len(),
+        w.rows.contacts.len()
     );
+    let (mut engine, mut bare, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut delta, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..w.size.rounds {
+        let dir = tempdir();
+        engine.push(engine_full(dir.path(), &w.first));
+        bare.push(bare_insert(dir.path(), &w.rows));
+        floor.push(bare_insert_store_tables(dir.path(), &w.rows));
+        let dir = tempdir();
+        let mut phone = synced_phone(dir.path(), &w.first);
+        delta.push(apply(&mut phone, &w.delta, 2, false));
+        drop(phone);
+        let dir = tempdir();
+        let mut phone = synced_phone(dir.path(), &w.first);
+        full.push(apply(&mut phone, &w.full_again, 2, true));
+    }
+    let (engine, bare, floor) = (median(engine), median(bare), median(floor));
+    let (delta, full) = (median(delta), median(full));
+    println!(
+        "summary: apply full refresh {label}: engine + SqliteStore {:.1} ms, bare rusqlite bulk \
+         insert {:.1} ms, ratio {:.2}x (target <= 1.5x); bare insert into the store's tables \
+         {:.1} ms ({:.2}x bare); {} reply bytes, {:.1} bytes/record",
+        ms(engine),
+        ms(bare),
+        ms(engine) / ms(bare),
+        ms(floor),
+        ms(floor) / ms(bare),
+        w.first.len(),
+        w.first.len() as f64 / records as f64,
+    );
+    println!(
+        "summary: delta 1 % vs full refresh on a synced phone {label}: delta {:.2} ms and {} \
+         reply bytes, full refresh {:.1} ms and {} reply bytes; delta {:.1}x cheaper in time, \
+         {:.1}x in bytes (target >= 20x)",
+        ms(delta),
+        w.delta.len(),
+        ms(full),
+        w.full_again.len(),
+        ms(full) / ms(delta),
+        w.full_again.len() as f64 / w.delta.len() as f64,
+    );
+}
+
+/// Criterion over `iters` runs of `run` (each one times itself, setup excluded).
+fn timed(iters: u64, mut run: impl FnMut() -> Duration) -> Duration {
+    (0..iters).map(|_| run()).sum()
+}
+
+fn bench(c: &mut Criterion) {
+    for size in sizes() {
+        let w = workload(size);
+        summary(&w);
+        let mut g = c.benchmark_group(format!("apply_{}", size.name));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        g.bench_function("full_refresh_engine_sqlite_store", |b| {
+            b.iter_custom(|n| timed(n, || engine_full(tempdir().path(), &w.first)))
+        });
+        g.bench_function("full_refresh_bare_rusqlite", |b| {
+            b.iter_custom(|n| timed(n, || bare_insert(tempdir().path(), &w.rows)))
+        });
+        g.bench_function("delta_1pct_synced_phone", |b| {
+            b.iter_custom(|n| {
+                timed(n, || {
+                    let dir = tempdir();
+                    let mut phone = synced_phone(dir.path(), &w.first);
+                    apply(&mut phone, &w.delta, 2, false)
+                })
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, bench);
