@@ -1,210 +1,304 @@
-//! Flash cost and host time of the flash store for 1,000 and 10,000 records.
+//! Flash cost, RAM and host time of the flash store on a scanner-sized configuration, for the
+//! workload of issue 7 at two sizes (so linearity shows: the second is 10x the first).
 //!
-//! `cargo run --release -p ferrysync-flash --example measure [scanner|host] [records...]`
+//! `cargo run --release -p ferrysync-flash --example measure [N M ...]`
+//! (default: `100 1000 1000 10000`: N companies, M contacts, contact j under company j % N).
 //!
-//! Runs on sequential-storage's mock flash (2 MiB, 4 KiB sectors, 4-byte words), which counts
-//! reads, writes and erases. Two configurations: a scanner-sized one (a key cache of 1,024
-//! keys, 12 KiB, and a cursor of 32 records) and a host-sized one (32,768 keys, 1,024 records).
+//! Runs on sequential-storage's mock flash (4 MiB: 1,024 sectors of 4 KiB, 4-byte words), which
+//! counts reads, writes and erases. The store: a key cache of 2,048 keys (24 KiB), four 1.5 KiB
+//! item buffers.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use ferrysync_core::id::{LocalId, TableId};
+use ferrysync_core::body::{encode, Value};
+use ferrysync_core::id::LocalId;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::store::{Filter, LocalStore};
 use ferrysync_core::track;
+use ferrysync_core::wire::Mode;
 use ferrysync_flash::{store_cache, FlashStore, StoreCache};
 use pollster::block_on;
 use sequential_storage::mock_flash::{FlashStatsResult, MockFlashBase, WriteCountCheck};
 use std::time::Instant;
 
-type Big = MockFlashBase<512, 4, 1024>;
+/// 4 MiB of NOR flash in 4 KiB sectors.
+type Part = MockFlashBase<1024, 4, 1024>;
+/// The scanner configuration.
+type Scanner = FlashStore<Part, StoreCache<1024, 2048>, 1536>;
 
-fn line(what: &str, n: usize, t: Instant, s: FlashStatsResult) {
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    println!(
-        "  {what:<28} {ms:>10.1} ms  {:>8.1} B written/rec  {:>6} erases  {:>10} reads  {:>12.1} KiB read",
-        s.bytes_written as f64 / n as f64,
-        s.erases,
-        s.reads,
-        s.bytes_read as f64 / 1024.0
-    );
+fn scanner() -> Box<Scanner> {
+    let flash = Part::new(WriteCountCheck::Twice, None, false);
+    Box::new(FlashStore::try_new(flash, Part::FULL_FLASH_RANGE, store_cache()).unwrap())
 }
 
-fn run<const KEYS: usize, const CUR: usize>(label: &str, n: usize) {
-    println!("{label}: {n} records");
-    let flash = Big::new(WriteCountCheck::Twice, None, false);
-    let mut s: Box<FlashStore<Big, StoreCache<512, KEYS>, 640, CUR>> =
-        Box::new(FlashStore::try_new(flash, Big::FULL_FLASH_RANGE, store_cache()).unwrap());
+fn company_body(i: usize) -> Vec<u8> {
+    let (a, b, c) = (
+        format!("Company {i}"),
+        format!("City {}", i % 97),
+        format!("+33 4 72 {i:06}"),
+    );
+    let mut buf = [0u8; 256];
+    encode(
+        &EXAMPLE.tables[0],
+        &[Value::Text(&a), Value::Text(&b), Value::Text(&c)],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
 
-    // 1. Local inserts, one transaction each: n/10 companies with 9 contacts each.
-    let t = Instant::now();
+fn contact_body(j: usize, name: &str) -> Vec<u8> {
+    let (b, c) = (format!("contact{j}@example.com"), format!("+33 6 {j:08}"));
+    let mut buf = [0u8; 256];
+    encode(
+        &EXAMPLE.tables[1],
+        &[Value::Text(name), Value::Text(&b), Value::Text(&c)],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+/// One measured operation.
+struct Row {
+    what: String,
+    records: usize,
+    ms: f64,
+    s: FlashStatsResult,
+}
+
+impl Row {
+    fn print(&self) {
+        println!(
+            "  {:<34} {:>9.1} ms {:>8.1} B written/rec {:>6} erases {:>9} reads {:>10.1} KiB read",
+            self.what,
+            self.ms,
+            self.s.bytes_written as f64 / self.records.max(1) as f64,
+            self.s.erases,
+            self.s.reads,
+            self.s.bytes_read as f64 / 1024.0
+        );
+    }
+}
+
+fn measure<T>(
+    s: &mut Scanner,
+    what: &str,
+    records: usize,
+    rows: &mut Vec<Row>,
+    f: impl FnOnce(&mut Scanner) -> T,
+) -> T {
     let before = s.flash_mut().stats_snapshot();
-    let mut company_id = LocalId(0);
-    for i in 0..n {
-        if i.is_multiple_of(10) {
-            company_id = block_on(track::insert(
-                &EXAMPLE,
-                &mut *s,
-                CO,
-                None,
-                &company(&format!("Company {i}")),
-                i as u64,
-            ))
-            .unwrap();
-        } else {
+    let t = Instant::now();
+    let out = f(s);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let row = Row {
+        what: what.into(),
+        records,
+        ms,
+        s: before.compare_to(s.flash_mut().stats_snapshot()),
+    };
+    row.print();
+    rows.push(row);
+    out
+}
+
+/// Remounts the store from its flash (a scanner reboot): cold caches.
+fn reboot(s: Box<Scanner>) -> Box<Scanner> {
+    let flash = s.into_flash();
+    Box::new(FlashStore::try_new(flash, Part::FULL_FLASH_RANGE, store_cache()).unwrap())
+}
+
+fn run(n: usize, m: usize) -> Vec<Row> {
+    let total = n + m;
+    println!("{n} companies + {m} contacts ({total} records):");
+    let mut rows = Vec::new();
+    let mut s = scanner();
+
+    // Local inserts, one transaction each: the companies, then the contacts.
+    let cos = measure(&mut s, "local insert (1 txn each)", total, &mut rows, |s| {
+        let mut cos = Vec::with_capacity(n);
+        for i in 0..n {
+            cos.push(
+                block_on(track::insert(
+                    &EXAMPLE,
+                    s,
+                    CO,
+                    None,
+                    &company_body(i),
+                    i as u64,
+                ))
+                .unwrap(),
+            );
+        }
+        for j in 0..m {
             block_on(track::insert(
                 &EXAMPLE,
-                &mut *s,
+                s,
                 CT,
-                Some(company_id),
-                &contact(&format!("Contact {i}")),
-                i as u64,
+                Some(cos[j % n]),
+                &contact_body(j, &format!("Contact {j}")),
+                (n + j) as u64,
             ))
             .unwrap();
         }
-    }
-    line(
-        "local insert",
-        n,
-        t,
-        before.compare_to(s.flash_mut().stats_snapshot()),
+        cos
+    });
+    measure(&mut s, "get (scattered)", total, &mut rows, |s| {
+        let mut found = 0;
+        for k in 0..total {
+            let l = (k * 7919) % total + 1;
+            let table = if l <= n { CO } else { CT };
+            found += block_on(s.get(table, LocalId(l as u32))).unwrap().is_some() as usize;
+        }
+        assert_eq!(found, total);
+    });
+    measure(
+        &mut s,
+        "walk children of one company",
+        m / n,
+        &mut rows,
+        |s| {
+            let mut after = None;
+            let mut kids = 0;
+            while let Some(r) = block_on(s.next(CT, after, Filter::Children(cos[0]))).unwrap() {
+                after = Some(r.local);
+                kids += 1;
+            }
+            assert_eq!(kids, m.div_ceil(n));
+        },
     );
 
-    // 2. Gets in a scattered order.
-    let t = Instant::now();
-    let before = s.flash_mut().stats_snapshot();
-    let mut found = 0;
-    for k in 0..n {
-        let l = (k * 7919) % n + 1;
-        let table = if (l - 1).is_multiple_of(10) { CO } else { CT };
-        found += block_on(s.get(table, LocalId(l as u32))).unwrap().is_some() as usize;
-    }
-    assert_eq!(found, n);
-    line(
-        "get (scattered)",
-        n,
-        t,
-        before.compare_to(s.flash_mut().stats_snapshot()),
-    );
-
-    // 3. A walk over the contacts in local-id order.
-    let t = Instant::now();
-    let before = s.flash_mut().stats_snapshot();
-    let mut after = None;
-    let mut walked = 0;
-    while let Some(r) = block_on(s.next(CT, after, Filter::All)).unwrap() {
-        after = Some(r.local);
-        walked += 1;
-    }
-    assert_eq!(walked, n - n / 10);
-    line(
-        "next walk (contacts)",
-        n,
-        t,
-        before.compare_to(s.flash_mut().stats_snapshot()),
-    );
-
-    // 4. First sync: every record pushed, mapped and sent back (full refresh).
+    // First sync: every record pushed, mapped and sent back (a full refresh).
     let mut server = FakeServer::new();
-    let t = Instant::now();
-    let before = s.flash_mut().stats_snapshot();
-    let r = sync_with(&mut *s, &mut server).unwrap();
-    assert_eq!(r.mapped as usize, n);
-    line(
-        "first sync (push all)",
-        n,
-        t,
-        before.compare_to(s.flash_mut().stats_snapshot()),
+    measure(
+        &mut s,
+        "first sync (push all, full reply)",
+        total,
+        &mut rows,
+        |s| {
+            let r = sync_with(s, &mut server).unwrap();
+            assert_eq!(r.mapped as usize, total);
+        },
     );
 
-    // 5. Delta sync: the server changed 10% of the records.
-    let ids = server.ids(TableId(1));
-    let changed = ids.len() / 10;
-    for id in ids.iter().take(changed) {
-        server.touch(TableId(1), *id, contact("changed on the server"));
-    }
-    let t = Instant::now();
-    let before = s.flash_mut().stats_snapshot();
-    let r = sync_with(&mut *s, &mut server).unwrap();
-    assert_eq!(r.upserts as usize, changed);
-    line(
-        &format!("delta sync ({changed} upserts)"),
+    // Delta sync: the server renames every contact with j % 100 == 0 (1 %).
+    let ids = server.ids(CT);
+    let rename = |server: &mut FakeServer, round: usize| {
+        let mut k = 0;
+        for (j, id) in ids.iter().enumerate() {
+            if j % 100 == 0 {
+                server.touch(CT, *id, contact_body(j, &format!("Renamed {round} {j}")));
+                k += 1;
+            }
+        }
+        k
+    };
+    let changed = rename(&mut server, 1);
+    measure(
+        &mut s,
+        "delta sync (1 % renamed)",
         changed,
-        t,
-        before.compare_to(s.flash_mut().stats_snapshot()),
+        &mut rows,
+        |s| {
+            let r = sync_with(s, &mut server).unwrap();
+            assert_eq!(r.upserts as usize, changed);
+        },
     );
 
-    // 6. A fresh device receiving everything (full refresh into an empty store).
-    let flash = Big::new(WriteCountCheck::Twice, None, false);
-    let mut d: Box<FlashStore<Big, StoreCache<512, KEYS>, 640, CUR>> =
-        Box::new(FlashStore::try_new(flash, Big::FULL_FLASH_RANGE, store_cache()).unwrap());
-    let t = Instant::now();
-    let before = d.flash_mut().stats_snapshot();
-    let r = sync_with(&mut *d, &mut server).unwrap();
-    assert_eq!(r.upserts as usize, n);
-    line(
-        "new device full refresh",
-        n,
-        t,
-        before.compare_to(d.flash_mut().stats_snapshot()),
+    // Full refresh of the same data into the same device.
+    measure(
+        &mut s,
+        "full refresh (same device)",
+        total,
+        &mut rows,
+        |s| {
+            let r = sync_mode(s, &mut server, Mode::Full).unwrap();
+            assert_eq!(r.upserts as usize, total);
+        },
     );
+
+    // A reboot, then a delta sync: sequential-storage's key cache starts cold.
+    let mut s = reboot(s);
+    measure(&mut s, "mount after reboot", total, &mut rows, |s| {
+        block_on(s.mount()).unwrap();
+    });
+    let changed = rename(&mut server, 2);
+    measure(
+        &mut s,
+        "delta sync after reboot (1 %)",
+        changed,
+        &mut rows,
+        |s| {
+            let r = sync_with(s, &mut server).unwrap();
+            assert_eq!(r.upserts as usize, changed);
+        },
+    );
+
+    // A new device: the full refresh into an empty store.
+    let mut d = scanner();
+    measure(&mut d, "new device full refresh", total, &mut rows, |d| {
+        let r = sync_with(d, &mut server).unwrap();
+        assert_eq!(r.upserts as usize, total);
+    });
+    rows
 }
 
 /// RAM the scanner configuration needs: the store, and the future of a whole sync.
 fn ram() {
-    type Scanner = FlashStore<Big, StoreCache<512, 1024>, 640, 32>;
-    let flash = Big::new(WriteCountCheck::Twice, None, false);
-    let mut s: Box<Scanner> =
-        Box::new(FlashStore::try_new(flash, Big::FULL_FLASH_RANGE, store_cache()).unwrap());
+    let mut s = scanner();
     let mut t = ferrysync_core::mem::ScriptLink::default();
-    let fut = ferrysync_core::engine::sync::<_, _, 1024>(
-        &EXAMPLE,
-        &mut *s,
-        &mut t,
-        ferrysync_core::wire::Mode::Delta,
-    );
+    let fut = ferrysync_core::engine::sync::<_, _, 1024>(&EXAMPLE, &mut *s, &mut t, Mode::Delta);
     let fut_size = core::mem::size_of_val(&fut);
     drop(fut);
-    let cache = core::mem::size_of::<StoreCache<512, 1024>>();
+    let cache = core::mem::size_of::<StoreCache<1024, 2048>>();
+    let store = core::mem::size_of::<Scanner>();
     println!(
-        "RAM, scanner config: store {} B (of which sequential-storage cache {} B for 512 pages and 1024 keys), sync future with 1 KiB frames {} B",
-        core::mem::size_of::<Scanner>(),
-        cache,
-        fut_size
+        "RAM to sync, scanner config: store {store} B (of which sequential-storage cache {cache} B for 1,024 pages and 2,048 keys, \
+         item buffers 4 x 1,536 B), sync future with 1 KiB frames {fut_size} B: total {} B",
+        store + fut_size
     );
     println!(
-        "RAM, host config: store {} B",
-        core::mem::size_of::<FlashStore<Big, StoreCache<512, 32768>, 640, 1024>>()
+        "records kept inside a bucket up to a payload of {} B (larger ones get an item of their own)",
+        s.inline_max()
     );
 }
 
 fn main() {
     ram();
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let which = match args.first().map(String::as_str) {
-        Some("scanner") | Some("host") => args.remove(0),
-        _ => "both".into(),
-    };
-    let sizes: Vec<usize> = args
-        .iter()
-        .map(|a| a.parse().expect("a number of records"))
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers: N M [N M ...]"))
         .collect();
-    let sizes = if sizes.is_empty() {
-        vec![1_000, 10_000]
+    let sizes: Vec<(usize, usize)> = if args.len() >= 2 {
+        args.chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0], c[1]))
+            .collect()
     } else {
-        sizes
+        vec![(100, 1_000), (1_000, 10_000)]
     };
-    for n in sizes {
-        if which != "host" {
-            run::<1024, 32>(
-                "scanner config (key cache 1024 keys = 12 KiB, cursor 32)",
-                n,
+    let runs: Vec<(usize, Vec<Row>)> = sizes.iter().map(|&(n, m)| (n + m, run(n, m))).collect();
+    if runs.len() >= 2 {
+        let (small, large) = (&runs[0], &runs[runs.len() - 1]);
+        println!(
+            "growth from {} to {} records ({:.1}x the records): time, flash reads (ops), bytes read, bytes written",
+            small.0,
+            large.0,
+            large.0 as f64 / small.0 as f64
+        );
+        for (a, b) in small.1.iter().zip(&large.1) {
+            let r = |x: u64, y: u64| y as f64 / (x.max(1)) as f64;
+            println!(
+                "  {:<34} {:>6.1}x {:>6.1}x {:>6.1}x {:>6.1}x",
+                a.what,
+                b.ms / a.ms.max(1e-6),
+                r(a.s.reads, b.s.reads),
+                r(a.s.bytes_read, b.s.bytes_read),
+                r(a.s.bytes_written, b.s.bytes_written)
             );
-        }
-        if which != "scanner" {
-            run::<32768, 1024>("host config (key cache 32768 keys, cursor 1024)", n);
         }
     }
 }

@@ -241,9 +241,7 @@ impl NorFlash for FileFlash {
 /// Writing a word again only clears more bits, which NOR allows.
 impl MultiwriteNorFlash for FileFlash {}
 
-impl<C: CacheImpl<crate::FlashKey>, const BUF: usize, const CUR: usize>
-    FlashStore<FileFlash, C, BUF, CUR>
-{
+impl<C: CacheImpl<crate::FlashKey>, const BUF: usize> FlashStore<FileFlash, C, BUF> {
     /// A store on the whole of the flash image at `path`, created erased with `size_bytes`
     /// bytes if it does not exist (see [`FileFlash::open_or_create`]).
     pub fn open_file(path: impl AsRef<Path>, size_bytes: usize, cache: C) -> io::Result<Self> {

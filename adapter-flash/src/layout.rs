@@ -15,20 +15,26 @@
 //! A payload is `[header_len: u8][postcard header][body]`. Readers take `new` when `tag` is
 //! committed (see [`View`]) and `prev` otherwise.
 
-use ferrysync_core::id::{LocalId, TableId};
+use ferrysync_core::id::LocalId;
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-/// The key of every item in the map: `[kind or table, id as big-endian u32]`.
+/// The key of every item in the map: `[kind, id as big-endian u32]`.
 pub type FlashKey = [u8; 5];
 
-/// Highest table id the flash layout can store (key bytes above it name other kinds).
+/// Highest table id the store accepts (the layout keeps the table in a byte; ids above are
+/// refused so that the format keeps room).
 pub const MAX_TABLE: u8 = 0x3F;
 
-/// First byte of a server-id index key: `[SERVER_INDEX + table, low 32 bits of the id]`.
-pub(crate) const SERVER_INDEX: u8 = 0x40;
-/// Length of an index payload: `[local: u32 LE][server id: u64 LE]`.
-pub(crate) const INDEX_LEN: usize = 12;
+/// Records whose local ids share `local / BUCKET` live in one item (a *bucket*).
+pub const BUCKET: u32 = 8;
+
+/// First byte of a record bucket key: `[RECORDS, local / BUCKET]`.
+pub(crate) const RECORDS: u8 = 0x00;
+/// First byte of a spilled record's key: `[SPILLED, local]` (a record too large for its bucket).
+pub(crate) const SPILLED: u8 = 0x01;
+/// First byte of a server-id index bucket key: `[INDEX, bucket]`.
+pub(crate) const INDEX: u8 = 0x02;
 
 /// The key of the rejected-log entry with that sequence number.
 pub(crate) const REJECTED: u8 = 0xF0;
@@ -38,37 +44,221 @@ pub(crate) const MARKER_KEY: FlashKey = [0xFE, 0, 0, 0, 0];
 pub(crate) const STATE_KEY: FlashKey = [0xFF, 0, 0, 0, 0];
 
 /// Version of the on-flash layout, stored in the state item.
-pub(crate) const LAYOUT_VERSION: u8 = 1;
+pub(crate) const LAYOUT_VERSION: u8 = 2;
 
 /// Most ranges of aborted transactions the state item remembers before the store heals them.
 pub const MAX_HOLES: usize = 6;
 
 pub(crate) const ITEM_HEAD: usize = 7;
 
-pub(crate) fn record_key(table: TableId, local: LocalId) -> FlashKey {
-    let l = local.0.to_be_bytes();
-    [table.0, l[0], l[1], l[2], l[3]]
+fn key(kind: u8, id: u32) -> FlashKey {
+    let b = id.to_be_bytes();
+    [kind, b[0], b[1], b[2], b[3]]
 }
 
-pub(crate) fn server_key(table: TableId, server: u64) -> FlashKey {
-    let s = (server as u32).to_be_bytes();
-    [SERVER_INDEX + table.0, s[0], s[1], s[2], s[3]]
+pub(crate) fn bucket_key(local: LocalId) -> FlashKey {
+    key(RECORDS, local.0 / BUCKET)
+}
+
+pub(crate) fn spilled_key(local: LocalId) -> FlashKey {
+    key(SPILLED, local.0)
+}
+
+pub(crate) fn index_key(bucket: u32) -> FlashKey {
+    key(INDEX, bucket)
 }
 
 pub(crate) fn rejected_key(seq: u32) -> FlashKey {
-    let s = seq.to_be_bytes();
-    [REJECTED, s[0], s[1], s[2], s[3]]
+    key(REJECTED, seq)
 }
 
-/// `(table, local)` of a record key, `None` for other kinds.
-pub(crate) fn parse_record_key(key: &FlashKey) -> Option<(TableId, LocalId)> {
-    if key[0] > MAX_TABLE {
-        return None;
+/// The id in a key (bucket number, local id or sequence number).
+pub(crate) fn key_id(key: &FlashKey) -> u32 {
+    u32::from_be_bytes([key[1], key[2], key[3], key[4]])
+}
+
+/// Index bucket of a server id among `buckets`: runs of 16 consecutive ids share a bucket (a
+/// sync delivers ids in runs), and runs are spread by a multiplicative hash.
+pub(crate) fn index_bucket(server: u64, buckets: u32) -> u32 {
+    let h = (server >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    (h % u64::from(buckets.max(1))) as u32
+}
+
+/// Bytes before an entry's data: `[table u8][id u64 LE][mark u16 LE]`.
+pub(crate) const ENTRY_HEAD: usize = 11;
+/// Entry mark of a removal (overlay only).
+pub(crate) const GONE: u16 = 0;
+/// Entry mark of a record that lives in its own [`SPILLED`] item.
+pub(crate) const STUB: u16 = u16::MAX;
+
+/// One entry of a bucket: a record (`id` = local id, `data` = payload) or an index entry
+/// (`id` = server id, `data` = local id as u32 LE). `mark` is the data length, or [`GONE`] or
+/// [`STUB`] (no data).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry<'a> {
+    pub table: u8,
+    pub id: u64,
+    pub mark: u16,
+    pub data: &'a [u8],
+}
+
+impl Entry<'_> {
+    pub fn key(&self) -> (u64, u8) {
+        (self.id, self.table)
     }
-    Some((
-        TableId(key[0]),
-        LocalId(u32::from_be_bytes([key[1], key[2], key[3], key[4]])),
-    ))
+
+    pub fn size(&self) -> usize {
+        ENTRY_HEAD + self.data.len()
+    }
+
+    /// Writes the entry at the start of `out`; returns its size.
+    pub fn write(&self, out: &mut [u8]) -> Option<usize> {
+        let n = self.size();
+        let o = out.get_mut(..n)?;
+        o[0] = self.table;
+        o[1..9].copy_from_slice(&self.id.to_le_bytes());
+        o[9..11].copy_from_slice(&self.mark.to_le_bytes());
+        o[11..].copy_from_slice(self.data);
+        Some(n)
+    }
+}
+
+/// The entries of a bucket section, in order; `Some(None)` marks a damaged section.
+pub(crate) struct Entries<'a>(pub &'a [u8]);
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Option<Entry<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let parse = |b: &'a [u8]| -> Option<(Entry<'a>, &'a [u8])> {
+            let head = b.get(..ENTRY_HEAD)?;
+            let mark = u16::from_le_bytes([head[9], head[10]]);
+            let len = if mark == GONE || mark == STUB {
+                0
+            } else {
+                mark as usize
+            };
+            let data = b.get(ENTRY_HEAD..ENTRY_HEAD + len)?;
+            let e = Entry {
+                table: head[0],
+                id: u64::from_le_bytes(head[1..9].try_into().ok()?),
+                mark,
+                data,
+            };
+            Some((e, b.get(ENTRY_HEAD + len..)?))
+        };
+        match parse(self.0) {
+            Some((e, rest)) => {
+                self.0 = rest;
+                Some(Some(e))
+            }
+            None => {
+                self.0 = &[];
+                Some(None)
+            }
+        }
+    }
+}
+
+/// The entry `(table, id)` of a sorted section. `Err(())`: the section is damaged.
+pub(crate) fn find(section: &[u8], table: u8, id: u64) -> Result<Option<Entry<'_>>, ()> {
+    for e in Entries(section) {
+        let e = e.ok_or(())?;
+        if e.key() == (id, table) {
+            return Ok(Some(e));
+        }
+        if e.key() > (id, table) {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// The entry `(table, id)` of a bucket item as a reader with `view` sees it (`None`: absent).
+/// A bucket item is a versioned item whose `new` is an *overlay* (the entries transaction
+/// `tag` changed, [`GONE`] for removals) and whose `prev` is the *base* (the entries as
+/// committed before `tag`).
+pub(crate) fn bucket_find<'a>(
+    item: &Item<'a>,
+    overlay_applies: bool,
+    table: u8,
+    id: u64,
+) -> Result<Option<Entry<'a>>, ()> {
+    if overlay_applies {
+        if let Some(e) = find(item.new.unwrap_or(&[]), table, id)? {
+            return Ok((e.mark != GONE).then_some(e));
+        }
+    }
+    Ok(find(item.prev.unwrap_or(&[]), table, id)?.filter(|e| e.mark != GONE))
+}
+
+/// Writes a bucket item into `out` (at most `cap` bytes): transaction `tag`'s overlay is
+/// `keep` with `new` put in (replacing its key), the base is `base` with `fold` (a committed
+/// overlay) applied and removals dropped. Returns the item's length; `None` if it exceeds `cap`
+/// or a section is damaged.
+pub(crate) fn write_bucket(
+    out: &mut [u8],
+    cap: usize,
+    tag: u32,
+    keep: &[u8],
+    fold: &[u8],
+    base: &[u8],
+    new: &Entry<'_>,
+) -> Option<usize> {
+    let out = out.get_mut(..cap)?;
+    let mut pos = ITEM_HEAD;
+    let put = |out: &mut [u8], pos: &mut usize, e: &Entry<'_>| -> Option<()> {
+        *pos += e.write(out.get_mut(*pos..)?)?;
+        Some(())
+    };
+    let mut placed = false;
+    for e in Entries(keep) {
+        let e = e?;
+        if !placed && new.key() <= e.key() {
+            put(out, &mut pos, new)?;
+            placed = true;
+            if new.key() == e.key() {
+                continue;
+            }
+        }
+        put(out, &mut pos, &e)?;
+    }
+    if !placed {
+        put(out, &mut pos, new)?;
+    }
+    let overlay_len = u16::try_from(pos - ITEM_HEAD).ok()?;
+    // Base: merge of `base` and `fold`, `fold` winning, removals dropped.
+    let mut a = Entries(base).peekable();
+    let mut b = Entries(fold).peekable();
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(None), _) | (_, Some(None)) => return None,
+            (Some(Some(x)), Some(Some(y))) => {
+                if x.key() < y.key() {
+                    a.next()
+                } else {
+                    if x.key() == y.key() {
+                        a.next();
+                    }
+                    b.next()
+                }
+            }
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+        };
+        let e = next.flatten()?;
+        if e.mark != GONE {
+            put(out, &mut pos, &e)?;
+        }
+    }
+    out[0] = 3;
+    out[1..5].copy_from_slice(&tag.to_le_bytes());
+    out[5..7].copy_from_slice(&overlay_len.to_le_bytes());
+    Some(pos)
 }
 
 /// The commit record: written last by every commit, in one atomic item write.

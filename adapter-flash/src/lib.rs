@@ -15,12 +15,11 @@ mod store;
 pub use error::FlashError;
 #[cfg(feature = "std")]
 pub use file::{FileFlash, FileFlashError, FlashStats};
-pub use layout::{FlashKey, MAX_HOLES, MAX_TABLE};
+pub use layout::{FlashKey, BUCKET, MAX_HOLES, MAX_TABLE};
 pub use store::{store_cache, FlashStore, StoreCache};
 
 /// A [`FlashStore`] for hosts on a [`FileFlash`] image of up to 4 MiB (1,024 sectors): a key
-/// cache of 32,768 keys (every key of about 16,000 synced records: a record and its server-id
-/// index entry), bodies up to about 1 KiB, a walk cursor of 1,024 records. About 470 KiB:
-/// keep it in a `Box`.
+/// cache of 4,096 keys (every key of about 28,000 records: 8 records per bucket, plus up to 512
+/// index buckets), records up to about 1 KiB. About 70 KiB: keep it in a `Box`.
 #[cfg(feature = "std")]
-pub type HostStore = FlashStore<FileFlash, StoreCache<1024, 32768>, 2304, 1024>;
+pub type HostStore = FlashStore<FileFlash, StoreCache<1024, 4096>, 2304>;

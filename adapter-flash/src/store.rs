@@ -2,9 +2,10 @@
 
 use crate::error::FlashError;
 use crate::layout::{
-    parse_record_key, record_key, rejected_key, server_key, split_payload, write_head,
-    write_payload, FlashKey, Item, StateItem, View, INDEX_LEN, ITEM_HEAD, LAYOUT_VERSION,
-    MARKER_KEY, MAX_HOLES, MAX_TABLE, STATE_KEY,
+    bucket_find, bucket_key, index_bucket, index_key, key_id, rejected_key, spilled_key,
+    split_payload, write_bucket, write_head, write_payload, Entry, FlashKey, Item, StateItem, View,
+    BUCKET, ENTRY_HEAD, GONE, INDEX, ITEM_HEAD, LAYOUT_VERSION, MARKER_KEY, MAX_HOLES, MAX_TABLE,
+    RECORDS, REJECTED, STATE_KEY, STUB,
 };
 use core::ops::Range;
 use embedded_storage_async::nor_flash::NorFlash;
@@ -19,12 +20,58 @@ use sequential_storage::map::{MapConfig, MapStorage};
 #[repr(C, align(4))]
 struct Aligned<const N: usize>([u8; N]);
 
-/// Tables whose highest server id the store tracks (to answer "absent" without a scan).
-const TRACKED_TABLES: usize = MAX_TABLE as usize + 1;
-/// Recent `by_server` answers remembered (a detail's parent is asked for again and again).
-const MEMO: usize = 4;
 /// Keys healed per pass over the flash when the store forgets aborted transactions.
 const HEAL_BATCH: usize = 32;
+/// Record buckets whose presence on flash the store tracks in RAM (local ids below
+/// `RECORD_BITS * BUCKET`; buckets above are looked up in the map, which scans the flash for
+/// a bucket that does not exist).
+const RECORD_BITS: usize = 16_384;
+/// Most server-id index buckets (the partition's page count / 2, at most this).
+const INDEX_BITS: usize = 4_096;
+
+/// Which bucket keys exist on flash: asking sequential-storage for a key it does not hold
+/// scans the whole partition, so the store never asks.
+struct KeySet {
+    bits: [u32; (RECORD_BITS + INDEX_BITS) / 32],
+    /// Highest record bucket on flash.
+    max_bucket: Option<u32>,
+}
+
+impl KeySet {
+    const fn new() -> Self {
+        KeySet {
+            bits: [0; (RECORD_BITS + INDEX_BITS) / 32],
+            max_bucket: None,
+        }
+    }
+
+    fn bit(key: &FlashKey) -> Option<usize> {
+        let id = key_id(key) as usize;
+        match key[0] {
+            RECORDS if id < RECORD_BITS => Some(id),
+            INDEX if id < INDEX_BITS => Some(RECORD_BITS + id),
+            _ => None,
+        }
+    }
+
+    /// Whether `key` may be on flash (always for keys it does not track).
+    fn may_exist(&self, key: &FlashKey) -> bool {
+        if key[0] == RECORDS && self.max_bucket.is_none_or(|m| key_id(key) > m) {
+            return false;
+        }
+        Self::bit(key).is_none_or(|i| self.bits[i / 32] >> (i % 32) & 1 != 0)
+    }
+
+    fn insert(&mut self, key: &FlashKey) {
+        if key[0] == RECORDS {
+            let b = key_id(key);
+            self.max_bucket = Some(self.max_bucket.map_or(b, |m| m.max(b)));
+        }
+        if let Some(i) = Self::bit(key) {
+            self.bits[i / 32] |= 1 << (i % 32);
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Txn {
@@ -39,147 +86,89 @@ struct Txn {
     max_local: Option<u32>,
 }
 
-/// The walk [`LocalStore::next`] keeps between calls: the records of `table` passing `filter`
-/// with a local id in `(start, bound)`, all of them, in order.
-struct Cursor<const K: usize> {
-    active: bool,
-    table: TableId,
-    filter: Filter,
-    start: Option<u32>,
-    bound: Option<u32>,
-    list: Vec<Record, K>,
+/// A bucket item of the open transaction assembled in RAM and not written yet: the writes of
+/// one transaction to one bucket reach flash as one item.
+struct Staged<const BUF: usize> {
+    key: Option<FlashKey>,
+    len: usize,
+    buf: Aligned<BUF>,
 }
 
-impl<const K: usize> Cursor<K> {
+impl<const BUF: usize> Staged<BUF> {
     const fn new() -> Self {
-        Cursor {
-            active: false,
-            table: TableId(0),
-            filter: Filter::All,
-            start: None,
-            bound: None,
-            list: Vec::new(),
-        }
-    }
-
-    fn reset(&mut self, table: TableId, filter: Filter, start: Option<u32>) {
-        self.active = true;
-        self.table = table;
-        self.filter = filter;
-        self.start = start;
-        self.bound = None;
-        self.list.clear();
-    }
-
-    fn above_start(&self, local: u32) -> bool {
-        self.start.is_none_or(|s| local > s)
-    }
-
-    /// The latest version of record `local` (`None`: absent, or it fails the filter).
-    fn offer(&mut self, local: u32, rec: Option<&Record>) {
-        if self.bound.is_some_and(|b| local >= b) || !self.above_start(local) {
-            return;
-        }
-        let pos = self.list.iter().position(|r| r.local.0 >= local);
-        let here = pos.is_some_and(|p| self.list[p].local.0 == local);
-        match (rec, pos) {
-            (None, Some(p)) if here => {
-                self.list.remove(p);
-            }
-            (None, _) => {}
-            (Some(r), Some(p)) if here => self.list[p] = *r,
-            (Some(r), pos) => {
-                if self.list.is_full() {
-                    match self.list.last() {
-                        Some(last) if last.local.0 > local => {
-                            self.bound = Some(last.local.0);
-                            self.list.pop();
-                        }
-                        _ => {
-                            self.bound = Some(local);
-                            return;
-                        }
-                    }
-                }
-                let p = pos.unwrap_or(self.list.len()).min(self.list.len());
-                // Room was made above; K == 0 leaves the cursor always empty and bounded.
-                if self.list.insert(p, *r).is_err() {
-                    self.bound = Some(local);
-                }
-            }
-        }
-    }
-
-    /// A write of `rec` (or its removal) by the store itself.
-    fn on_write(&mut self, table: TableId, local: LocalId, rec: Option<&Record>) {
-        if self.active && self.table == table {
-            let rec = rec.filter(|r| self.filter.accepts(r));
-            self.offer(local.0, rec);
-        }
-    }
-
-    /// `Some(answer)` when the cursor knows the answer; `None` when a pass over the flash is
-    /// needed, from `start` given back in the `Err`.
-    fn answer(
-        &self,
-        table: TableId,
-        after: Option<u32>,
-        filter: Filter,
-    ) -> Result<Option<Record>, Option<u32>> {
-        let covers = self.active
-            && self.table == table
-            && self.filter == filter
-            && match (self.start, after) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(s), Some(a)) => a >= s,
-            };
-        if !covers {
-            return Err(after);
-        }
-        if let Some(r) = self
-            .list
-            .iter()
-            .find(|r| after.is_none_or(|a| r.local.0 > a))
-        {
-            return Ok(Some(*r));
-        }
-        match self.bound {
-            None => Ok(None),
-            Some(b) if after.is_some_and(|a| a >= b) => Err(after),
-            Some(b) => Err(Some(b - 1)),
+        Staged {
+            key: None,
+            len: 0,
+            buf: Aligned([0; BUF]),
         }
     }
 }
 
-/// A [`LocalStore`] on NOR flash: records, the rejected log and the device state as items of
-/// one sequential-storage map, with transactions that survive a power cut at any byte.
+/// The staging slot of record buckets.
+const REC_SLOT: usize = 0;
+/// The staging slot of index buckets.
+const IDX_SLOT: usize = 1;
+
+/// The data of an entry to stage.
+enum Data {
+    None,
+    /// A payload in `wbuf`.
+    Wbuf(Range<usize>),
+    /// A local id (index entries).
+    Local(u32),
+}
+
+/// A record as read: its visible payload is in `rbuf`.
+enum Found {
+    Absent,
+    /// Payload range in `rbuf` (from the bucket or the record's spilled item).
+    At(Range<usize>),
+}
+
+/// What a write needs to know of the record it replaces.
+struct Old {
+    rec: Option<Record>,
+    /// The visible record lives in its spilled item.
+    stub: bool,
+    /// The committed record lives in its spilled item.
+    committed_stub: bool,
+}
+
+/// A [`LocalStore`] on NOR flash: records, a server-id index, the rejected log and the
+/// device state as items of one sequential-storage map, with transactions that survive a
+/// power cut at any byte.
 ///
 /// - `F`: the flash (the async `NorFlash` of embedded-storage-async).
 /// - `C`: sequential-storage's cache for the map's keys ([`FlashKey`]); see [`StoreCache`].
-///   A key-pointer cache as large as the number of records makes every lookup a direct read;
-///   a smaller one still works, with lookups that scan the flash.
-/// - `BUF`: size of each of the two item buffers (RAM: `2 * BUF`). An item holds a record
-///   twice (its new and its committed version), so a record's header (about 40 bytes) and
-///   body must fit in `(BUF - 16) / 2`; an item must also fit in one flash page.
-/// - `CUR`: records the walk cursor of [`LocalStore::next`] holds (about 64 bytes each).
+///   Give it room for every key: about `records / 8` record buckets plus `pages / 2` index
+///   buckets (a lookup of a key not in it scans the flash).
+/// - `BUF`: size of each of the four item buffers (RAM: `4 * BUF`). It bounds a bucket item:
+///   records whose payload (header, about 25 bytes, and body) is larger than
+///   `(min(BUF - 16, page - 64) - 7) / 16 - 11` bytes get an item of their own, which must fit
+///   twice in `min(BUF - 16, page - 64) - 7`.
 ///
 /// See the crate docs for the layout and the transaction scheme.
-pub struct FlashStore<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize = 32>
-{
+pub struct FlashStore<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> {
     map: MapStorage<FlashKey, F, C>,
     rbuf: Aligned<BUF>,
     wbuf: Aligned<BUF>,
+    staged: [Staged<BUF>; 2],
+    /// The key whose flash item `rbuf` holds, and where, until the next map call.
+    held: Option<(FlashKey, Range<usize>)>,
+    keys: KeySet,
+    /// Highest rejected-log key on flash.
+    rejected_hi: u32,
+    index_buckets: u32,
+    /// Largest item value (bounded by `BUF` and the page).
+    value_max: usize,
+    /// Largest payload kept in a bucket.
+    inline_max: usize,
     mounted: bool,
     /// The committed state item.
     state: StateItem,
     /// Highest transaction number that may have written items.
     started: u32,
     txn: Option<Txn>,
-    cursor: Cursor<CUR>,
-    /// Upper bound of the server ids stored per table; `None` until computed.
-    max_server: Option<[u64; TRACKED_TABLES]>,
-    memo: Vec<(TableId, ServerId, LocalId), MEMO>,
 }
 
 /// The sequential-storage cache type [`FlashStore`] is usually built with: page states and
@@ -214,34 +203,44 @@ fn decode_rejected<E>(payload: &[u8]) -> Result<(RejectedEntry, &[u8]), FlashErr
     Ok((e, body))
 }
 
-impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
-    FlashStore<F, C, BUF, CUR>
-{
+impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF> {
     /// A store on `range` of `flash` (page aligned, at least two pages; give it room: the map
     /// needs about twice the live data to work without constant page migrations).
     /// Reads nothing yet: the store mounts on first use (or [`mount`](Self::mount)).
     pub fn try_new(flash: F, range: Range<u32>, cache: C) -> Res<Self, F> {
+        let pages = (range.end.saturating_sub(range.start) as usize) / F::ERASE_SIZE.max(1);
         let config = MapConfig::<F>::try_new(range).map_err(|_| FlashError::Config)?;
-        if BUF < 64 + ITEM_HEAD || CUR == 0 {
+        let value_max = BUF.saturating_sub(16).min(F::ERASE_SIZE.saturating_sub(64));
+        if value_max < 128 {
             return Err(FlashError::Config);
         }
+        let cap = value_max - ITEM_HEAD;
         Ok(FlashStore {
             map: MapStorage::new(flash, config, cache),
             rbuf: Aligned([0; BUF]),
             wbuf: Aligned([0; BUF]),
+            staged: [Staged::new(), Staged::new()],
+            held: None,
+            keys: KeySet::new(),
+            rejected_hi: 0,
+            index_buckets: (pages / 2).clamp(1, INDEX_BITS) as u32,
+            value_max,
+            inline_max: (cap / (2 * BUCKET as usize)).saturating_sub(ENTRY_HEAD),
             mounted: false,
             state: StateItem::default(),
             started: 0,
             txn: None,
-            cursor: Cursor::new(),
-            max_server: None,
-            memo: Vec::new(),
         })
     }
 
-    /// Reads the committed state. Done on first use; call it to learn early whether the flash
-    /// holds a readable store. Writes nothing.
+    /// Reads the committed state and notes which buckets exist (one pass over the
+    /// partition). Done on first use; call it to learn early whether the flash holds a
+    /// readable store. Writes nothing.
     pub async fn mount(&mut self) -> Res<(), F> {
+        self.held = None;
+        for s in &mut self.staged {
+            s.key = None;
+        }
         let state = match self
             .map
             .fetch_item::<&[u8]>(&mut self.rbuf.0, &STATE_KEY)
@@ -262,12 +261,20 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
             .fetch_item::<u32>(&mut self.rbuf.0, &MARKER_KEY)
             .await?
             .unwrap_or(0);
+        self.keys = KeySet::new();
+        self.rejected_hi = 0;
+        {
+            let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
+            while let Some((key, _)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
+                self.keys.insert(&key);
+                if key[0] == REJECTED {
+                    self.rejected_hi = self.rejected_hi.max(key_id(&key));
+                }
+            }
+        }
         self.started = marker.max(state.committed);
         self.state = state;
         self.txn = None;
-        self.cursor.active = false;
-        self.max_server = None;
-        self.memo.clear();
         self.mounted = true;
         Ok(())
     }
@@ -281,6 +288,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
 
     /// The flash (for tests and tools; writing to it behind the store's back is at your risk).
     pub fn flash_mut(&mut self) -> &mut F {
+        self.held = None;
         self.map.flash()
     }
 
@@ -295,12 +303,10 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         self.state.holes.len()
     }
 
-    /// Size of one map item for a payload of `payload` bytes with a committed version of
-    /// `prev` bytes (header and padding included), for sizing partitions.
-    pub fn item_size(payload: usize, prev: usize) -> usize {
-        let data = 5 + ITEM_HEAD + payload + prev;
-        MapStorage::<FlashKey, F, C>::item_overhead_size() as usize
-            + data.next_multiple_of(F::WRITE_SIZE)
+    /// Largest record payload (postcard header, about 25 bytes, and body) kept inside a
+    /// bucket; larger records get an item of their own. For sizing and tests.
+    pub fn inline_max(&self) -> usize {
+        self.inline_max
     }
 
     async fn ensure_mounted(&mut self) -> Res<(), F> {
@@ -342,37 +348,60 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         if !txn.marked {
             // Never hand this number out again in this session, whatever happens below.
             self.started = self.started.max(txn.tag);
-            let r = self
-                .map
-                .store_item(&mut self.rbuf.0, &MARKER_KEY, &txn.tag)
-                .await;
+            self.held = None;
             // Only a marker that is on flash lets items of this transaction be written: a
             // failed marker write is retried by the next write.
-            self.check(r)?;
+            self.map
+                .store_item(&mut self.rbuf.0, &MARKER_KEY, &txn.tag)
+                .await?;
             txn.marked = true;
             self.txn = Some(txn);
         }
         Ok(txn)
     }
 
-    /// Reads the item of `key` into `rbuf`; returns the range of its value there.
-    /// `Ok(None)`: no item.
-    async fn fetch(&mut self, key: &FlashKey) -> Res<Option<Range<usize>>, F> {
+    /// Reads the flash item of `key` into `rbuf`; returns the range of its value there.
+    async fn fetch_flash(&mut self, key: &FlashKey) -> Res<Option<Range<usize>>, F> {
+        if let Some((k, r)) = &self.held {
+            if k == key {
+                return Ok(Some(r.clone()));
+            }
+        }
+        self.held = None;
         let base = self.rbuf.0.as_ptr() as usize;
         match self.map.fetch_item::<&[u8]>(&mut self.rbuf.0, key).await? {
             None => Ok(None),
             Some(v) => {
                 let start = (v.as_ptr() as usize).wrapping_sub(base);
-                Ok(Some(start..start + v.len()))
+                let r = start..start + v.len();
+                self.held = Some((*key, r.clone()));
+                Ok(Some(r))
             }
         }
+    }
+
+    /// The current item of `key` (staged or on flash) in `rbuf`. Reads flash only for keys
+    /// that exist there.
+    async fn fetch(&mut self, key: &FlashKey) -> Res<Option<Range<usize>>, F> {
+        for s in &self.staged {
+            if s.key == Some(*key) {
+                let n = s.len;
+                self.held = None;
+                self.rbuf.0[..n].copy_from_slice(&s.buf.0[..n]);
+                return Ok(Some(0..n));
+            }
+        }
+        if !self.keys.may_exist(key) {
+            return Ok(None);
+        }
+        self.fetch_flash(key).await
     }
 
     fn item(&self, at: Range<usize>) -> Res<Item<'_>, F> {
         Item::parse(self.rbuf.0.get(at).ok_or(FlashError::Logic)?).ok_or(FlashError::Corrupted)
     }
 
-    /// The visible payload of `key`, copied nowhere: a range of `rbuf`.
+    /// The visible payload of a versioned (single) item, as a range of `rbuf`.
     async fn visible(&mut self, key: &FlashKey) -> Res<Option<Range<usize>>, F> {
         let Some(len) = self.fetch(key).await? else {
             return Ok(None);
@@ -384,13 +413,212 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
 
     fn range_of(&self, p: &[u8]) -> Range<usize> {
         let base = self.rbuf.0.as_ptr() as usize;
-        let start = p.as_ptr() as usize - base;
+        let start = (p.as_ptr() as usize).wrapping_sub(base);
         start..start + p.len()
     }
 
-    /// Writes a new version of `key` in the open transaction: `new` is `[payload in wbuf at
-    /// ITEM_HEAD..ITEM_HEAD + new_len]` or a tombstone. `absent`: the key is known to have no
-    /// committed version (skips reading it).
+    /// The visible record `(table, local)`: its payload in `rbuf`.
+    async fn find_record(&mut self, table: TableId, local: LocalId) -> Res<Found, F> {
+        let Some(r) = self.fetch(&bucket_key(local)).await? else {
+            return Ok(Found::Absent);
+        };
+        let view = self.view();
+        let item = self.item(r)?;
+        let e = bucket_find(
+            &item,
+            view.is_visible(item.tag),
+            table.0,
+            u64::from(local.0),
+        )
+        .map_err(|()| FlashError::Corrupted)?;
+        match e {
+            None => Ok(Found::Absent),
+            Some(e) if e.mark == STUB => {
+                let r = self
+                    .visible(&spilled_key(local))
+                    .await?
+                    .ok_or(FlashError::Corrupted)?;
+                Ok(Found::At(r))
+            }
+            Some(e) => Ok(Found::At(self.range_of(e.data))),
+        }
+    }
+
+    /// What a write of `(table, local)` replaces.
+    async fn old(&mut self, table: TableId, local: LocalId) -> Res<Old, F> {
+        let none = Old {
+            rec: None,
+            stub: false,
+            committed_stub: false,
+        };
+        if self.known_absent(local) {
+            return Ok(none);
+        }
+        let Some(r) = self.fetch(&bucket_key(local)).await? else {
+            return Ok(none);
+        };
+        let view = self.view();
+        let open = self.txn.map(|t| t.tag);
+        let item = self.item(r)?;
+        let id = u64::from(local.0);
+        let corrupt = |()| FlashError::Corrupted;
+        let committed = Some(item.tag) != open && view.is_committed(item.tag);
+        let committed_stub = bucket_find(&item, committed, table.0, id)
+            .map_err(corrupt)?
+            .is_some_and(|e| e.mark == STUB);
+        let (rec, stub) =
+            match bucket_find(&item, view.is_visible(item.tag), table.0, id).map_err(corrupt)? {
+                None => (None, false),
+                Some(e) if e.mark == STUB => (None, true),
+                Some(e) => (Some(decode_record(e.data)?.0), false),
+            };
+        let rec = if stub {
+            let r = self
+                .visible(&spilled_key(local))
+                .await?
+                .ok_or(FlashError::Corrupted)?;
+            Some(decode_record(&self.rbuf.0[r])?.0)
+        } else {
+            rec
+        };
+        Ok(Old {
+            rec,
+            stub,
+            committed_stub,
+        })
+    }
+
+    /// Puts `(table, id)` into the open transaction's overlay of bucket `key`, in staging slot
+    /// `slot` (writing out what the slot held for another bucket first). `too_big`: the error
+    /// when the bucket outgrows an item.
+    #[allow(clippy::too_many_arguments)]
+    async fn stage(
+        &mut self,
+        slot: usize,
+        key: FlashKey,
+        table: u8,
+        id: u64,
+        mark: u16,
+        data: Data,
+        too_big: FlashError<F::Error>,
+    ) -> Res<(), F> {
+        let txn = self.open()?;
+        if self.staged[slot].key.is_some_and(|k| k != key) {
+            self.flush(slot).await?;
+        }
+        let was_staged = self.staged[slot].key.is_some();
+        let old = self.fetch(&key).await?;
+        let view = self.view();
+        let local_bytes;
+        let data: &[u8] = match &data {
+            Data::None => &[],
+            Data::Wbuf(r) => self.wbuf.0.get(r.clone()).ok_or(FlashError::Logic)?,
+            Data::Local(l) => {
+                local_bytes = l.to_le_bytes();
+                &local_bytes
+            }
+        };
+        let new = Entry {
+            table,
+            id,
+            mark,
+            data,
+        };
+        let empty: &[u8] = &[];
+        let (keep, fold, base) = match &old {
+            None => (empty, empty, empty),
+            Some(r) => {
+                let v = self.rbuf.0.get(r.clone()).ok_or(FlashError::Logic)?;
+                let item = Item::parse(v).ok_or(FlashError::Corrupted)?;
+                let ov = item.new.unwrap_or(empty);
+                let base = item.prev.unwrap_or(empty);
+                if item.tag == txn.tag {
+                    (ov, empty, base)
+                } else if view.is_committed(item.tag) {
+                    (empty, ov, base)
+                } else {
+                    (empty, empty, base)
+                }
+            }
+        };
+        let dst = &mut self.staged[slot];
+        match write_bucket(
+            &mut dst.buf.0,
+            self.value_max,
+            txn.tag,
+            keep,
+            fold,
+            base,
+            &new,
+        ) {
+            Some(n) => {
+                dst.len = n;
+                dst.key = Some(key);
+                Ok(())
+            }
+            None => {
+                if was_staged {
+                    // Put back what was staged (its copy is in `rbuf`).
+                    if let Some(r) = old {
+                        let n = r.len();
+                        dst.buf.0[..n].copy_from_slice(&self.rbuf.0[r]);
+                        dst.len = n;
+                    }
+                }
+                Err(too_big)
+            }
+        }
+    }
+
+    /// Writes staging slot `slot` to flash.
+    async fn flush(&mut self, slot: usize) -> Res<(), F> {
+        let Some(key) = self.staged[slot].key else {
+            return Ok(());
+        };
+        self.mark().await?;
+        self.held = None;
+        let n = self.staged[slot].len;
+        let value: &[u8] = &self.staged[slot].buf.0[..n];
+        self.map.store_item(&mut self.rbuf.0, &key, &value).await?;
+        self.keys.insert(&key);
+        self.staged[slot].key = None;
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Res<(), F> {
+        self.flush(REC_SLOT).await?;
+        self.flush(IDX_SLOT).await
+    }
+
+    /// Adds (or with `local: None` removes) the index entry of `(table, server)`.
+    async fn stage_index(
+        &mut self,
+        table: TableId,
+        server: ServerId,
+        local: Option<LocalId>,
+    ) -> Res<(), F> {
+        let key = index_key(index_bucket(server.0, self.index_buckets));
+        let (mark, data) = match local {
+            Some(l) => (4, Data::Local(l.0)),
+            None => (GONE, Data::None),
+        };
+        // An index bucket that outgrows an item: the partition holds more records than its
+        // index was sized for.
+        self.stage(
+            IDX_SLOT,
+            key,
+            table.0,
+            server.0,
+            mark,
+            data,
+            FlashError::Full,
+        )
+        .await
+    }
+
+    /// Writes a new version of single item `key` in the open transaction: `new` is `[payload
+    /// in wbuf at ITEM_HEAD..ITEM_HEAD + new_len]` or a tombstone. `absent`: the key is known
+    /// to have no committed version (skips reading it).
     async fn write_versioned(
         &mut self,
         key: &FlashKey,
@@ -418,17 +646,17 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
                 }
             }
         }
-        if end + 5 > BUF {
+        if end > self.value_max {
             return Err(FlashError::TooLarge);
         }
         write_head(&mut self.wbuf.0, txn.tag, new_len, has_prev).ok_or(FlashError::TooLarge)?;
+        self.held = None;
         let value: &[u8] = &self.wbuf.0[..end];
-        let r = self.map.store_item(&mut self.rbuf.0, key, &value).await;
-        self.check(r)
-    }
-
-    fn check(&mut self, r: Result<(), sequential_storage::Error<F::Error>>) -> Res<(), F> {
-        r.map_err(FlashError::from)
+        self.map.store_item(&mut self.rbuf.0, key, &value).await?;
+        if key[0] == REJECTED {
+            self.rejected_hi = self.rejected_hi.max(key_id(key));
+        }
+        Ok(())
     }
 
     /// After a write of the open transaction found the flash full: whether healing the
@@ -458,7 +686,8 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
 
     /// Forgets the aborted transactions up to number `upto`: rewrites every item one of them
     /// wrote last to its committed version, then writes a state item with `upto` committed and
-    /// no holes. Items of an open transaction (numbered above `upto`) are left alone.
+    /// no holes. Items of an open transaction (numbered above `upto`, on flash or staged) are
+    /// left alone.
     async fn heal(&mut self, upto: u32) -> Res<(), F> {
         let view = View {
             committed: self.state.committed,
@@ -472,6 +701,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         loop {
             let mut dirty: Vec<FlashKey, HEAL_BATCH> = Vec::new();
             let mut bound: Option<FlashKey> = None;
+            self.held = None;
             {
                 let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
                 while let Some((key, v)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
@@ -510,23 +740,40 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
                 }
             }
             for key in &dirty {
-                let Some(len) = self.fetch(key).await? else {
+                let Some(len) = self.fetch_flash(key).await? else {
                     continue;
                 };
                 let item = self.item(len)?;
                 if !dirty_tag(item.tag) {
                     continue;
                 }
-                let prev = item.prev.map(|p| self.range_of(p));
-                let new_len = prev.as_ref().map(|r| r.len());
-                if let Some(r) = prev {
-                    let n = r.len();
-                    self.wbuf.0[ITEM_HEAD..ITEM_HEAD + n].copy_from_slice(&self.rbuf.0[r]);
+                let bucket = key[0] == RECORDS || key[0] == INDEX;
+                // A bucket keeps its base (and an empty overlay); a single item its `prev`.
+                let keep = item.prev.map(|p| self.range_of(p));
+                let new_len = match (&keep, bucket) {
+                    (_, true) => Some(keep.as_ref().map_or(0, |r| r.len())),
+                    (Some(r), false) => Some(r.len()),
+                    (None, false) => None,
+                };
+                let n = new_len.unwrap_or(0);
+                if let Some(r) = keep {
+                    self.wbuf
+                        .0
+                        .get_mut(ITEM_HEAD..ITEM_HEAD + n)
+                        .ok_or(FlashError::Logic)?
+                        .copy_from_slice(&self.rbuf.0[r]);
                 }
-                write_head(&mut self.wbuf.0, 0, new_len, false).ok_or(FlashError::Logic)?;
-                let value: &[u8] = &self.wbuf.0[..ITEM_HEAD + new_len.unwrap_or(0)];
-                let r = self.map.store_item(&mut self.rbuf.0, key, &value).await;
-                self.check(r)?;
+                let value_len = if bucket {
+                    // Overlay empty, base = the committed entries.
+                    write_head(&mut self.wbuf.0, 0, Some(0), true).ok_or(FlashError::Logic)?;
+                    ITEM_HEAD + n
+                } else {
+                    write_head(&mut self.wbuf.0, 0, new_len, false).ok_or(FlashError::Logic)?;
+                    ITEM_HEAD + n
+                };
+                self.held = None;
+                let value: &[u8] = &self.wbuf.0[..value_len];
+                self.map.store_item(&mut self.rbuf.0, key, &value).await?;
             }
             match bound {
                 None => break,
@@ -544,124 +791,34 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
     async fn write_state(&mut self, state: &StateItem) -> Res<(), F> {
         let bytes = postcard::to_slice(state, &mut self.wbuf.0).map_err(|_| FlashError::Logic)?;
         let value: &[u8] = bytes;
+        self.held = None;
         self.map
             .store_item(&mut self.rbuf.0, &STATE_KEY, &value)
             .await?;
         Ok(())
     }
 
-    /// One pass over every item: fills the cursor with the records of `table` after `start`
-    /// that pass `filter`.
-    async fn fill_cursor(
-        &mut self,
-        table: TableId,
-        start: Option<u32>,
-        filter: Filter,
-    ) -> Res<(), F> {
-        self.cursor.reset(table, filter, start);
-        let view = self.view();
-        let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
-        while let Some((key, v)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
-            let Some((t, l)) = parse_record_key(&key) else {
-                continue;
-            };
-            if t != table || !self.cursor.above_start(l.0) {
-                continue;
-            }
-            let item = Item::parse(v).ok_or(FlashError::Corrupted)?;
-            let rec = match item.visible(&view) {
-                Some(p) => Some(decode_record(p)?.0),
-                None => None,
-            };
-            self.cursor
-                .offer(l.0, rec.as_ref().filter(|r| filter.accepts(r)));
-        }
-        Ok(())
-    }
-
-    /// One pass over every item: the record of `table` with server id `server`, and the
-    /// highest server id of every tracked table.
-    async fn scan_server(&mut self, table: TableId, server: ServerId) -> Res<Option<Record>, F> {
-        let view = self.view();
-        let mut maxes = [0u64; TRACKED_TABLES];
-        let mut found: Vec<Record, 4> = Vec::new();
-        {
-            let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
-            while let Some((key, v)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
-                let Some((t, l)) = parse_record_key(&key) else {
-                    continue;
-                };
-                let item = Item::parse(v).ok_or(FlashError::Corrupted)?;
-                for p in [item.new, item.prev].into_iter().flatten() {
-                    let (r, _) = decode_record(p)?;
-                    if let (Some(s), Some(m)) = (r.server, maxes.get_mut(t.0 as usize)) {
-                        *m = (*m).max(s.0);
-                    }
-                }
-                if t != table {
-                    continue;
-                }
-                let rec = match item.visible(&view) {
-                    Some(p) => Some(decode_record(p)?.0),
-                    None => None,
-                };
-                found.retain(|r| r.local != l);
-                if let Some(r) = rec.filter(|r| r.server == Some(server)) {
-                    // More than a few records with one server id would be a store bug.
-                    let _ = found.push(r);
-                }
-            }
-        }
-        self.max_server = Some(maxes);
-        Ok(found.first().copied())
-    }
-
-    async fn ensure_max_server(&mut self) -> Res<(), F> {
-        if self.max_server.is_none() {
-            self.scan_server(TableId(0), ServerId(u64::MAX)).await?;
-        }
-        Ok(())
-    }
-
     /// The record with server id `server`, through the index.
     async fn by_index(&mut self, table: TableId, server: ServerId) -> Res<Option<Record>, F> {
-        let Some(r) = self.visible(&server_key(table, server.0)).await? else {
+        let key = index_key(index_bucket(server.0, self.index_buckets));
+        let Some(r) = self.fetch(&key).await? else {
             return Ok(None);
         };
-        let p = self.rbuf.0.get(r).ok_or(FlashError::Logic)?;
-        if p.len() != INDEX_LEN {
-            return Err(FlashError::Corrupted);
-        }
-        let local = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-        let full = u64::from_le_bytes([p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]]);
-        if full != server.0 {
-            // Two ids alike in their low 32 bits: the slow way.
-            return self.scan_server(table, server).await;
-        }
-        // The entry outlives a removed record; the record decides.
+        let view = self.view();
+        let item = self.item(r)?;
+        let local = match bucket_find(&item, view.is_visible(item.tag), table.0, server.0)
+            .map_err(|()| FlashError::Corrupted)?
+        {
+            None => return Ok(None),
+            Some(e) => {
+                let b: [u8; 4] = e.data.try_into().map_err(|_| FlashError::Corrupted)?;
+                LocalId(u32::from_le_bytes(b))
+            }
+        };
         Ok(self
-            .get_inner(table, LocalId(local))
+            .get_inner(table, local)
             .await?
             .filter(|r| r.server == Some(server)))
-    }
-
-    fn note_server(&mut self, rec: &Record) {
-        if let (Some(maxes), Some(s)) = (self.max_server.as_mut(), rec.server) {
-            if let Some(m) = maxes.get_mut(rec.table.0 as usize) {
-                *m = (*m).max(s.0);
-            }
-        }
-    }
-
-    fn remember(&mut self, rec: &Record) {
-        if let Some(s) = rec.server {
-            self.memo
-                .retain(|(t, sv, _)| !(*t == rec.table && *sv == s));
-            if self.memo.is_full() {
-                self.memo.remove(0);
-            }
-            let _ = self.memo.push((rec.table, s, rec.local));
-        }
     }
 
     async fn put_once(&mut self, rec: &Record, body: Option<&[u8]>) -> Res<(), F> {
@@ -670,27 +827,19 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         if rec.table.0 > MAX_TABLE {
             return Err(FlashError::BadTable);
         }
-        let key = record_key(rec.table, rec.local);
-        let absent = self.known_absent(rec.local);
-        let old_server = if absent {
-            None
-        } else {
-            self.get_inner(rec.table, rec.local)
-                .await?
-                .and_then(|r| r.server)
-        };
-        if rec.server.is_some() && rec.server != old_server {
-            self.ensure_max_server().await?;
-        }
-        let new_len = match body {
+        let old = self.old(rec.table, rec.local).await?;
+        // The payload, at wbuf[ITEM_HEAD..ITEM_HEAD + len].
+        let len = match body {
             Some(b) => {
                 write_payload(&mut self.wbuf.0[ITEM_HEAD..], rec, b).ok_or(FlashError::TooLarge)?
             }
             None => {
-                if absent {
+                if old.rec.is_none() {
                     return Err(FlashError::NoBody);
                 }
-                let r = self.visible(&key).await?.ok_or(FlashError::NoBody)?;
+                let Found::At(r) = self.find_record(rec.table, rec.local).await? else {
+                    return Err(FlashError::NoBody);
+                };
                 let (_, old_body) = decode_record(&self.rbuf.0[r.clone()])?;
                 let body_range = r.end - old_body.len()..r.end;
                 let rest = self
@@ -709,27 +858,47 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
                 1 + hl + n
             }
         };
-        self.write_versioned(&key, Some(new_len), absent).await?;
-        self.note_local(rec.local);
-        if let Some(s) = rec.server.filter(|_| rec.server != old_server) {
-            // The server-id index entry: written once, when the record gets its server id.
-            let fresh = self.max_server.as_ref().is_some_and(|m| {
-                m.get(rec.table.0 as usize)
-                    .is_some_and(|m| s.0 > *m && *m <= u64::from(u32::MAX))
-            }) && s.0 <= u64::from(u32::MAX);
-            let out = self
-                .wbuf
-                .0
-                .get_mut(ITEM_HEAD..ITEM_HEAD + INDEX_LEN)
-                .ok_or(FlashError::TooLarge)?;
-            out[..4].copy_from_slice(&rec.local.0.to_le_bytes());
-            out[4..].copy_from_slice(&s.0.to_le_bytes());
-            self.write_versioned(&server_key(rec.table, s.0), Some(INDEX_LEN), fresh)
+        let key = bucket_key(rec.local);
+        let id = u64::from(rec.local.0);
+        if old.stub || len > self.inline_max {
+            // Too large for the bucket: an item of its own, a stub in the bucket.
+            self.write_versioned(&spilled_key(rec.local), Some(len), !old.committed_stub)
                 .await?;
+            if !old.stub {
+                self.stage(
+                    REC_SLOT,
+                    key,
+                    rec.table.0,
+                    id,
+                    STUB,
+                    Data::None,
+                    FlashError::TooLarge,
+                )
+                .await?;
+            }
+        } else {
+            let mark = u16::try_from(len).map_err(|_| FlashError::TooLarge)?;
+            self.stage(
+                REC_SLOT,
+                key,
+                rec.table.0,
+                id,
+                mark,
+                Data::Wbuf(ITEM_HEAD..ITEM_HEAD + len),
+                FlashError::TooLarge,
+            )
+            .await?;
         }
-        self.note_server(rec);
-        self.remember(rec);
-        self.cursor.on_write(rec.table, rec.local, Some(rec));
+        let old_server = old.rec.and_then(|r| r.server);
+        if rec.server != old_server {
+            if let Some(o) = old_server {
+                self.stage_index(rec.table, o, None).await?;
+            }
+            if let Some(s) = rec.server {
+                self.stage_index(rec.table, s, Some(rec.local)).await?;
+            }
+        }
+        self.note_local(rec.local);
         Ok(())
     }
 
@@ -739,13 +908,28 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         if table.0 > MAX_TABLE {
             return Err(FlashError::BadTable);
         }
-        if self.get_inner(table, local).await?.is_none() {
+        let old = self.old(table, local).await?;
+        let Some(rec) = old.rec else {
             return Ok(());
+        };
+        if old.stub {
+            self.write_versioned(&spilled_key(local), None, false)
+                .await?;
         }
-        self.write_versioned(&record_key(table, local), None, false)
-            .await?;
+        self.stage(
+            REC_SLOT,
+            bucket_key(local),
+            table.0,
+            u64::from(local.0),
+            GONE,
+            Data::None,
+            FlashError::TooLarge,
+        )
+        .await?;
+        if let Some(s) = rec.server {
+            self.stage_index(table, s, None).await?;
+        }
         self.note_local(local);
-        self.cursor.on_write(table, local, None);
         Ok(())
     }
 
@@ -756,7 +940,8 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         let entry = RejectedEntry { seq, ..*entry };
         let new_len = write_payload(&mut self.wbuf.0[ITEM_HEAD..], &entry, body)
             .ok_or(FlashError::TooLarge)?;
-        self.write_versioned(&rejected_key(seq), Some(new_len), false)
+        let absent = seq > self.rejected_hi;
+        self.write_versioned(&rejected_key(seq), Some(new_len), absent)
             .await?;
         if let Some(t) = self.txn.as_mut() {
             t.rejected = seq;
@@ -768,16 +953,30 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize>
         if table.0 > MAX_TABLE || self.known_absent(local) {
             return Ok(None);
         }
-        match self.visible(&record_key(table, local)).await? {
-            None => Ok(None),
-            Some(r) => Ok(Some(decode_record(&self.rbuf.0[r])?.0)),
+        match self.find_record(table, local).await? {
+            Found::Absent => Ok(None),
+            Found::At(r) => Ok(Some(decode_record(&self.rbuf.0[r])?.0)),
         }
+    }
+
+    /// One past the highest local id a record may have.
+    fn id_bound(&self) -> u64 {
+        let mut bound = u64::from(self.state_floor());
+        if let Some(h) = self.txn.and_then(|t| t.fresh_hi) {
+            bound = bound.max(u64::from(h) + 1);
+        }
+        let mut last = self.keys.max_bucket;
+        for s in &self.staged {
+            if let Some(k) = s.key.filter(|k| k[0] == RECORDS) {
+                last = Some(last.map_or(key_id(&k), |m| m.max(key_id(&k))));
+            }
+        }
+        let stored = last.map_or(0, |b| (u64::from(b) + 1) * u64::from(BUCKET));
+        bound.min(stored)
     }
 }
 
-impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> LocalStore
-    for FlashStore<F, C, BUF, CUR>
-{
+impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> LocalStore for FlashStore<F, C, BUF> {
     type Error = FlashError<F::Error>;
 
     async fn load_state(&mut self) -> Result<DeviceState, Self::Error> {
@@ -807,6 +1006,10 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
         self.ensure_mounted().await?;
         if self.txn.is_none() {
             self.begin().await?;
+        }
+        match self.flush_all().await {
+            Err(FlashError::Full) if self.heal_for_room().await? => self.flush_all().await?,
+            r => r?,
         }
         let txn = self.open()?;
         let mut next = self.state.clone();
@@ -843,8 +1046,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
 
     async fn rollback(&mut self) -> Result<(), Self::Error> {
         self.txn = None;
-        self.cursor.active = false;
-        self.memo.clear();
+        for s in &mut self.staged {
+            s.key = None;
+        }
         Ok(())
     }
 
@@ -863,9 +1067,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
         if table.0 > MAX_TABLE || self.known_absent(local) {
             return Ok(None);
         }
-        match self.visible(&record_key(table, local)).await? {
-            None => Ok(None),
-            Some(r) => {
+        match self.find_record(table, local).await? {
+            Found::Absent => Ok(None),
+            Found::At(r) => {
                 let (_, body) = decode_record(&self.rbuf.0[r])?;
                 let dst = buf
                     .get_mut(..body.len())
@@ -882,29 +1086,10 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
         server: ServerId,
     ) -> Result<Option<Record>, Self::Error> {
         self.ensure_mounted().await?;
-        if let Some(&(_, _, local)) = self
-            .memo
-            .iter()
-            .find(|(t, s, _)| *t == table && *s == server)
-        {
-            if let Some(rec) = self.get_inner(table, local).await? {
-                if rec.server == Some(server) {
-                    return Ok(Some(rec));
-                }
-            }
-            self.memo.retain(|(t, s, _)| !(*t == table && *s == server));
+        if table.0 > MAX_TABLE {
+            return Ok(None);
         }
-        self.ensure_max_server().await?;
-        if let Some(maxes) = &self.max_server {
-            if maxes.get(table.0 as usize).is_some_and(|m| server.0 > *m) {
-                return Ok(None);
-            }
-        }
-        let found = self.by_index(table, server).await?;
-        if let Some(r) = &found {
-            self.remember(r);
-        }
-        Ok(found)
+        self.by_index(table, server).await
     }
 
     async fn put(&mut self, rec: &Record, body: Option<&[u8]>) -> Result<(), Self::Error> {
@@ -935,6 +1120,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
             r => r,
         }
     }
+
     async fn next(
         &mut self,
         table: TableId,
@@ -942,26 +1128,34 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize, const CUR: usize> Lo
         filter: Filter,
     ) -> Result<Option<Record>, Self::Error> {
         self.ensure_mounted().await?;
-        if table.0 > MAX_TABLE || after.is_some_and(|a| a.0 == u32::MAX) {
+        if table.0 > MAX_TABLE {
             return Ok(None);
         }
-        let mut after = after.map(|a| a.0);
-        // Each pass starts further than the last (records passing the filter only in versions
-        // superseded later can cut a pass short); a pass that does not is a bug.
-        let mut last: Option<Option<u32>> = None;
-        loop {
-            match self.cursor.answer(table, after, filter) {
-                Ok(found) => return Ok(found),
-                Err(start) => {
-                    if last.is_some_and(|l| l >= start) {
-                        return Err(FlashError::Logic);
+        let mut id = match after {
+            None => 0u64,
+            Some(a) => u64::from(a.0) + 1,
+        };
+        let end = self.id_bound();
+        let b = u64::from(BUCKET);
+        while id < end {
+            let bucket_end = (id / b + 1) * b;
+            // Local ids fit in u32 (`id < end <= u32::MAX + 1`).
+            let local = LocalId(u32::try_from(id).map_err(|_| FlashError::Logic)?);
+            if self.fetch(&bucket_key(local)).await?.is_some() {
+                while id < bucket_end.min(end) {
+                    let local = LocalId(u32::try_from(id).map_err(|_| FlashError::Logic)?);
+                    if let Found::At(r) = self.find_record(table, local).await? {
+                        let rec = decode_record(&self.rbuf.0[r])?.0;
+                        if filter.accepts(&rec) {
+                            return Ok(Some(rec));
+                        }
                     }
-                    self.fill_cursor(table, start, filter).await?;
-                    last = Some(start);
-                    after = start;
+                    id += 1;
                 }
             }
+            id = bucket_end;
         }
+        Ok(None)
     }
 
     async fn next_rejected(

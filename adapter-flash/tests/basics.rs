@@ -113,7 +113,13 @@ fn rollback_drops_writes_and_keeps_numbering_safe() {
         block_on(s.put(&rec, Some(&company("B")))).unwrap();
         block_on(s.remove(CO, c)).unwrap();
         assert_eq!(block_on(s.get(CO, c)).unwrap(), None, "own remove visible");
+        // A record in another bucket: the first bucket's staged item reaches flash.
+        let far = ferrysync_core::id::LocalId(c.0 + 3 * ferrysync_flash::BUCKET);
+        let far_rec = ferrysync_core::store::Record { local: far, ..rec };
+        block_on(s.put(&far_rec, Some(&company("C")))).unwrap();
+        assert_eq!(block_on(s.get(CO, far)).unwrap(), Some(far_rec));
         block_on(s.rollback()).unwrap();
+        assert_eq!(block_on(s.get(CO, far)).unwrap(), None);
         assert_eq!(block_on(snapshot(&mut s)).unwrap(), before);
         // Commit something after each rollback: each leaves a hole to remember or heal.
         block_on(track::update(

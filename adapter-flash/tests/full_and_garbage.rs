@@ -196,7 +196,7 @@ fn garbage_image_never_panics() {
         }
         // Uncached: with its internal `_test` feature on (as in these tests), sequential-storage
         // asserts on key-cache misses that a release build just repairs.
-        let mut s: FlashStore<Small, _, 640, 8> =
+        let mut s: FlashStore<Small, _, 1024> =
             FlashStore::try_new(f, Small::FULL_FLASH_RANGE, Cache::new_uncached()).unwrap();
         // Whatever it answers, it must answer.
         let _ = block_on(s.mount());

@@ -24,7 +24,7 @@ pub const CT: TableId = TableId(1);
 
 /// A small NOR flash: 16 pages of 1 KiB, 4-byte words.
 pub type Small = MockFlashBase<16, 4, 256>;
-pub type SmallStore = FlashStore<Small, StoreCache<16, 512>, 640, 8>;
+pub type SmallStore = FlashStore<Small, StoreCache<16, 512>, 1024>;
 
 pub fn small_flash() -> Small {
     MockFlashBase::new(WriteCountCheck::Twice, None, true)
@@ -356,10 +356,19 @@ pub fn sync_with<S: LocalStore>(
     s: &mut S,
     server: &mut FakeServer,
 ) -> Result<SyncReport, SyncError<S::Error, LinkDown>> {
+    sync_mode(s, server, Mode::Delta)
+}
+
+/// [`sync_with`] asking for `mode` (`Mode::Full`: a full refresh).
+pub fn sync_mode<S: LocalStore>(
+    s: &mut S,
+    server: &mut FakeServer,
+    mode: Mode,
+) -> Result<SyncReport, SyncError<S::Error, LinkDown>> {
     let mut next = server.clone();
     let mut respond = |request: &[u8]| next.handle(request);
     let mut t = ScriptLink::answering(&mut respond);
-    let r = block_on(engine::sync::<_, _, N>(&EXAMPLE, s, &mut t, Mode::Delta));
+    let r = block_on(engine::sync::<_, _, N>(&EXAMPLE, s, &mut t, mode));
     drop(t);
     if r.is_ok() {
         *server = next;
