@@ -10,6 +10,13 @@
 //! Crash safety comes from SQLite: `begin` is `BEGIN IMMEDIATE`, `commit` writes the state row
 //! and `COMMIT`s, the journal is WAL with `synchronous = FULL`, so a killed app or a power cut
 //! leaves the last committed transaction and nothing of a later one.
+//!
+//! Speed: the engine asks [`LocalStore::by_server`] for every record it receives and for its
+//! parent. Inside a transaction the store keeps what it learns of each table's server ids in
+//! memory ([`ServerIndex`]): records it wrote or looked up are answered without SQL, and a
+//! table that held no server id when the transaction first asked (a first sync) is known
+//! completely, so a miss costs no query either. The index lives from `begin` to `commit` or
+//! `rollback`; its size is that of the records the transaction touched.
 
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::hlc::Hlc;
@@ -18,6 +25,7 @@ use ferrysync_core::meta::SyncMeta;
 use ferrysync_core::schema::{FieldType, Schema};
 use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
 use ferrysync_core::wire::{Op, RejectReason};
+use foldhash::HashMap;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt;
@@ -97,6 +105,7 @@ pub fn check_ident(name: &str) -> Result<(), StoreError> {
 
 struct TableSql {
     get: String,
+    has_server: String,
     by_server: String,
     body: String,
     insert: String,
@@ -195,6 +204,9 @@ impl TableSql {
         let parent_where = def.parent_field.unwrap_or("NULL");
         let sql = TableSql {
             get: format!("SELECT {header} FROM {name} WHERE id = ?1"),
+            has_server: format!(
+                "SELECT EXISTS (SELECT 1 FROM {name} WHERE server_id IS NOT NULL)"
+            ),
             by_server: format!("SELECT {header} FROM {name} WHERE server_id = ?1"),
             body: format!(
                 "SELECT {} FROM {name} WHERE id = ?1",
@@ -231,11 +243,49 @@ impl TableSql {
     }
 }
 
+/// What a transaction knows of one table's server ids (see the module docs).
+#[derive(Default)]
+struct ServerIndex {
+    /// Server id → the record that holds it, for records written or looked up.
+    known: HashMap<u64, Record>,
+    /// Local id → server id of every record in `known`, to drop an entry its record leaves.
+    by_local: HashMap<u32, u64>,
+    /// Every server id of the table is in `known`: a miss is an answer.
+    complete: bool,
+    /// `complete` was decided (by one query) in this transaction.
+    checked: bool,
+}
+
+impl ServerIndex {
+    fn forget_local(&mut self, local: LocalId) {
+        if let Some(s) = self.by_local.remove(&local.0) {
+            self.known.remove(&s);
+        }
+    }
+
+    /// `rec` is now stored as given.
+    fn learn(&mut self, rec: &Record) {
+        self.forget_local(rec.local);
+        if let Some(s) = rec.server {
+            // Server ids are unique (a unique index enforces it): whoever held `s` before no
+            // longer does, or SQLite refused the write and the transaction is lost anyway.
+            if let Some(old) = self.known.insert(s.0, *rec) {
+                if old.local != rec.local {
+                    self.by_local.remove(&old.local.0);
+                }
+            }
+            self.by_local.insert(rec.local.0, s.0);
+        }
+    }
+}
+
 /// A device store on one SQLite file (or in memory).
 pub struct SqliteStore {
     conn: Connection,
     schema: Schema<'static>,
     tables: Vec<TableSql>,
+    /// One per table while a transaction is open; empty outside one.
+    index: Vec<ServerIndex>,
 }
 
 const STATE_DDL: &str = "
@@ -303,6 +353,37 @@ fn header_from(table: TableId, row: &rusqlite::Row<'_>) -> rusqlite::Result<Reco
         },
         mark: row.get::<_, i64>(10)? as u32,
     })
+}
+
+/// The record header the one-row query `sql` finds, if any.
+fn query_header(
+    conn: &Connection,
+    table: TableId,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Option<Record>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    Ok(stmt
+        .query_row(params, |row| header_from(table, row))
+        .optional()?)
+}
+
+/// Parameters `?1..?11` of the insert and header-update statements: the header.
+const HEADER_PARAMS: usize = 11;
+
+fn bind_header(stmt: &mut rusqlite::Statement<'_>, rec: &Record) -> rusqlite::Result<()> {
+    let m = &rec.meta;
+    stmt.raw_bind_parameter(1, i64::from(rec.local.0))?;
+    stmt.raw_bind_parameter(2, rec.server.map(|s| s.0 as i64))?;
+    stmt.raw_bind_parameter(3, rec.parent.map(|p| i64::from(p.0)))?;
+    stmt.raw_bind_parameter(4, m.is_from_server)?;
+    stmt.raw_bind_parameter(5, m.is_modified)?;
+    stmt.raw_bind_parameter(6, m.is_active)?;
+    stmt.raw_bind_parameter(7, i64::from(m.edits))?;
+    stmt.raw_bind_parameter(8, m.modified_at.wall_ms as i64)?;
+    stmt.raw_bind_parameter(9, i64::from(m.modified_at.counter))?;
+    stmt.raw_bind_parameter(10, i64::from(m.modified_at.device))?;
+    stmt.raw_bind_parameter(11, i64::from(rec.mark))
 }
 
 fn value_sql<'a>(v: &Value<'a>) -> ToSqlOutput<'a> {
@@ -387,10 +468,13 @@ impl SqliteStore {
             }
         }
         conn.execute_batch("COMMIT")?;
+        // Every statement of every table stays prepared (the default cache holds 16).
+        conn.set_prepared_statement_cache_capacity(16 * tables.len() + 16);
         Ok(SqliteStore {
             conn,
             schema,
             tables,
+            index: Vec::new(),
         })
     }
 
@@ -408,18 +492,6 @@ impl SqliteStore {
         self.tables
             .get(table.0 as usize)
             .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))
-    }
-
-    fn query_header(
-        &self,
-        table: TableId,
-        sql: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Option<Record>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        Ok(stmt
-            .query_row(params, |row| header_from(table, row))
-            .optional()?)
     }
 }
 
@@ -453,6 +525,9 @@ impl LocalStore for SqliteStore {
 
     async fn begin(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.index.clear();
+        self.index
+            .resize_with(self.tables.len(), ServerIndex::default);
         Ok(())
     }
 
@@ -474,11 +549,13 @@ impl LocalStore for SqliteStore {
                 i64::from(s.refresh),
                 s.needs_full,
             ])?;
+        self.index.clear();
         self.conn.execute_batch("COMMIT")?;
         Ok(())
     }
 
     async fn rollback(&mut self) -> Result<(), StoreError> {
+        self.index.clear();
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
@@ -487,7 +564,7 @@ impl LocalStore for SqliteStore {
 
     async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, StoreError> {
         let sql = &self.sql(table)?.get;
-        self.query_header(table, sql, [i64::from(local.0)])
+        query_header(&self.conn, table, sql, [i64::from(local.0)])
     }
 
     async fn get_body(
@@ -527,8 +604,33 @@ impl LocalStore for SqliteStore {
         table: TableId,
         server: ServerId,
     ) -> Result<Option<Record>, StoreError> {
-        let sql = &self.sql(table)?.by_server;
-        self.query_header(table, sql, [server.0 as i64])
+        let sql = self
+            .tables
+            .get(table.0 as usize)
+            .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))?;
+        let Some(ix) = self.index.get_mut(table.0 as usize) else {
+            // No transaction open: ask SQLite.
+            return query_header(&self.conn, table, &sql.by_server, [server.0 as i64]);
+        };
+        if let Some(rec) = ix.known.get(&server.0) {
+            return Ok(Some(*rec));
+        }
+        if !ix.checked {
+            ix.checked = true;
+            let held: bool = self
+                .conn
+                .prepare_cached(&sql.has_server)?
+                .query_row([], |r| r.get(0))?;
+            ix.complete = !held;
+        }
+        if ix.complete {
+            return Ok(None);
+        }
+        let found = query_header(&self.conn, table, &sql.by_server, [server.0 as i64])?;
+        if let (Some(rec), Some(ix)) = (&found, self.index.get_mut(table.0 as usize)) {
+            ix.learn(rec);
+        }
+        Ok(found)
     }
 
     async fn put(&mut self, rec: &Record, body: Option<&[u8]>) -> Result<(), StoreError> {
@@ -536,32 +638,15 @@ impl LocalStore for SqliteStore {
             .schema
             .table(rec.table)
             .ok_or_else(|| StoreError::Corrupt(format!("no {}", rec.table)))?;
-        let m = &rec.meta;
-        let header: [ToSqlOutput<'_>; 11] = [
-            ToSqlOutput::from(i64::from(rec.local.0)),
-            match rec.server {
-                Some(s) => ToSqlOutput::from(s.0 as i64),
-                None => ToSqlOutput::Borrowed(ValueRef::Null),
-            },
-            match rec.parent {
-                Some(p) => ToSqlOutput::from(i64::from(p.0)),
-                None => ToSqlOutput::Borrowed(ValueRef::Null),
-            },
-            ToSqlOutput::from(m.is_from_server),
-            ToSqlOutput::from(m.is_modified),
-            ToSqlOutput::from(m.is_active),
-            ToSqlOutput::from(i64::from(m.edits)),
-            ToSqlOutput::from(m.modified_at.wall_ms as i64),
-            ToSqlOutput::from(i64::from(m.modified_at.counter)),
-            ToSqlOutput::from(i64::from(m.modified_at.device)),
-            ToSqlOutput::from(i64::from(rec.mark)),
-        ];
         let sql = self.sql(rec.table)?;
+        let mut stmt = match body {
+            None => self.conn.prepare_cached(&sql.update_header)?,
+            Some(_) => self.conn.prepare_cached(&sql.insert)?,
+        };
+        bind_header(&mut stmt, rec)?;
         match body {
             None => {
-                let mut stmt = self.conn.prepare_cached(&sql.update_header)?;
-                let n = stmt.execute(rusqlite::params_from_iter(header.iter()))?;
-                if n == 0 {
+                if stmt.raw_execute()? == 0 {
                     return Err(StoreError::Corrupt(format!(
                         "update of missing record {} in {}",
                         rec.local, def.name
@@ -569,21 +654,25 @@ impl LocalStore for SqliteStore {
                 }
             }
             Some(body) => {
-                let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(11 + def.fields.len());
-                values.extend(header);
-                let decoded = body::decode(def, body, |_, _, v| {
-                    values.push(value_sql(&v));
+                let mut bound = Ok(());
+                let decoded = body::decode(def, body, |i, _, v| {
+                    if bound.is_ok() {
+                        bound = stmt.raw_bind_parameter(HEADER_PARAMS + 1 + i, value_sql(&v));
+                    }
                     Ok::<(), ()>(())
                 });
+                bound?;
                 if !matches!(decoded, Ok(Ok(()))) {
                     return Err(StoreError::Corrupt(format!(
                         "body does not fit table {}",
                         def.name
                     )));
                 }
-                let mut stmt = self.conn.prepare_cached(&sql.insert)?;
-                stmt.execute(rusqlite::params_from_iter(values.iter()))?;
+                stmt.raw_execute()?;
             }
+        }
+        if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
+            ix.learn(rec);
         }
         Ok(())
     }
@@ -591,6 +680,9 @@ impl LocalStore for SqliteStore {
     async fn remove(&mut self, table: TableId, local: LocalId) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.remove)?;
         stmt.execute([i64::from(local.0)])?;
+        if let Some(ix) = self.index.get_mut(table.0 as usize) {
+            ix.forget_local(local);
+        }
         Ok(())
     }
 
@@ -603,11 +695,14 @@ impl LocalStore for SqliteStore {
         let after = after.map_or(-1, |a| i64::from(a.0));
         let sql = self.sql(table)?;
         match filter {
-            Filter::All => self.query_header(table, &sql.next_all, [after]),
-            Filter::Pending => self.query_header(table, &sql.next_pending, [after]),
-            Filter::Children(p) => {
-                self.query_header(table, &sql.next_children, [after, i64::from(p.0)])
-            }
+            Filter::All => query_header(&self.conn, table, &sql.next_all, [after]),
+            Filter::Pending => query_header(&self.conn, table, &sql.next_pending, [after]),
+            Filter::Children(p) => query_header(
+                &self.conn,
+                table,
+                &sql.next_children,
+                [after, i64::from(p.0)],
+            ),
         }
     }
 
@@ -687,6 +782,10 @@ impl LocalStore for SqliteStore {
     async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.sweep)?;
         stmt.execute([i64::from(mark)])?;
+        if let Some(ix) = self.index.get_mut(table.0 as usize) {
+            // Which records went is not known here: start over.
+            *ix = ServerIndex::default();
+        }
         Ok(())
     }
 
