@@ -44,7 +44,7 @@ pub(crate) const MARKER_KEY: FlashKey = [0xFE, 0, 0, 0, 0];
 pub(crate) const STATE_KEY: FlashKey = [0xFF, 0, 0, 0, 0];
 
 /// Version of the on-flash layout, stored in the state item.
-pub(crate) const LAYOUT_VERSION: u8 = 2;
+pub(crate) const LAYOUT_VERSION: u8 = 3;
 
 /// Most ranges of aborted transactions the state item remembers before the store heals them.
 pub const MAX_HOLES: usize = 6;
@@ -88,12 +88,13 @@ pub(crate) fn index_bucket(server: u64, buckets: u32) -> u32 {
 pub(crate) const ENTRY_HEAD: usize = 11;
 /// Entry mark of a removal (overlay only).
 pub(crate) const GONE: u16 = 0;
-/// Entry mark of a record that lives in its own [`SPILLED`] item.
+/// Entry mark of a record that lives in its own [`SPILLED`] item (its one data byte: whether the
+/// record is pending).
 pub(crate) const STUB: u16 = u16::MAX;
 
 /// One entry of a bucket: a record (`id` = local id, `data` = payload) or an index entry
-/// (`id` = server id, `data` = local id as u32 LE). `mark` is the data length, or [`GONE`] or
-/// [`STUB`] (no data).
+/// (`id` = server id, `data` = local id as u32 LE). `mark` is the data length, or [`GONE`] (no
+/// data) or [`STUB`] (one byte).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry<'a> {
     pub table: u8,
@@ -136,10 +137,10 @@ impl<'a> Iterator for Entries<'a> {
         let parse = |b: &'a [u8]| -> Option<(Entry<'a>, &'a [u8])> {
             let head = b.get(..ENTRY_HEAD)?;
             let mark = u16::from_le_bytes([head[9], head[10]]);
-            let len = if mark == GONE || mark == STUB {
-                0
-            } else {
-                mark as usize
+            let len = match mark {
+                GONE => 0,
+                STUB => 1,
+                n => n as usize,
             };
             let data = b.get(ENTRY_HEAD..ENTRY_HEAD + len)?;
             let e = Entry {
@@ -193,6 +194,56 @@ pub(crate) fn bucket_find<'a>(
         }
     }
     Ok(find(item.prev.unwrap_or(&[]), table, id)?.filter(|e| e.mark != GONE))
+}
+
+/// Whether a visible entry of a bucket (its `overlay` applied over its `base`) passes `pred`;
+/// `None`: a damaged section.
+pub(crate) fn bucket_any(
+    overlay: &[u8],
+    base: &[u8],
+    pred: impl Fn(&Entry<'_>) -> bool,
+) -> Option<bool> {
+    for e in Entries(overlay) {
+        let e = e?;
+        if e.mark != GONE && pred(&e) {
+            return Some(true);
+        }
+    }
+    for e in Entries(base) {
+        let e = e?;
+        if e.mark == GONE || find(overlay, e.table, e.id).ok()?.is_some() {
+            continue;
+        }
+        if pred(&e) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Most record buckets the state item lists as holding pending records; beyond, walks of
+/// pending records read every bucket until the list is rebuilt.
+pub(crate) const PENDING_MAX: usize = 128;
+
+/// The record buckets that may hold a pending record (exact unless `all`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingSet {
+    /// Sorted bucket numbers.
+    pub buckets: Vec<u32, PENDING_MAX>,
+    /// More buckets than the list holds may hold pending records: every bucket may.
+    pub all: bool,
+}
+
+impl PendingSet {
+    pub fn set(&mut self, bucket: u32, pending: bool) {
+        match (self.buckets.binary_search(&bucket), pending) {
+            (Ok(i), false) => {
+                self.buckets.remove(i);
+            }
+            (Err(i), true) if self.buckets.insert(i, bucket).is_err() => self.all = true,
+            _ => {}
+        }
+    }
 }
 
 /// Writes a bucket item into `out` (at most `cap` bytes): transaction `tag`'s overlay is
@@ -277,6 +328,8 @@ pub(crate) struct StateItem {
     pub floor: u32,
     /// The device state handed to the commit.
     pub device: ferrysync_core::store::DeviceState,
+    /// The record buckets holding pending records.
+    pub pending: PendingSet,
 }
 
 impl Default for StateItem {
@@ -288,6 +341,7 @@ impl Default for StateItem {
             rejected: 0,
             floor: 0,
             device: Default::default(),
+            pending: PendingSet::default(),
         }
     }
 }

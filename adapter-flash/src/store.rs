@@ -2,10 +2,10 @@
 
 use crate::error::FlashError;
 use crate::layout::{
-    bucket_find, bucket_key, index_bucket, index_key, key_id, rejected_key, spilled_key,
-    split_payload, write_bucket, write_head, write_payload, Entry, FlashKey, Item, StateItem, View,
-    BUCKET, ENTRY_HEAD, GONE, INDEX, ITEM_HEAD, LAYOUT_VERSION, MARKER_KEY, MAX_HOLES, MAX_TABLE,
-    RECORDS, REJECTED, STATE_KEY, STUB,
+    bucket_any, bucket_find, bucket_key, index_bucket, index_key, key_id, rejected_key,
+    spilled_key, split_payload, write_bucket, write_head, write_payload, Entry, FlashKey, Item,
+    PendingSet, StateItem, View, BUCKET, ENTRY_HEAD, GONE, INDEX, ITEM_HEAD, LAYOUT_VERSION,
+    MARKER_KEY, MAX_HOLES, MAX_TABLE, PENDING_MAX, RECORDS, REJECTED, STATE_KEY, STUB,
 };
 use core::ops::Range;
 use embedded_storage_async::nor_flash::NorFlash;
@@ -116,6 +116,8 @@ enum Data {
     Wbuf(Range<usize>),
     /// A local id (index entries).
     Local(u32),
+    /// One byte (a stub's pending flag).
+    Byte(u8),
 }
 
 /// A record as read: its visible payload is in `rbuf`.
@@ -166,9 +168,34 @@ pub struct FlashStore<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> {
     mounted: bool,
     /// The committed state item.
     state: StateItem,
+    /// The record buckets holding pending records, as the open transaction sees them.
+    pending: PendingSet,
     /// Highest transaction number that may have written items.
     started: u32,
     txn: Option<Txn>,
+}
+
+/// Whether a bucket item holds a pending record (with its overlay applied or not); a damaged
+/// item counts as pending, so that walks read it.
+fn bucket_pending(item: &[u8], overlay_applies: bool) -> bool {
+    let Some(item) = Item::parse(item) else {
+        return true;
+    };
+    let pred = |e: &Entry<'_>| {
+        if e.mark == STUB {
+            e.data.first().is_none_or(|&f| f != 0)
+        } else {
+            split_payload(e.data)
+                .and_then(|(h, _)| postcard::from_bytes::<Record>(h).ok())
+                .is_none_or(|r| r.meta.is_pending())
+        }
+    };
+    let overlay = if overlay_applies {
+        item.new.unwrap_or(&[])
+    } else {
+        &[]
+    };
+    bucket_any(overlay, item.prev.unwrap_or(&[]), pred).unwrap_or(true)
 }
 
 /// The sequential-storage cache type [`FlashStore`] is usually built with: page states and
@@ -228,6 +255,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             inline_max: (cap / (2 * BUCKET as usize)).saturating_sub(ENTRY_HEAD),
             mounted: false,
             state: StateItem::default(),
+            pending: PendingSet::default(),
             started: 0,
             txn: None,
         })
@@ -273,6 +301,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             }
         }
         self.started = marker.max(state.committed);
+        self.pending = state.pending.clone();
         self.state = state;
         self.txn = None;
         self.mounted = true;
@@ -517,6 +546,10 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
                 local_bytes = l.to_le_bytes();
                 &local_bytes
             }
+            Data::Byte(b) => {
+                local_bytes = [*b, 0, 0, 0];
+                &local_bytes[..1]
+            }
         };
         let new = Entry {
             table,
@@ -554,6 +587,10 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             Some(n) => {
                 dst.len = n;
                 dst.key = Some(key);
+                if slot == REC_SLOT {
+                    let pending = bucket_pending(&dst.buf.0[..n], true);
+                    self.pending.set(key_id(&key), pending);
+                }
                 Ok(())
             }
             None => {
@@ -864,18 +901,17 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             // Too large for the bucket: an item of its own, a stub in the bucket.
             self.write_versioned(&spilled_key(rec.local), Some(len), !old.committed_stub)
                 .await?;
-            if !old.stub {
-                self.stage(
-                    REC_SLOT,
-                    key,
-                    rec.table.0,
-                    id,
-                    STUB,
-                    Data::None,
-                    FlashError::TooLarge,
-                )
-                .await?;
-            }
+            let pending = u8::from(rec.meta.is_pending());
+            self.stage(
+                REC_SLOT,
+                key,
+                rec.table.0,
+                id,
+                STUB,
+                Data::Byte(pending),
+                FlashError::TooLarge,
+            )
+            .await?;
         } else {
             let mark = u16::try_from(len).map_err(|_| FlashError::TooLarge)?;
             self.stage(
@@ -959,6 +995,39 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
         }
     }
 
+    /// Lists again the buckets holding pending records (one read of every bucket), after the
+    /// list overflowed and has shrunk since.
+    async fn rebuild_pending(&mut self) -> Res<(), F> {
+        let mut set = PendingSet::default();
+        let end = self.id_bound().div_ceil(u64::from(BUCKET));
+        for b in 0..end {
+            let b = u32::try_from(b).map_err(|_| FlashError::Logic)?;
+            let Some(r) = self.fetch(&bucket_key(LocalId(b * BUCKET))).await? else {
+                continue;
+            };
+            let view = self.view();
+            let bytes = self.rbuf.0.get(r).ok_or(FlashError::Logic)?;
+            let applies = Item::parse(bytes).is_none_or(|i| view.is_visible(i.tag));
+            if bucket_pending(bytes, applies) {
+                set.set(b, true);
+            }
+        }
+        self.pending = set;
+        Ok(())
+    }
+
+    /// The next bucket at or after `bucket` that may hold pending records.
+    fn next_pending(&self, bucket: u64) -> Option<u64> {
+        if self.pending.all {
+            return Some(bucket);
+        }
+        self.pending
+            .buckets
+            .iter()
+            .map(|&b| u64::from(b))
+            .find(|&b| b >= bucket)
+    }
+
     /// One past the highest local id a record may have.
     fn id_bound(&self) -> u64 {
         let mut bound = u64::from(self.state_floor());
@@ -1011,8 +1080,12 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> LocalStore for Flash
             Err(FlashError::Full) if self.heal_for_room().await? => self.flush_all().await?,
             r => r?,
         }
+        if self.pending.all && self.pending.buckets.len() < PENDING_MAX / 4 {
+            self.rebuild_pending().await?;
+        }
         let txn = self.open()?;
         let mut next = self.state.clone();
+        next.pending = self.pending.clone();
         next.device = *state;
         next.rejected = txn.rejected;
         if let Some(m) = txn.max_local {
@@ -1046,6 +1119,7 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> LocalStore for Flash
 
     async fn rollback(&mut self) -> Result<(), Self::Error> {
         self.txn = None;
+        self.pending = self.state.pending.clone();
         for s in &mut self.staged {
             s.key = None;
         }
@@ -1138,6 +1212,16 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> LocalStore for Flash
         let end = self.id_bound();
         let b = u64::from(BUCKET);
         while id < end {
+            if filter == Filter::Pending {
+                // Only buckets listed as holding pending records.
+                match self.next_pending(id / b) {
+                    None => return Ok(None),
+                    Some(nb) => id = id.max(nb * b),
+                }
+                if id >= end {
+                    break;
+                }
+            }
             let bucket_end = (id / b + 1) * b;
             // Local ids fit in u32 (`id < end <= u32::MAX + 1`).
             let local = LocalId(u32::try_from(id).map_err(|_| FlashError::Logic)?);

@@ -144,3 +144,72 @@ fn rollback_drops_writes_and_keeps_numbering_safe() {
     let mut again = small_store(s.into_flash());
     assert_eq!(block_on(snapshot(&mut again)).unwrap(), after);
 }
+
+/// More buckets with pending records than the state item lists: walks of pending records
+/// still find every one, and after a sync confirms them the list works again.
+#[test]
+fn many_pending_buckets() {
+    type Mid = sequential_storage::mock_flash::MockFlashBase<128, 4, 1024>;
+    let flash = Mid::new(
+        sequential_storage::mock_flash::WriteCountCheck::Twice,
+        None,
+        false,
+    );
+    let mut s: Box<ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<128, 512>, 1536>> =
+        Box::new(
+            ferrysync_flash::FlashStore::try_new(
+                flash,
+                Mid::FULL_FLASH_RANGE,
+                ferrysync_flash::store_cache(),
+            )
+            .unwrap(),
+        );
+    let n = 8 * 200;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            block_on(track::insert(
+                &EXAMPLE,
+                &mut *s,
+                CO,
+                None,
+                &company(&format!("C{i}")),
+                i as u64,
+            ))
+            .unwrap(),
+        );
+    }
+    let pend = block_on(pending(&mut *s)).unwrap();
+    assert_eq!(pend.len(), n);
+    let mut server = FakeServer::new();
+    let r = sync_with(&mut *s, &mut server).unwrap();
+    assert_eq!(r.mapped as usize, n);
+    assert!(block_on(pending(&mut *s)).unwrap().is_empty());
+    // One edit here and there: exactly those are pending, also after a reboot.
+    for k in [3usize, 700, 1500] {
+        block_on(track::update(
+            &EXAMPLE,
+            &mut *s,
+            CO,
+            ids[k],
+            &company("edited"),
+            10_000 + k as u64,
+        ))
+        .unwrap();
+    }
+    let want: Vec<_> = [3usize, 700, 1500].iter().map(|&k| (CO, ids[k])).collect();
+    assert_eq!(block_on(pending(&mut *s)).unwrap(), want);
+    let flash = s.into_flash();
+    let mut s: Box<ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<128, 512>, 1536>> =
+        Box::new(
+            ferrysync_flash::FlashStore::try_new(
+                flash,
+                Mid::FULL_FLASH_RANGE,
+                ferrysync_flash::store_cache(),
+            )
+            .unwrap(),
+        );
+    assert_eq!(block_on(pending(&mut *s)).unwrap(), want);
+    let snap = block_on(snapshot(&mut *s)).unwrap();
+    assert_eq!(snap.records.len(), n);
+}
