@@ -17,12 +17,19 @@
 //! table that held no server id when the transaction first asked (a first sync) is known
 //! completely, so a miss costs no query either. The index lives from `begin` to `commit` or
 //! `rollback`; its size is that of the records the transaction touched.
+//!
+//! Inside a transaction, `put`s with a body are gathered and written by one multi-row
+//! `INSERT` per 32 records (one statement per record costs more than the row itself); the
+//! store writes what it gathered before any other statement, so every read still sees the
+//! transaction's own writes. A body that does not fit the schema still fails its own `put`;
+//! an SQLite error of a gathered write surfaces at the call that writes it, after which the
+//! transaction only accepts `rollback` ([`StoreError::TransactionFailed`]).
 
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::hlc::Hlc;
 use ferrysync_core::id::{LocalId, RecordRef, ServerId, TableId};
 use ferrysync_core::meta::SyncMeta;
-use ferrysync_core::schema::{FieldType, Schema};
+use ferrysync_core::schema::{FieldType, Schema, TableDef};
 use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
 use ferrysync_core::wire::{Op, RejectReason};
 use foldhash::HashMap;
@@ -63,6 +70,9 @@ pub enum StoreError {
     Corrupt(String),
     /// A caller's buffer is too small for a body.
     BufferTooSmall,
+    /// An earlier write of the open transaction failed (its error was returned then); the
+    /// transaction can only be rolled back.
+    TransactionFailed,
 }
 
 impl fmt::Display for StoreError {
@@ -76,6 +86,9 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Corrupt(m) => write!(f, "stored data does not fit the schema: {m}"),
             StoreError::BufferTooSmall => f.write_str("body buffer too small"),
+            StoreError::TransactionFailed => {
+                f.write_str("an earlier write of this transaction failed: roll it back")
+            }
         }
     }
 }
@@ -109,6 +122,10 @@ struct TableSql {
     by_server: String,
     body: String,
     insert: String,
+    /// `insert` for [`BATCH_ROWS`] rows at once; row `r` takes parameters `r * params + 1..`.
+    insert_many: String,
+    /// Parameters per row of `insert` (`HEADER_PARAMS` + fields; a master skips `?3`).
+    params: usize,
     update_header: String,
     remove: String,
     next_all: String,
@@ -179,23 +196,38 @@ impl TableSql {
             ));
         }
         let n_fields = fields.len();
-        let placeholders: Vec<String> = (1..=11 + n_fields).map(|i| format!("?{i}")).collect();
+        let params = HEADER_PARAMS + n_fields;
         let all_cols = if n_fields == 0 {
             header.clone()
         } else {
             format!("{header}, {field_cols}")
         };
         // Placeholders are numbered and all header values are always bound; a master has no
-        // parent column, so its statements just never name ?3.
-        let (insert_cols, insert_vals) = if def.parent_field.is_some() {
-            (all_cols.clone(), placeholders.join(", "))
+        // parent column, so its rows just never name their third parameter.
+        let insert_cols = if def.parent_field.is_some() {
+            all_cols.clone()
         } else {
-            let vals: Vec<&str> = placeholders
-                .iter()
-                .filter(|p| p.as_str() != "?3")
-                .map(|p| p.as_str())
+            all_cols.replacen("NULL, ", "", 1)
+        };
+        let row_vals = |base: usize| {
+            let vals: Vec<String> = (1..=params)
+                .filter(|i| def.parent_field.is_some() || *i != 3)
+                .map(|i| format!("?{}", base + i))
                 .collect();
-            (all_cols.replacen("NULL, ", "", 1), vals.join(", "))
+            format!("({})", vals.join(", "))
+        };
+        let upsert = |rows: usize| {
+            let values: Vec<String> = (0..rows).map(|r| row_vals(r * params)).collect();
+            format!(
+                "INSERT INTO {name} ({insert_cols}) VALUES {} ON CONFLICT(id) DO UPDATE SET {}",
+                values.join(", "),
+                insert_cols
+                    .split(", ")
+                    .filter(|c| *c != "id")
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let parent_set = match def.parent_field {
             Some(p) => format!("{p} = ?3, "),
@@ -212,15 +244,9 @@ impl TableSql {
                 "SELECT {} FROM {name} WHERE id = ?1",
                 if n_fields == 0 { "NULL" } else { &field_cols }
             ),
-            insert: format!(
-                "INSERT INTO {name} ({insert_cols}) VALUES ({insert_vals}) ON CONFLICT(id) DO UPDATE SET {}",
-                insert_cols
-                    .split(", ")
-                    .filter(|c| *c != "id")
-                    .map(|c| format!("{c} = excluded.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            insert: upsert(1),
+            insert_many: upsert(BATCH_ROWS),
+            params,
             update_header: format!(
                 "UPDATE {name} SET server_id = ?2, {parent_set}is_from_server = ?4, is_modified = ?5, \
                  is_active = ?6, edits = ?7, modified_wall = ?8, modified_counter = ?9, \
@@ -241,6 +267,17 @@ impl TableSql {
         };
         Ok((sql, ddl))
     }
+}
+
+/// Rows a transaction's `put`s gather before one multi-row `INSERT` writes them.
+const BATCH_ROWS: usize = 32;
+
+/// Records of one table put in the open transaction and not yet written to SQLite.
+struct Batch {
+    table: TableId,
+    /// Header, and the body's range in `bodies`.
+    rows: Vec<(Record, std::ops::Range<usize>)>,
+    bodies: Vec<u8>,
 }
 
 /// What a transaction knows of one table's server ids (see the module docs).
@@ -286,6 +323,12 @@ pub struct SqliteStore {
     tables: Vec<TableSql>,
     /// One per table while a transaction is open; empty outside one.
     index: Vec<ServerIndex>,
+    /// A transaction is open.
+    in_tx: bool,
+    /// Puts not yet written (inside a transaction only).
+    batch: Batch,
+    /// A batch of this transaction failed to write: only `rollback` is accepted.
+    failed: bool,
 }
 
 const STATE_DDL: &str = "
@@ -371,19 +414,51 @@ fn query_header(
 /// Parameters `?1..?11` of the insert and header-update statements: the header.
 const HEADER_PARAMS: usize = 11;
 
-fn bind_header(stmt: &mut rusqlite::Statement<'_>, rec: &Record) -> rusqlite::Result<()> {
+/// Binds `rec`'s header to parameters `base + 1..=base + HEADER_PARAMS`.
+fn bind_header(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    rec: &Record,
+) -> rusqlite::Result<()> {
     let m = &rec.meta;
-    stmt.raw_bind_parameter(1, i64::from(rec.local.0))?;
-    stmt.raw_bind_parameter(2, rec.server.map(|s| s.0 as i64))?;
-    stmt.raw_bind_parameter(3, rec.parent.map(|p| i64::from(p.0)))?;
-    stmt.raw_bind_parameter(4, m.is_from_server)?;
-    stmt.raw_bind_parameter(5, m.is_modified)?;
-    stmt.raw_bind_parameter(6, m.is_active)?;
-    stmt.raw_bind_parameter(7, i64::from(m.edits))?;
-    stmt.raw_bind_parameter(8, m.modified_at.wall_ms as i64)?;
-    stmt.raw_bind_parameter(9, i64::from(m.modified_at.counter))?;
-    stmt.raw_bind_parameter(10, i64::from(m.modified_at.device))?;
-    stmt.raw_bind_parameter(11, i64::from(rec.mark))
+    stmt.raw_bind_parameter(base + 1, i64::from(rec.local.0))?;
+    stmt.raw_bind_parameter(base + 2, rec.server.map(|s| s.0 as i64))?;
+    stmt.raw_bind_parameter(base + 3, rec.parent.map(|p| i64::from(p.0)))?;
+    stmt.raw_bind_parameter(base + 4, m.is_from_server)?;
+    stmt.raw_bind_parameter(base + 5, m.is_modified)?;
+    stmt.raw_bind_parameter(base + 6, m.is_active)?;
+    stmt.raw_bind_parameter(base + 7, i64::from(m.edits))?;
+    stmt.raw_bind_parameter(base + 8, m.modified_at.wall_ms as i64)?;
+    stmt.raw_bind_parameter(base + 9, i64::from(m.modified_at.counter))?;
+    stmt.raw_bind_parameter(base + 10, i64::from(m.modified_at.device))?;
+    stmt.raw_bind_parameter(base + 11, i64::from(rec.mark))
+}
+
+/// Binds a record (header and body fields) as the row that starts after parameter `base`.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    def: &TableDef<'_>,
+    rec: &Record,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    bind_header(stmt, base, rec)?;
+    let mut bound = Ok(());
+    let decoded = body::decode(def, body, |i, _, v| {
+        if bound.is_ok() {
+            bound = stmt.raw_bind_parameter(base + HEADER_PARAMS + 1 + i, value_sql(&v));
+        }
+        Ok::<(), ()>(())
+    });
+    bound?;
+    if matches!(decoded, Ok(Ok(()))) {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "body does not fit table {}",
+            def.name
+        )))
+    }
 }
 
 fn value_sql<'a>(v: &Value<'a>) -> ToSqlOutput<'a> {
@@ -475,6 +550,13 @@ impl SqliteStore {
             schema,
             tables,
             index: Vec::new(),
+            in_tx: false,
+            batch: Batch {
+                table: TableId(0),
+                rows: Vec::with_capacity(BATCH_ROWS),
+                bodies: Vec::new(),
+            },
+            failed: false,
         })
     }
 
@@ -488,6 +570,62 @@ impl SqliteStore {
         &self.conn
     }
 
+    /// Writes the gathered puts, [`BATCH_ROWS`] per statement. Every SQL statement but those
+    /// writes runs after this, so SQLite sees what the transaction put. A failure marks the
+    /// transaction failed: its writes are incomplete, only `rollback` is accepted.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::TransactionFailed);
+        }
+        if self.batch.rows.is_empty() {
+            return Ok(());
+        }
+        let written = self.write_batch();
+        self.batch.rows.clear();
+        self.batch.bodies.clear();
+        if written.is_err() {
+            self.failed = true;
+        }
+        written
+    }
+
+    fn write_batch(&self) -> Result<(), StoreError> {
+        let b = &self.batch;
+        let def = self
+            .schema
+            .table(b.table)
+            .ok_or_else(|| StoreError::Corrupt(format!("no {}", b.table)))?;
+        let sql = self.sql(b.table)?;
+        let mut chunks = b.rows.chunks_exact(BATCH_ROWS);
+        if chunks.len() > 0 {
+            let mut stmt = self.conn.prepare_cached(&sql.insert_many)?;
+            for chunk in &mut chunks {
+                for (r, (rec, body)) in chunk.iter().enumerate() {
+                    bind_row(&mut stmt, r * sql.params, def, rec, &b.bodies[body.clone()])?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut stmt = self.conn.prepare_cached(&sql.insert)?;
+            for (rec, body) in rest {
+                bind_row(&mut stmt, 0, def, rec, &b.bodies[body.clone()])?;
+                stmt.raw_execute()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the transaction's index and unwritten puts.
+    fn end_tx(&mut self) {
+        self.index.clear();
+        self.batch.rows.clear();
+        self.batch.bodies.clear();
+        self.in_tx = false;
+        self.failed = false;
+    }
+
     fn sql(&self, table: TableId) -> Result<&TableSql, StoreError> {
         self.tables
             .get(table.0 as usize)
@@ -499,6 +637,7 @@ impl LocalStore for SqliteStore {
     type Error = StoreError;
 
     async fn load_state(&mut self) -> Result<DeviceState, StoreError> {
+        self.flush()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT cursor, clock_wall, clock_counter, clock_device, next_local, edit_seq, syncs, \
              refresh, needs_full FROM _fs_state WHERE id = 1",
@@ -528,10 +667,13 @@ impl LocalStore for SqliteStore {
         self.index.clear();
         self.index
             .resize_with(self.tables.len(), ServerIndex::default);
+        self.in_tx = true;
+        self.failed = false;
         Ok(())
     }
 
     async fn commit(&mut self, s: &DeviceState) -> Result<(), StoreError> {
+        self.flush()?;
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO _fs_state (id, cursor, clock_wall, clock_counter, \
@@ -549,13 +691,13 @@ impl LocalStore for SqliteStore {
                 i64::from(s.refresh),
                 s.needs_full,
             ])?;
-        self.index.clear();
         self.conn.execute_batch("COMMIT")?;
+        self.end_tx();
         Ok(())
     }
 
     async fn rollback(&mut self) -> Result<(), StoreError> {
-        self.index.clear();
+        self.end_tx();
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
@@ -563,6 +705,7 @@ impl LocalStore for SqliteStore {
     }
 
     async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, StoreError> {
+        self.flush()?;
         let sql = &self.sql(table)?.get;
         query_header(&self.conn, table, sql, [i64::from(local.0)])
     }
@@ -573,6 +716,7 @@ impl LocalStore for SqliteStore {
         local: LocalId,
         buf: &mut [u8],
     ) -> Result<Option<usize>, StoreError> {
+        self.flush()?;
         let def = self
             .schema
             .table(table)
@@ -608,6 +752,9 @@ impl LocalStore for SqliteStore {
             .tables
             .get(table.0 as usize)
             .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))?;
+        if self.failed {
+            return Err(StoreError::TransactionFailed);
+        }
         let Some(ix) = self.index.get_mut(table.0 as usize) else {
             // No transaction open: ask SQLite.
             return query_header(&self.conn, table, &sql.by_server, [server.0 as i64]);
@@ -617,6 +764,7 @@ impl LocalStore for SqliteStore {
         }
         if !ix.checked {
             ix.checked = true;
+            // Unwritten puts are in `known` already; SQLite need not see them for this.
             let held: bool = self
                 .conn
                 .prepare_cached(&sql.has_server)?
@@ -626,7 +774,9 @@ impl LocalStore for SqliteStore {
         if ix.complete {
             return Ok(None);
         }
-        let found = query_header(&self.conn, table, &sql.by_server, [server.0 as i64])?;
+        self.flush()?;
+        let sql = &self.sql(table)?.by_server;
+        let found = query_header(&self.conn, table, sql, [server.0 as i64])?;
         if let (Some(rec), Some(ix)) = (&found, self.index.get_mut(table.0 as usize)) {
             ix.learn(rec);
         }
@@ -638,46 +788,59 @@ impl LocalStore for SqliteStore {
             .schema
             .table(rec.table)
             .ok_or_else(|| StoreError::Corrupt(format!("no {}", rec.table)))?;
-        let sql = self.sql(rec.table)?;
-        let mut stmt = match body {
-            None => self.conn.prepare_cached(&sql.update_header)?,
-            Some(_) => self.conn.prepare_cached(&sql.insert)?,
-        };
-        bind_header(&mut stmt, rec)?;
         match body {
+            Some(body) if self.in_tx => {
+                // Gathered for a multi-row insert; checked now so a bad body fails this call.
+                if body::validate(def, body).is_err() {
+                    return Err(StoreError::Corrupt(format!(
+                        "body does not fit table {}",
+                        def.name
+                    )));
+                }
+                if self.batch.table != rec.table {
+                    self.flush()?;
+                    self.batch.table = rec.table;
+                }
+                if self.failed {
+                    return Err(StoreError::TransactionFailed);
+                }
+                let start = self.batch.bodies.len();
+                self.batch.bodies.extend_from_slice(body);
+                self.batch.rows.push((*rec, start..self.batch.bodies.len()));
+                if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
+                    ix.learn(rec);
+                }
+                if self.batch.rows.len() >= BATCH_ROWS {
+                    self.flush()?;
+                }
+            }
+            Some(body) => {
+                let mut stmt = self.conn.prepare_cached(&self.sql(rec.table)?.insert)?;
+                bind_row(&mut stmt, 0, def, rec, body)?;
+                stmt.raw_execute()?;
+            }
             None => {
+                self.flush()?;
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&self.sql(rec.table)?.update_header)?;
+                bind_header(&mut stmt, 0, rec)?;
                 if stmt.raw_execute()? == 0 {
                     return Err(StoreError::Corrupt(format!(
                         "update of missing record {} in {}",
                         rec.local, def.name
                     )));
                 }
-            }
-            Some(body) => {
-                let mut bound = Ok(());
-                let decoded = body::decode(def, body, |i, _, v| {
-                    if bound.is_ok() {
-                        bound = stmt.raw_bind_parameter(HEADER_PARAMS + 1 + i, value_sql(&v));
-                    }
-                    Ok::<(), ()>(())
-                });
-                bound?;
-                if !matches!(decoded, Ok(Ok(()))) {
-                    return Err(StoreError::Corrupt(format!(
-                        "body does not fit table {}",
-                        def.name
-                    )));
+                if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
+                    ix.learn(rec);
                 }
-                stmt.raw_execute()?;
             }
-        }
-        if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
-            ix.learn(rec);
         }
         Ok(())
     }
 
     async fn remove(&mut self, table: TableId, local: LocalId) -> Result<(), StoreError> {
+        self.flush()?;
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.remove)?;
         stmt.execute([i64::from(local.0)])?;
         if let Some(ix) = self.index.get_mut(table.0 as usize) {
@@ -692,6 +855,7 @@ impl LocalStore for SqliteStore {
         after: Option<LocalId>,
         filter: Filter,
     ) -> Result<Option<Record>, StoreError> {
+        self.flush()?;
         let after = after.map_or(-1, |a| i64::from(a.0));
         let sql = self.sql(table)?;
         match filter {
@@ -707,6 +871,7 @@ impl LocalStore for SqliteStore {
     }
 
     async fn push_rejected(&mut self, e: &RejectedEntry, body: &[u8]) -> Result<(), StoreError> {
+        self.flush()?;
         let (is_local, key) = match e.key {
             RecordRef::Local(l) => (true, i64::from(l.0)),
             RecordRef::Server(s) => (false, s.0 as i64),
@@ -737,6 +902,7 @@ impl LocalStore for SqliteStore {
         after: Option<u32>,
         buf: &mut [u8],
     ) -> Result<Option<(RejectedEntry, usize)>, StoreError> {
+        self.flush()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, tbl, op, key_is_local, key, local, reason, at_wall, at_counter, \
              at_device, body FROM _fs_rejected WHERE seq > ?1 ORDER BY seq LIMIT 1",
@@ -780,6 +946,7 @@ impl LocalStore for SqliteStore {
     }
 
     async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), StoreError> {
+        self.flush()?;
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.sweep)?;
         stmt.execute([i64::from(mark)])?;
         if let Some(ix) = self.index.get_mut(table.0 as usize) {
@@ -790,6 +957,7 @@ impl LocalStore for SqliteStore {
     }
 
     async fn clear_rejected(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
         self.conn.execute_batch("DELETE FROM _fs_rejected")?;
         Ok(())
     }

@@ -342,6 +342,14 @@ enum StoreOp {
         pending: bool,
         mark: u8,
     },
+    /// `count` puts with bodies in a row (locals and server ids `10 + start..`): enough to
+    /// fill the store's multi-row batches.
+    Burst {
+        contact: bool,
+        start: u8,
+        count: u8,
+        pending: bool,
+    },
     Remove(bool, u8),
     ByServer(bool, u8),
     Get(bool, u8),
@@ -361,7 +369,11 @@ fn store_op() -> impl Strategy<Value = StoreOp> {
             .prop_map(|(contact, local, server, parent, body, pending, mark)| StoreOp::Put {
                 contact, local, server, parent, body, pending, mark,
             }),
+        1 => (any::<bool>(), 0..40u8, 1..80u8, any::<bool>())
+            .prop_map(|(contact, start, count, pending)| StoreOp::Burst { contact, start, count, pending }),
         2 => (any::<bool>(), small()).prop_map(|(t, l)| StoreOp::Remove(t, l)),
+        1 => (any::<bool>(), 10..120u8).prop_map(|(t, l)| StoreOp::Remove(t, l)),
+        1 => (any::<bool>(), 10..120u8).prop_map(|(t, s)| StoreOp::ByServer(t, s)),
         5 => (any::<bool>(), small()).prop_map(|(t, s)| StoreOp::ByServer(t, s)),
         2 => (any::<bool>(), small()).prop_map(|(t, l)| StoreOp::Get(t, l)),
         2 => (any::<bool>(), small()).prop_map(|(t, l)| StoreOp::Body(t, l)),
@@ -445,6 +457,34 @@ async fn play<S: LocalStore>(s: &mut S, ops: &[StoreOp]) -> Vec<String> {
                     });
                     show(s.put(&rec, body.as_deref()).await)
                 }
+            }
+            StoreOp::Burst {
+                contact: c,
+                start,
+                count,
+                pending,
+            } => {
+                let mut results = Vec::new();
+                for i in 0..count {
+                    let id = 10 + u32::from(start) + u32::from(i);
+                    let mut meta = SyncMeta::from_server(Hlc::new(u64::from(id), 0, 0));
+                    meta.is_modified = pending && i % 3 == 0;
+                    let rec = Record {
+                        table: table(c),
+                        local: LocalId(id),
+                        server: Some(ServerId(u64::from(id))),
+                        parent: c.then_some(LocalId(1)),
+                        meta,
+                        mark: 1,
+                    };
+                    let body = if c {
+                        contact(&format!("b{i}"))
+                    } else {
+                        company(&format!("b{i}"))
+                    };
+                    results.push(show(s.put(&rec, Some(&body)).await));
+                }
+                results.join(",")
             }
             StoreOp::Remove(c, l) => show(s.remove(table(c), LocalId(u32::from(l))).await),
             StoreOp::ByServer(c, sv) => show(s.by_server(table(c), ServerId(u64::from(sv))).await),
