@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test harness: failing loudly is its job.
 
 pub mod sim;
+pub mod workload;
 
 use ferrysync_core::id::{LocalId, ServerId, TableId};
 use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};

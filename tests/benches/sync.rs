@@ -1,0 +1,517 @@
+//! Issue 7, items 1–5, on the generated workload (`ferrysync_tests::workload`), each figure
+//! beside its baseline measured in the same run:
+//!
+//! 1. server: a first push of N + M new records through `direct::sync` (decode, check, map ids,
+//!    rewrite foreign keys, LWW, commit, and the reply) and through HTTP on 127.0.0.1, vs a bare
+//!    rusqlite bulk insert of the same rows in one transaction (WAL, `synchronous = FULL`);
+//! 2. phone: the engine applying a full-refresh reply (the server's real one) to a
+//!    `SqliteStore` file, vs the same bulk insert;
+//! 3. bytes on the wire per record, push and replies, vs the bare postcard bodies and JSON, and
+//!    what gzip would make of them;
+//! 4. a delta sync after the 1 % update vs a full refresh of the same data (in process);
+//! 5. end to end over HTTP: a phone's first sync of N + M new records, a fresh phone's pull,
+//!    then 1 % incremental syncs, beside the issue's PouchDB reference.
+//!
+//! `cargo bench -p ferrysync-tests --bench sync`; `FERRYSYNC_BENCH_SIZES=small,default,large`
+//! (default: `default`). Prints markdown tables at the end.
+
+mod common;
+
+use common::*;
+use ferrysync_core::engine;
+use ferrysync_core::mem::ScriptLink;
+use ferrysync_core::schema::EXAMPLE;
+use ferrysync_core::transport::Transport;
+use ferrysync_core::wire::Mode;
+use ferrysync_server::{direct, LoadedSchema};
+use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, MAX_FRAME};
+use ferrysync_tests::workload::{Size, Workload};
+use ferrysync_tests::TestServer;
+use pollster::block_on;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+struct Tables {
+    time: Table,
+    wire: Table,
+    delta: Table,
+    e2e: Table,
+}
+
+fn main() {
+    if !is_bench_run() {
+        println!("sync: run with `cargo bench -p ferrysync-tests --bench sync`");
+        return;
+    }
+    let mut t = Tables {
+        time: Table::new(
+            "Items 1–2: server reconcile and phone apply vs a bare rusqlite bulk insert \
+             (medians, side by side)",
+            &[
+                "size",
+                "measure",
+                "ferrysync",
+                "µs/record",
+                "bare bulk insert",
+                "ratio",
+                "target",
+                "status",
+            ],
+        ),
+        wire: Table::new(
+            "Item 3: bytes on the wire per record",
+            &[
+                "size",
+                "measure",
+                "bytes",
+                "B/record",
+                "× postcard bodies",
+                "× JSON",
+                "target",
+                "status",
+            ],
+        ),
+        delta: Table::new(
+            "Item 4: 1 % delta sync vs full refresh (in process, phones on SQLite files)",
+            &[
+                "size",
+                "measure",
+                "time",
+                "sent",
+                "received",
+                "full / this (time)",
+                "full / this (bytes)",
+                "target",
+                "status",
+            ],
+        ),
+        e2e: Table::new(
+            "Item 5: end to end over HTTP on 127.0.0.1 (phones on SQLite files)",
+            &[
+                "size",
+                "step",
+                "time",
+                "sent",
+                "received",
+                "PouchDB reference",
+                "faster",
+                "fewer bytes",
+                "status",
+            ],
+        ),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for size in sizes() {
+        println!("\n== {size}");
+        let w = Workload::generate(size);
+        run_size(&w, &rt, &mut t);
+    }
+    t.time.print();
+    t.wire.print();
+    t.delta.print();
+    t.e2e.print();
+}
+
+fn hash() -> u64 {
+    LoadedSchema::example().hash()
+}
+
+fn phone_on_file(path: &Path) -> Phone {
+    Phone::open(path, EXAMPLE).expect("phone")
+}
+
+/// Fills `phone` with the workload without an fsync per insert (setup, not measured), then
+/// puts `synchronous = FULL` back for what is measured.
+fn fill_fast(w: &Workload, phone: &mut Phone) -> ferrysync_tests::workload::Locals {
+    let conn = phone.store().connection();
+    conn.execute_batch("PRAGMA synchronous = OFF")
+        .expect("pragma");
+    let locals = w.fill(phone).expect("fill phone");
+    phone
+        .store()
+        .connection()
+        .execute_batch("PRAGMA synchronous = FULL")
+        .expect("pragma");
+    locals
+}
+
+fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
+    let size = w.size;
+    let records = w.records();
+    let runs = runs(size);
+    let scratch = tempfile::tempdir().expect("tempdir");
+
+    // The push a phone holding N + M new records sends, built by the real engine.
+    let mut src = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).expect("store"));
+    w.fill(&mut src).expect("fill");
+    let request = request_of(src.store(), Mode::Delta);
+    drop(src);
+
+    // 1. Server reconcile, in process.
+    let mut push_reply = Vec::new();
+    let (sync_t, bulk_t) = side_by_side(
+        runs,
+        || {
+            let d = tempfile::tempdir().expect("tempdir");
+            let (db, dev) = server_db(d.path(), "server.db");
+            let started = Instant::now();
+            let reply = direct::sync(&db, hash(), &dev, params(), &request).expect("sync");
+            let took = started.elapsed();
+            push_reply = reply;
+            took
+        },
+        || bare_bulk_insert(scratch.path(), w),
+    );
+    let target_row = |t: &mut Table, what: &str, a: Duration, b: Duration, target: f64| {
+        let r = ratio(a, b);
+        t.row(vec![
+            size.to_string(),
+            what.to_owned(),
+            ms(a),
+            format!("{:.1}", a.as_secs_f64() * 1e6 / records as f64),
+            ms(b),
+            x(r),
+            format!("≤ {target}×"),
+            verdict(r <= target).to_owned(),
+        ]);
+    };
+    target_row(
+        &mut t.time,
+        "first push, `direct::sync` (decode, reconcile, commit, reply)",
+        sync_t,
+        bulk_t,
+        2.5,
+    );
+
+    // 1b. The same push over HTTP, each to a fresh server.
+    let (http_t, bulk_t) = side_by_side(
+        runs,
+        || rt.block_on(http_push(&request, push_reply.len())),
+        || bare_bulk_insert(scratch.path(), w),
+    );
+    target_row(
+        &mut t.time,
+        "first push over HTTP (127.0.0.1, to the last reply byte)",
+        http_t,
+        bulk_t,
+        2.5,
+    );
+
+    // 2. Phone apply of the server's real full refresh.
+    let sdir = tempfile::tempdir().expect("tempdir");
+    let (db, dev) = server_db(sdir.path(), "server.db");
+    direct::sync(&db, hash(), &dev, params(), &request).expect("seed server");
+    let fresh = another_device(&db);
+    let mut empty = SqliteStore::open_in_memory(EXAMPLE).expect("store");
+    let pull_request = request_of(&mut empty, Mode::Delta);
+    let pull_reply = direct::sync(&db, hash(), &fresh, params(), &pull_request).expect("pull");
+    let (apply_t, bulk_t) = side_by_side(
+        runs,
+        || apply_full(&pull_reply, records),
+        || bare_bulk_insert(scratch.path(), w),
+    );
+    target_row(
+        &mut t.time,
+        "phone applies a full refresh (engine + `SqliteStore` file)",
+        apply_t,
+        bulk_t,
+        1.5,
+    );
+    drop(db);
+
+    // 3. Bytes.
+    let bodies = w.body_bytes().expect("bodies");
+    let json = json(w);
+    let per = |n: usize| n as f64 / records as f64;
+    let mut wire = |what: &str, n: usize, target: Option<f64>| {
+        let vs_bodies = n as f64 / bodies as f64;
+        t.wire.row(vec![
+            size.to_string(),
+            what.to_owned(),
+            bytes(n as u64),
+            format!("{:.1}", per(n)),
+            x(vs_bodies),
+            x(n as f64 / json.len() as f64),
+            target.map_or_else(String::new, |t| format!("≤ {t}× bodies")),
+            target.map_or_else(String::new, |t| verdict(vs_bodies <= t).to_owned()),
+        ]);
+    };
+    wire("bare postcard bodies (the baseline)", bodies as usize, None);
+    wire("JSON of the same records", json.len(), None);
+    wire("push request (N + M adds)", request.len(), Some(1.25));
+    wire(
+        "reply to the first push (N + M mappings + N + M records)",
+        push_reply.len(),
+        None,
+    );
+    wire(
+        "fresh-device pull reply (full)",
+        pull_reply.len(),
+        Some(1.25),
+    );
+    wire("push request, gzip", gzip_len(&request), None);
+    wire("fresh-device pull reply, gzip", gzip_len(&pull_reply), None);
+    wire("JSON, gzip", gzip_len(&json), None);
+
+    // 4. Delta vs full, in process, phones on files.
+    delta_vs_full(w, runs, t);
+
+    // 5. End to end over HTTP.
+    rt.block_on(end_to_end(w, runs.min(3), t));
+}
+
+/// One push of `request` to a fresh server over HTTP; checks the reply's length.
+async fn http_push(request: &[u8], reply_len: usize) -> Duration {
+    let s = TestServer::start().await;
+    let token = s.enrol("bench");
+    let mut link = HttpTransport::new(&s.url(), &token);
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    for chunk in request.chunks(16 * 1024) {
+        link.send(chunk).await.expect("send");
+    }
+    link.finish().await.expect("finish");
+    let mut got = 0;
+    loop {
+        let n = link.receive(&mut buf).await.expect("receive");
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let took = started.elapsed();
+    // Same request, same data: only the server time and ids may differ in the bytes.
+    assert!(
+        got.abs_diff(reply_len) * 50 < reply_len,
+        "{got} vs {reply_len}"
+    );
+    s.stop().await;
+    took
+}
+
+/// The engine applies `reply` (a full refresh) to a new phone file; times the apply.
+fn apply_full(reply: &[u8], records: usize) -> Duration {
+    let d = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteStore::open(d.path().join("phone.db"), EXAMPLE).expect("phone");
+    let mut link = ScriptLink::replying(reply.to_vec());
+    let out = block_on(engine::send_request::<_, _, MAX_FRAME>(
+        &EXAMPLE,
+        &mut store,
+        &mut link,
+        Mode::Delta,
+    ))
+    .expect("request");
+    let started = Instant::now();
+    let report = block_on(engine::receive_reply::<_, _, MAX_FRAME>(
+        &EXAMPLE, &mut store, &mut link, &out,
+    ))
+    .expect("apply");
+    let took = started.elapsed();
+    assert_eq!(report.upserts as usize, records);
+    took
+}
+
+fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
+    let size = w.size;
+    let d = tempfile::tempdir().expect("tempdir");
+    let (db, dev_a) = server_db(d.path(), "server.db");
+    let dev_b = another_device(&db);
+    let dev_c = another_device(&db);
+    let mut a = phone_on_file(&d.path().join("a.db"));
+    let locals = fill_fast(w, &mut a);
+    block_on(a.sync(&mut DirectLink::new(&db, &dev_a), Mode::Delta)).expect("first push");
+    let mut b = phone_on_file(&d.path().join("b.db"));
+    block_on(b.sync(&mut DirectLink::new(&db, &dev_b), Mode::Delta)).expect("first pull");
+    let mut c = phone_on_file(&d.path().join("c.db"));
+    block_on(c.sync(&mut DirectLink::new(&db, &dev_c), Mode::Delta)).expect("first pull");
+    let renamed = w.renamed_count();
+    let (mut push, mut pull, mut full) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut push_b, mut pull_b, mut full_b) = ((0, 0), (0, 0), (0, 0));
+    for _ in 0..runs {
+        w.rename(&mut a, &locals).expect("rename");
+        let mut la = DirectLink::new(&db, &dev_a);
+        let started = Instant::now();
+        let r = block_on(a.sync(&mut la, Mode::Delta)).expect("delta push");
+        push.push(started.elapsed());
+        assert_eq!(r.sent as usize, renamed);
+        push_b = (la.sent, la.received);
+
+        let mut lb = DirectLink::new(&db, &dev_b);
+        let started = Instant::now();
+        let r = block_on(b.sync(&mut lb, Mode::Delta)).expect("delta pull");
+        pull.push(started.elapsed());
+        assert!(!r.full);
+        assert_eq!(r.upserts as usize, renamed);
+        pull_b = (lb.sent, lb.received);
+
+        let mut lc = DirectLink::new(&db, &dev_c);
+        let started = Instant::now();
+        let r = block_on(c.sync(&mut lc, Mode::Full)).expect("full refresh");
+        full.push(started.elapsed());
+        assert!(r.full);
+        assert_eq!(r.upserts as usize, w.records());
+        full_b = (lc.sent, lc.received);
+    }
+    let full_t = median(&full);
+    let full_bytes = full_b.0 + full_b.1;
+    let mut row = |what: &str, took: Duration, (sent, received): (u64, u64), target: bool| {
+        let rt = ratio(full_t, took);
+        let rb = full_bytes as f64 / (sent + received) as f64;
+        t.delta.row(vec![
+            size.to_string(),
+            what.to_owned(),
+            ms(took),
+            bytes(sent),
+            bytes(received),
+            x(rt),
+            x(rb),
+            if target {
+                "≥ 20× at 11,000".into()
+            } else {
+                String::new()
+            },
+            if target && size == Size::DEFAULT {
+                verdict(rt >= 20.0 && rb >= 20.0).to_owned()
+            } else {
+                String::new()
+            },
+        ]);
+    };
+    row(
+        &format!("1 % delta push ({renamed} renames) and its reply"),
+        median(&push),
+        push_b,
+        true,
+    );
+    row(
+        &format!("1 % delta pull on another phone ({renamed} records)"),
+        median(&pull),
+        pull_b,
+        true,
+    );
+    row(
+        "full refresh of the same data (the baseline)",
+        full_t,
+        full_b,
+        false,
+    );
+}
+
+/// PouchDB 9 / pouchdb-server 4.2 at N = 1,000, M = 10,000 (issue 7): seconds, bytes.
+const POUCH_PUSH: (f64, f64) = (3.6, 4.1e6);
+const POUCH_PULL: (f64, f64) = (2.6, 5.3e6);
+const POUCH_INC_PUSH: f64 = 0.06;
+
+async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
+    let size = w.size;
+    let mut first = Vec::new();
+    let mut pull = Vec::new();
+    let mut inc = Vec::new();
+    let mut inc_pull = Vec::new();
+    let (mut first_b, mut pull_b, mut inc_b, mut inc_pull_b) = ((0, 0), (0, 0), (0, 0), (0, 0));
+    let renamed = w.renamed_count();
+    for _ in 0..runs {
+        let s = TestServer::start().await;
+        let (t1, t2) = (s.enrol("bench"), s.enrol("bench"));
+        let mut p1 = s.phone("p1");
+        let locals = fill_fast(w, &mut p1);
+        let mut l1 = HttpTransport::new(&s.url(), &t1);
+        let started = Instant::now();
+        let r = p1.sync(&mut l1, Mode::Delta).await.expect("first sync");
+        first.push(started.elapsed());
+        assert_eq!(r.mapped as usize, w.records());
+        first_b = (l1.bytes_sent, l1.bytes_received);
+
+        let mut p2 = s.phone("p2");
+        let mut l2 = HttpTransport::new(&s.url(), &t2);
+        let started = Instant::now();
+        let r = p2.sync(&mut l2, Mode::Delta).await.expect("pull");
+        pull.push(started.elapsed());
+        assert_eq!(r.upserts as usize, w.records());
+        pull_b = (l2.bytes_sent, l2.bytes_received);
+
+        w.rename(&mut p1, &locals).expect("rename");
+        let started = Instant::now();
+        let r = p1.sync(&mut l1, Mode::Delta).await.expect("1 % push");
+        inc.push(started.elapsed());
+        assert_eq!(r.sent as usize, renamed);
+        inc_b = (l1.bytes_sent, l1.bytes_received);
+
+        let started = Instant::now();
+        let r = p2.sync(&mut l2, Mode::Delta).await.expect("1 % pull");
+        inc_pull.push(started.elapsed());
+        assert_eq!(r.upserts as usize, renamed);
+        inc_pull_b = (l2.bytes_sent, l2.bytes_received);
+        s.stop().await;
+    }
+    let default = size == Size::DEFAULT;
+    let mut row = |what: &str,
+                   took: Duration,
+                   (sent, received): (u64, u64),
+                   reference: Option<(f64, f64)>,
+                   reference_text: &str| {
+        let (faster, fewer, status) = match reference {
+            Some((secs, b)) if default => {
+                let f = secs / took.as_secs_f64();
+                let moved = if b > 0.0 {
+                    Some(b / sent.max(received) as f64)
+                } else {
+                    None
+                };
+                let met = f > 10.0 && moved.is_none_or(|m| m > 10.0);
+                (
+                    x(f),
+                    moved.map_or_else(String::new, x),
+                    format!("{} (> 10×)", verdict(met)),
+                )
+            }
+            _ => (String::new(), String::new(), String::new()),
+        };
+        t.e2e.row(vec![
+            size.to_string(),
+            what.to_owned(),
+            ms(took),
+            bytes(sent),
+            bytes(received),
+            if default {
+                reference_text.to_owned()
+            } else {
+                String::new()
+            },
+            faster,
+            fewer,
+            status,
+        ]);
+    };
+    row(
+        "first sync of a phone holding N + M new records",
+        median(&first),
+        first_b,
+        Some(POUCH_PUSH),
+        "3.6 s, 4.1 MB sent",
+    );
+    row(
+        "fresh-device pull (full)",
+        median(&pull),
+        pull_b,
+        Some(POUCH_PULL),
+        "2.6 s, 5.3 MB (1.6 MB gzip)",
+    );
+    row(
+        &format!("1 % incremental push ({renamed} renames)"),
+        median(&inc),
+        inc_b,
+        Some((POUCH_INC_PUSH, 0.0)),
+        "0.06 s",
+    );
+    row(
+        "1 % incremental pull on the other phone",
+        median(&inc_pull),
+        inc_pull_b,
+        None,
+        "",
+    );
+}
