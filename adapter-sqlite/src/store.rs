@@ -124,6 +124,10 @@ struct TableSql {
     insert: String,
     /// `insert` for [`BATCH_ROWS`] rows at once; row `r` takes parameters `r * params + 1..`.
     insert_many: String,
+    /// `insert` and `insert_many` for records known to exist with the same server id and
+    /// parent: the update leaves those columns (and so their index entries) alone.
+    insert_same_keys: String,
+    insert_many_same_keys: String,
     /// Parameters per row of `insert` (`HEADER_PARAMS` + fields; a master skips `?3`).
     params: usize,
     update_header: String,
@@ -216,14 +220,17 @@ impl TableSql {
                 .collect();
             format!("({})", vals.join(", "))
         };
-        let upsert = |rows: usize| {
+        let upsert = |rows: usize, same_keys: bool| {
             let values: Vec<String> = (0..rows).map(|r| row_vals(r * params)).collect();
+            let keep = |c: &&str| {
+                *c != "id" && !(same_keys && (*c == "server_id" || Some(*c) == def.parent_field))
+            };
             format!(
                 "INSERT INTO {name} ({insert_cols}) VALUES {} ON CONFLICT(id) DO UPDATE SET {}",
                 values.join(", "),
                 insert_cols
                     .split(", ")
-                    .filter(|c| *c != "id")
+                    .filter(keep)
                     .map(|c| format!("{c} = excluded.{c}"))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -244,8 +251,10 @@ impl TableSql {
                 "SELECT {} FROM {name} WHERE id = ?1",
                 if n_fields == 0 { "NULL" } else { &field_cols }
             ),
-            insert: upsert(1),
-            insert_many: upsert(BATCH_ROWS),
+            insert: upsert(1, false),
+            insert_many: upsert(BATCH_ROWS, false),
+            insert_same_keys: upsert(1, true),
+            insert_many_same_keys: upsert(BATCH_ROWS, true),
             params,
             update_header: format!(
                 "UPDATE {name} SET server_id = ?2, {parent_set}is_from_server = ?4, is_modified = ?5, \
@@ -275,6 +284,9 @@ const BATCH_ROWS: usize = 32;
 /// Records of one table put in the open transaction and not yet written to SQLite.
 struct Batch {
     table: TableId,
+    /// Every row is known to exist already with the same server id and parent (or not at
+    /// all): the `*_same_keys` statements write them.
+    same_keys: bool,
     /// Header, and the body's range in `bodies`.
     rows: Vec<(Record, std::ops::Range<usize>)>,
     bodies: Vec<u8>,
@@ -553,6 +565,7 @@ impl SqliteStore {
             in_tx: false,
             batch: Batch {
                 table: TableId(0),
+                same_keys: false,
                 rows: Vec::with_capacity(BATCH_ROWS),
                 bodies: Vec::new(),
             },
@@ -598,7 +611,12 @@ impl SqliteStore {
         let sql = self.sql(b.table)?;
         let mut chunks = b.rows.chunks_exact(BATCH_ROWS);
         if chunks.len() > 0 {
-            let mut stmt = self.conn.prepare_cached(&sql.insert_many)?;
+            let many = if b.same_keys {
+                &sql.insert_many_same_keys
+            } else {
+                &sql.insert_many
+            };
+            let mut stmt = self.conn.prepare_cached(many)?;
             for chunk in &mut chunks {
                 for (r, (rec, body)) in chunk.iter().enumerate() {
                     bind_row(&mut stmt, r * sql.params, def, rec, &b.bodies[body.clone()])?;
@@ -608,7 +626,12 @@ impl SqliteStore {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut stmt = self.conn.prepare_cached(&sql.insert)?;
+            let one = if b.same_keys {
+                &sql.insert_same_keys
+            } else {
+                &sql.insert
+            };
+            let mut stmt = self.conn.prepare_cached(one)?;
             for (rec, body) in rest {
                 bind_row(&mut stmt, 0, def, rec, &b.bodies[body.clone()])?;
                 stmt.raw_execute()?;
@@ -788,6 +811,17 @@ impl LocalStore for SqliteStore {
             .schema
             .table(rec.table)
             .ok_or_else(|| StoreError::Corrupt(format!("no {}", rec.table)))?;
+        // A master has no parent column: remember the record as SQLite will give it back.
+        let stored;
+        let rec = if def.parent_field.is_none() && rec.parent.is_some() {
+            stored = Record {
+                parent: None,
+                ..*rec
+            };
+            &stored
+        } else {
+            rec
+        };
         match body {
             Some(body) if self.in_tx => {
                 // Gathered for a multi-row insert; checked now so a bad body fails this call.
@@ -797,9 +831,18 @@ impl LocalStore for SqliteStore {
                         def.name
                     )));
                 }
-                if self.batch.table != rec.table {
+                // Known to be stored (or gathered) with the same server id and parent?
+                let same_keys = rec.server.is_some_and(|s| {
+                    self.index.get(rec.table.0 as usize).is_some_and(|ix| {
+                        ix.known
+                            .get(&s.0)
+                            .is_some_and(|old| old.local == rec.local && old.parent == rec.parent)
+                    })
+                });
+                if self.batch.table != rec.table || self.batch.same_keys != same_keys {
                     self.flush()?;
                     self.batch.table = rec.table;
+                    self.batch.same_keys = same_keys;
                 }
                 if self.failed {
                     return Err(StoreError::TransactionFailed);
