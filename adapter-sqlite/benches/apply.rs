@@ -13,6 +13,10 @@
 //! picks the sizes (small = 100 + 1,000, default = 1,000 + 10,000, large = 10,000 + 100,000;
 //! default only when unset). Each size prints `summary:` lines with both times and the ratio
 //! (medians of rounds that alternate the two sides), then criterion measures each side.
+//!
+//! To profile one side (e.g. under `valgrind --tool=callgrind`, which counts instructions
+//! reliably on a busy machine), `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|full` runs just
+//! that side once per size, prints its time, and skips the rest.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use ferrysync_core::body::{self, Value};
@@ -405,9 +409,42 @@ fn timed(iters: u64, mut run: impl FnMut() -> Duration) -> Duration {
     (0..iters).map(|_| run()).sum()
 }
 
+/// The measured part of a `FERRYSYNC_BENCH_ONLY` run: a profiler can collect inside it only
+/// (`valgrind --tool=callgrind --toggle-collect='*measured*'`).
+#[inline(never)]
+fn measured(run: impl FnOnce() -> Duration) -> Duration {
+    run()
+}
+
+/// Runs one side once (`FERRYSYNC_BENCH_ONLY`), for profilers.
+fn only(w: &Workload, side: &str) {
+    let dir = tempdir();
+    let took = match side {
+        "engine" => measured(|| engine_full(dir.path(), &w.first)),
+        "bare" => measured(|| bare_insert(dir.path(), &w.rows)),
+        "floor" => measured(|| bare_insert_store_tables(dir.path(), &w.rows)),
+        "delta" | "full" => {
+            let mut phone = synced_phone(dir.path(), &w.first);
+            let (reply, full) = if side == "delta" {
+                (&w.delta, false)
+            } else {
+                (&w.full_again, true)
+            };
+            measured(|| apply(&mut phone, reply, 2, full))
+        }
+        _ => panic!("FERRYSYNC_BENCH_ONLY={side}: expected engine, bare, floor, delta or full"),
+    };
+    println!("only {side} {}: {:.2} ms", w.size.name, ms(took));
+}
+
 fn bench(c: &mut Criterion) {
+    let only_side = std::env::var("FERRYSYNC_BENCH_ONLY").ok();
     for size in sizes() {
         let w = workload(size);
+        if let Some(side) = &only_side {
+            only(&w, side);
+            continue;
+        }
         summary(&w);
         let mut g = c.benchmark_group(format!("apply_{}", size.name));
         g.sample_size(10)
