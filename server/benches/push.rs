@@ -1,6 +1,7 @@
-//! Push of 1,000 companies + 10,000 contacts in one sync, over real HTTP on 127.0.0.1, against
-//! a bare rusqlite bulk insert of the same rows in one transaction (same pragmas: WAL,
-//! `synchronous = FULL`), in the same run.
+//! Push of 1,000 companies + 10,000 contacts (issue 7's workload, `workload/mod.rs`) in one
+//! sync, over real HTTP on 127.0.0.1, against a bare rusqlite bulk insert of the same rows in
+//! one transaction (same pragmas: WAL, `synchronous = FULL`), in the same run. The reconcile
+//! alone, without HTTP, is the `reconcile` bench.
 //!
 //! Each sync goes to a fresh server database (setup not timed) and is timed from the first
 //! request byte to the last reply byte: decoding and checking 11,000 changes, mapping every
@@ -12,58 +13,23 @@
 
 #[path = "../tests/http/common.rs"]
 mod common;
+#[path = "workload/mod.rs"]
+mod workload;
 
 use common::*;
 use criterion::{criterion_group, Criterion, Throughput};
-use ferrysync_core::wire::Mode;
 use std::time::{Duration, Instant};
+use workload::{bare_bulk_insert, median, BareRows, SIZES};
 
-const COMPANIES: u32 = 1_000;
-const CONTACTS_PER_COMPANY: u32 = 10;
-const RECORDS: u64 = (COMPANIES * (1 + CONTACTS_PER_COMPANY)) as u64;
-
-fn company(i: u32) -> (String, String, String) {
-    (
-        format!("Company {i}"),
-        format!("City {}", i % 50),
-        format!("+33 1 {i:06}"),
-    )
-}
-
-fn contact(j: u32) -> (String, String, String) {
-    (
-        format!("Contact {j}"),
-        format!("contact{j}@example.com"),
-        format!("+33 6 {j:06}"),
-    )
-}
-
-fn changes(device: u32) -> Vec<Chg> {
-    let t = at(device, 0);
-    let mut v = Vec::with_capacity(RECORDS as usize);
-    for i in 1..=COMPANIES {
-        let (a, b, c) = company(i);
-        v.push(add(COMPANY, i, None, t, text3(COMPANY, &a, &b, &c)));
-    }
-    for j in 1..=COMPANIES * CONTACTS_PER_COMPANY {
-        let (a, b, c) = contact(j);
-        let parent = 1 + (j - 1) / CONTACTS_PER_COMPANY;
-        v.push(add(
-            CONTACT,
-            j,
-            Some(local(parent)),
-            t,
-            text3(CONTACT, &a, &b, &c),
-        ));
-    }
-    v
-}
+const COMPANIES: u32 = SIZES[1].0;
+const CONTACTS: u32 = SIZES[1].1;
+const RECORDS: u64 = (COMPANIES + CONTACTS) as u64;
 
 /// One timed push to a fresh server.
 async fn one_sync() -> Duration {
     let s = TestServer::start().await;
     let dev = s.device("bench");
-    let body = encode_request(hello(1, None, Mode::Delta), &changes(dev.id));
+    let body = workload::request(&workload::changes(COMPANIES, CONTACTS, dev.id, now()));
     let started = Instant::now();
     let a = s.post_sync(Some(&dev.token), body).await;
     let took = started.elapsed();
@@ -74,52 +40,6 @@ async fn one_sync() -> Duration {
     assert!(r.rejected.is_empty());
     s.stop().await;
     took
-}
-
-/// The same rows, inserted with rusqlite in one transaction into a fresh file.
-fn one_bulk_insert() -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = rusqlite::Connection::open(dir.path().join("bulk.db")).unwrap();
-    let _: String = c
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .unwrap();
-    c.pragma_update(None, "synchronous", "FULL").unwrap();
-    c.pragma_update(None, "foreign_keys", "ON").unwrap();
-    c.execute_batch(
-        "CREATE TABLE company (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL,
-                               phone TEXT NOT NULL);
-         CREATE TABLE contact (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,
-                               phone TEXT NOT NULL,
-                               company_id INTEGER NOT NULL REFERENCES company(id));
-         CREATE INDEX contact_company ON contact (company_id);",
-    )
-    .unwrap();
-    let started = Instant::now();
-    let tx = c.transaction().unwrap();
-    {
-        let mut ins = tx
-            .prepare("INSERT INTO company (id, name, city, phone) VALUES (?1, ?2, ?3, ?4)")
-            .unwrap();
-        for i in 1..=COMPANIES {
-            let (a, b, d) = company(i);
-            ins.execute(rusqlite::params![i, a, b, d]).unwrap();
-        }
-        let mut ins = tx
-            .prepare("INSERT INTO contact (name, email, phone, company_id) VALUES (?1, ?2, ?3, ?4)")
-            .unwrap();
-        for j in 1..=COMPANIES * CONTACTS_PER_COMPANY {
-            let (a, b, d) = contact(j);
-            ins.execute(rusqlite::params![
-                a,
-                b,
-                d,
-                1 + (j - 1) / CONTACTS_PER_COMPANY
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    started.elapsed()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -142,15 +62,15 @@ fn bench(c: &mut Criterion) {
                 .sum::<Duration>()
         })
     });
+    let rows = BareRows::new(COMPANIES, CONTACTS);
     g.bench_function("bare_rusqlite_bulk_insert", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| one_bulk_insert()).sum::<Duration>())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| bare_bulk_insert(&rows))
+                .sum::<Duration>()
+        })
     });
     g.finish();
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
 }
 
 /// Medians of a few more runs, printed as the figures the issue asks for.
@@ -158,14 +78,15 @@ fn summary() {
     let rt = runtime();
     let runs = 7;
     let sync = median((0..runs).map(|_| rt.block_on(one_sync())).collect());
-    let bulk = median((0..runs).map(|_| one_bulk_insert()).collect());
+    let rows = BareRows::new(COMPANIES, CONTACTS);
+    let bulk = median((0..runs).map(|_| bare_bulk_insert(&rows)).collect());
     let secs = sync.as_secs_f64();
     println!(
         "\nsummary (median of {runs}): push of {COMPANIES} companies + {} contacts = {RECORDS} records\n\
          \x20 sync over HTTP:      {:8.1} ms  -> {:6.2} syncs/s, {:9.0} records/s\n\
          \x20 bare bulk insert:    {:8.1} ms  -> {:9.0} records/s\n\
          \x20 sync / bulk insert:  {:8.2} x",
-        COMPANIES * CONTACTS_PER_COMPANY,
+        CONTACTS,
         secs * 1e3,
         1.0 / secs,
         RECORDS as f64 / secs,

@@ -1,0 +1,207 @@
+//! Server reconcile of a first push without HTTP, beside a bare rusqlite bulk insert of the
+//! same rows in one transaction (same pragmas: WAL, `synchronous = FULL`, foreign keys), in
+//! the same run. The workload is issue 7's (see `workload/mod.rs`): `n` companies and `m`
+//! contacts, contact `j` under company `j % n`.
+//!
+//! Three things are timed, each on a fresh database (opening it and adding the device are not
+//! timed):
+//! - `reconcile`: [`ServerStore::sync`] of the already decoded changes: id mapping, foreign
+//!   keys rewritten through the map, last-write-wins, scope checks, commit. This is the figure
+//!   the issue's target (≤ 2.5× the bulk insert) is about.
+//! - `direct`: [`direct::sync`]: the request bytes in (frame decoding and stream checks), the
+//!   reconcile, and the reply bytes out (mappings and the device's full first reply).
+//! - `bulk`: the same rows inserted with rusqlite, prepared statements, one transaction.
+//!
+//! `cargo bench -p ferrysync-server --bench reconcile` runs criterion on the default size
+//! (1,000 + 10,000), then prints a summary: for each of the three sizes the medians of runs
+//! taken in turns (reconcile, direct, bulk, reconcile, ...) and the ratios to the bulk insert.
+//! `FERRYSYNC_BENCH_PROFILE=reconcile` (or `direct`, `bulk`) runs only that, in a loop of
+//! `FERRYSYNC_BENCH_LOOPS` (default 20), on size `FERRYSYNC_BENCH_SIZE` (0, 1 or 2; default
+//! 1), for a profiler.
+
+#[path = "workload/mod.rs"]
+mod workload;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use ferrysync_server::direct;
+use ferrysync_server::store::{Device, Incoming, OwnedChange, SyncParams};
+use ferrysync_server::{LoadedSchema, ServerStore, SqliteStore};
+use std::time::{Duration, Instant};
+use workload::*;
+
+/// A fresh store in its own directory, with one device of scope `bench`.
+fn fresh_store() -> (tempfile::TempDir, SqliteStore, Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("server.db"), LoadedSchema::example()).unwrap();
+    let device = store.add_device("bench", &[7; 32], 0).unwrap();
+    (dir, store, device)
+}
+
+fn params() -> SyncParams {
+    SyncParams {
+        now_ms: ferrysync_server::now_ms(),
+        max_skew_ms: 60_000,
+        tombstone_retention_ms: 30 * 24 * 3_600_000,
+    }
+}
+
+/// The workload's changes for the first device of a fresh store (whose id is always 1).
+struct Push {
+    n: u32,
+    m: u32,
+    changes: Vec<OwnedChange>,
+    request: Vec<u8>,
+    bare: BareRows,
+}
+
+impl Push {
+    fn new(n: u32, m: u32) -> Self {
+        let (_dir, _store, device) = fresh_store();
+        let changes = changes(n, m, device.id, ferrysync_server::now_ms());
+        let request = request(&changes);
+        Push {
+            n,
+            m,
+            changes,
+            request,
+            bare: BareRows::new(n, m),
+        }
+    }
+
+    fn records(&self) -> u64 {
+        u64::from(self.n + self.m)
+    }
+
+    /// One timed reconcile of the decoded changes.
+    fn reconcile(&self) -> Duration {
+        let (_dir, store, device) = fresh_store();
+        let mut source = self
+            .changes
+            .clone()
+            .into_iter()
+            .map(Incoming::Change)
+            .chain(std::iter::once(Incoming::Commit));
+        let started = Instant::now();
+        let out = store.sync(&device, params(), &mut source).unwrap();
+        let took = started.elapsed();
+        assert_eq!(out.mappings.len() as u64, self.records());
+        assert!(out.rejected.is_empty(), "{:?}", out.rejected.first());
+        took
+    }
+
+    /// One timed request-bytes-to-reply-bytes sync.
+    fn direct(&self) -> Duration {
+        let (_dir, store, device) = fresh_store();
+        let hash = LoadedSchema::example().hash();
+        let started = Instant::now();
+        let reply = direct::sync(&store, hash, &device, params(), &self.request).unwrap();
+        let took = started.elapsed();
+        // Mappings and records: far more than 20 bytes each.
+        assert!(reply.len() as u64 > 20 * self.records(), "{}", reply.len());
+        took
+    }
+
+    fn bulk(&self) -> Duration {
+        bare_bulk_insert(&self.bare)
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (n, m) = SIZES[1];
+    let push = Push::new(n, m);
+    let mut g = c.benchmark_group(format!("first_push_{n}_companies_{m}_contacts"));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(push.records()));
+    g.bench_function("reconcile", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| push.reconcile()).sum::<Duration>())
+    });
+    g.bench_function("direct_sync_bytes_to_reply", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| push.direct()).sum::<Duration>())
+    });
+    g.bench_function("bare_rusqlite_bulk_insert", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| push.bulk()).sum::<Duration>())
+    });
+    g.finish();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Medians of runs taken in turns, per size, and their ratios to the bulk insert.
+fn summary() {
+    println!(
+        "\nsummary: first push, medians of runs taken in turns (reconcile, direct, bulk, ...)\n\
+         {:>16} {:>6} {:>14} {:>12} {:>12} {:>13} {:>10} {:>10}",
+        "companies+contacts",
+        "runs",
+        "reconcile ms",
+        "direct ms",
+        "bulk ms",
+        "reconcile µs/rec",
+        "rec/bulk",
+        "dir/bulk"
+    );
+    for (n, m) in SIZES {
+        let push = Push::new(n, m);
+        let runs = if n + m > 50_000 { 5 } else { 11 };
+        let (mut r, mut d, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            r.push(push.reconcile());
+            d.push(push.direct());
+            b.push(push.bulk());
+        }
+        let (r, d, b) = (median(r), median(d), median(b));
+        println!(
+            "{:>18} {:>6} {:>14.2} {:>12.2} {:>12.2} {:>16.3} {:>9.2}x {:>9.2}x",
+            format!("{n}+{m}"),
+            runs,
+            ms(r),
+            ms(d),
+            ms(b),
+            r.as_secs_f64() * 1e6 / push.records() as f64,
+            r.as_secs_f64() / b.as_secs_f64(),
+            d.as_secs_f64() / b.as_secs_f64(),
+        );
+    }
+}
+
+/// A loop of one kind of run, for a profiler.
+fn profile(kind: &str) {
+    let loops: usize = std::env::var("FERRYSYNC_BENCH_LOOPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let size = std::env::var("FERRYSYNC_BENCH_SIZE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1);
+    let (n, m) = SIZES[size.min(SIZES.len() - 1)];
+    let push = Push::new(n, m);
+    let total: Duration = (0..loops)
+        .map(|_| match kind {
+            "direct" => push.direct(),
+            "bulk" => push.bulk(),
+            _ => push.reconcile(),
+        })
+        .sum();
+    println!(
+        "{kind}: {loops} runs, {:.2} ms each",
+        ms(total) / loops as f64
+    );
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    if let Ok(kind) = std::env::var("FERRYSYNC_BENCH_PROFILE") {
+        profile(&kind);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if std::env::args().any(|a| a == "--bench") && !std::env::args().any(|a| a == "--list") {
+        summary();
+    }
+}
