@@ -20,6 +20,10 @@ use ferrysync_core::wire::{Mapping, Mode, Op, RejectReason, Remove, Upsert};
 use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
 use std::collections::HashMap;
 
+/// The memos' hasher: foldhash (seeded per process) hashes their small integer keys several
+/// times faster than the default SipHash, and a sync looks them up for every change.
+type Memo<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Largest body re-encoded from columns (a frame is far smaller, so this never limits).
 const BODY_BUF: usize = 64 * 1024;
 /// Entries a sync remembers (mappings, record metas) before starting over: bounds memory for
@@ -37,6 +41,41 @@ pub(crate) enum Arg<'a> {
     S(&'a str),
     /// SQL NULL (a master's absent foreign key).
     Null,
+}
+
+/// A new record for [`SyncTx::insert_mapped`], and the device's local id it maps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewRow<'a> {
+    /// Field values in schema order.
+    pub values: &'a [Value<'a>],
+    /// Its foreign key: `Some` exactly for the tables that have a parent.
+    pub parent: Option<i64>,
+    /// Its scope.
+    pub scope: &'a str,
+    /// Its change sequence.
+    pub seq: i64,
+    /// Clock of the change.
+    pub at: Hlc,
+    /// The device that added it.
+    pub device: u32,
+    /// The device's local id of it.
+    pub local: u32,
+}
+
+impl NewRow<'_> {
+    /// The arguments of `TableSql::insert`.
+    pub fn args(&self) -> Vec<Arg<'_>> {
+        let mut args: Vec<Arg<'_>> = self.values.iter().map(|v| Arg::V(*v)).collect();
+        args.extend(self.parent.map(Arg::I));
+        args.extend([
+            Arg::S(self.scope),
+            Arg::I(self.seq),
+            Arg::I(self.at.wall_ms as i64),
+            Arg::I(i64::from(self.at.counter)),
+            Arg::I(i64::from(self.at.device)),
+        ]);
+        args
+    }
 }
 
 /// The stored clock, scope and parent of a live record.
@@ -83,6 +122,8 @@ pub(crate) trait SyncTx {
     fn tombstones_max_seq_before(&mut self, cutoff: i64) -> Result<Option<i64>, StoreError>;
     /// Drops the tombstones deleted at or before `cutoff` ms.
     fn prune_tombstones(&mut self, cutoff: i64) -> Result<(), StoreError>;
+    /// The smallest and largest local ids of `table` that `_idmap` maps for `device`, if any.
+    fn idmap_bounds(&mut self, device: u32, table: &str) -> Result<Option<(u32, u32)>, StoreError>;
     /// The server id mapped to a device's local id.
     fn idmap_get(
         &mut self,
@@ -90,16 +131,10 @@ pub(crate) trait SyncTx {
         table: &str,
         local: u32,
     ) -> Result<Option<i64>, StoreError>;
-    /// Inserts a record (`TableSql::insert` arguments) and maps the device's local id to it;
-    /// returns the new server id.
-    fn insert_mapped(
-        &mut self,
-        ti: usize,
-        args: &[Arg<'_>],
-        device: u32,
-        table: &str,
-        local: u32,
-    ) -> Result<i64, StoreError>;
+    /// Inserts a record into table `ti` and maps the device's local id to it; returns the new
+    /// server id. A store may hold the rows back and write them in batches, as long as every
+    /// later call of this trait sees them (and [`SyncTx::finish`] writes them).
+    fn insert_mapped(&mut self, ti: usize, row: &NewRow<'_>) -> Result<i64, StoreError>;
     /// Updates a record (`TableSql::update` arguments).
     fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError>;
     /// The live record's meta.
@@ -119,6 +154,21 @@ pub(crate) trait SyncTx {
         scope: &str,
         at_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Writes whatever the store held back; the last call of a sync before its commit.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The bounds of stored local ids read as `min(local), max(local)`: `None` when there are
+/// none, the widest range when a stored value does not fit a local id (it only costs
+/// queries).
+pub(crate) fn local_bounds(lo: Option<i64>, hi: Option<i64>) -> Option<(u32, u32)> {
+    let (lo, hi) = (lo?, hi?);
+    Some((
+        u32::try_from(lo).unwrap_or(0),
+        u32::try_from(hi).unwrap_or(u32::MAX),
+    ))
 }
 
 /// Records the schema's hash in a new database, or refuses a database made for another
@@ -176,8 +226,9 @@ pub(crate) fn run_sync<T: SyncTx>(
         params,
         seq: start_seq,
         out: SyncOutcome::default(),
-        mapped: HashMap::new(),
-        metas: HashMap::new(),
+        mapped: Memo::default(),
+        metas: Memo::default(),
+        bounds: vec![Bounds::Unread; schema.tables.len()],
     };
     loop {
         match changes.next() {
@@ -190,6 +241,7 @@ pub(crate) fn run_sync<T: SyncTx>(
     if seq != start_seq {
         tx.meta_set("seq", seq)?;
     }
+    tx.finish()?;
     Ok(out)
 }
 
@@ -225,6 +277,35 @@ pub(crate) fn bad_column(t: &TableDef<'_>, f: &FieldDef<'_>) -> StoreError {
 
 type Step = Result<Result<(), RejectReason>, StoreError>;
 
+/// What a sync knows of the local ids `_idmap` maps for its device in one table.
+#[derive(Clone, Copy, Debug)]
+enum Bounds {
+    /// Not read yet.
+    Unread,
+    /// None.
+    Empty,
+    /// Every mapped local id is in `lo..=hi` (not every one there is mapped).
+    Range(u32, u32),
+}
+
+impl Bounds {
+    fn may_hold(self, local: u32) -> bool {
+        match self {
+            Bounds::Unread => true,
+            Bounds::Empty => false,
+            Bounds::Range(lo, hi) => (lo..=hi).contains(&local),
+        }
+    }
+
+    fn widen(self, local: u32) -> Bounds {
+        match self {
+            Bounds::Unread => Bounds::Unread,
+            Bounds::Empty => Bounds::Range(local, local),
+            Bounds::Range(lo, hi) => Bounds::Range(lo.min(local), hi.max(local)),
+        }
+    }
+}
+
 /// One sync's work inside its transaction.
 struct Apply<'c, T> {
     tx: &'c mut T,
@@ -235,9 +316,13 @@ struct Apply<'c, T> {
     seq: i64,
     out: SyncOutcome,
     /// `(table, local) → server` of this device, as made or read in this transaction.
-    mapped: HashMap<(TableId, u32), i64>,
+    mapped: Memo<(TableId, u32), i64>,
     /// Meta of live records as read or written in this transaction (`None`: not live).
-    metas: HashMap<(TableId, i64), Option<RowMeta>>,
+    metas: Memo<(TableId, i64), Option<RowMeta>>,
+    /// Per table, the bounds of this device's mapped local ids, widened by every mapping this
+    /// transaction makes: a new add's local id (devices count up) is outside, so it needs no
+    /// query to know it is not a retry.
+    bounds: Vec<Bounds>,
 }
 
 impl<T: SyncTx> Apply<'_, T> {
@@ -281,7 +366,17 @@ impl<T: SyncTx> Apply<'_, T> {
         if let Some(id) = self.mapped.get(&(table, local.0)) {
             return Ok(Some(*id));
         }
-        let name = self.schema.tables[table.0 as usize].name;
+        let ti = table.0 as usize;
+        let name = self.schema.tables[ti].name;
+        if let Bounds::Unread = self.bounds[ti] {
+            self.bounds[ti] = match self.tx.idmap_bounds(self.device.id, name)? {
+                Some((lo, hi)) => Bounds::Range(lo, hi),
+                None => Bounds::Empty,
+            };
+        }
+        if !self.bounds[ti].may_hold(local.0) {
+            return Ok(None);
+        }
         let found = self.tx.idmap_get(self.device.id, name, local.0)?;
         if let Some(id) = found {
             self.remember_mapping(table, local.0, id);
@@ -290,6 +385,9 @@ impl<T: SyncTx> Apply<'_, T> {
     }
 
     fn row_meta(&mut self, table: TableId, id: i64) -> Result<Option<RowMeta>, StoreError> {
+        if !self.is_parent(table) {
+            return self.tx.row_meta(table.0 as usize, id);
+        }
         if let Some(m) = self.metas.get(&(table, id)) {
             return Ok(m.clone());
         }
@@ -298,7 +396,17 @@ impl<T: SyncTx> Apply<'_, T> {
         Ok(m)
     }
 
+    /// Whether records of `table` can be parents: only theirs are remembered (a batch's
+    /// details look their parents up; a record is rarely changed twice in one batch), so the
+    /// memos hold nothing of other tables.
+    fn is_parent(&self, table: TableId) -> bool {
+        !self.sql[table.0 as usize].children.is_empty()
+    }
+
     fn remember_mapping(&mut self, table: TableId, local: u32, id: i64) {
+        if !self.is_parent(table) {
+            return;
+        }
         if self.mapped.len() >= MEMO_MAX {
             self.mapped.clear();
         }
@@ -307,6 +415,9 @@ impl<T: SyncTx> Apply<'_, T> {
 
     /// Records what a record's row now is (`None`: deleted). Must follow every write.
     fn remember_meta(&mut self, table: TableId, id: i64, meta: Option<RowMeta>) {
+        if !self.is_parent(table) {
+            return;
+        }
         if self.metas.len() >= MEMO_MAX {
             self.metas.clear();
         }
@@ -339,13 +450,20 @@ impl<T: SyncTx> Apply<'_, T> {
                 None => return Ok(Err(RejectReason::ParentMissing)),
             },
         };
-        Ok(match self.row_meta(table, id)? {
+        // The remembered meta is compared in place (a batch's details mostly find it there).
+        let in_scope = match self.metas.get(&(table, id)) {
+            Some(m) => m.as_ref().map(|m| m.scope == self.device.scope),
+            None => self
+                .row_meta(table, id)?
+                .map(|m| m.scope == self.device.scope),
+        };
+        Ok(match in_scope {
             None => match self.missing(table, id)? {
                 RejectReason::OutOfScope => Err(RejectReason::OutOfScope),
                 _ => Err(RejectReason::ParentMissing),
             },
-            Some(m) if m.scope != self.device.scope => Err(RejectReason::OutOfScope),
-            Some(_) => Ok(id),
+            Some(false) => Err(RejectReason::OutOfScope),
+            Some(true) => Ok(id),
         })
     }
 
@@ -391,20 +509,18 @@ impl<T: SyncTx> Apply<'_, T> {
         let at = self.stamp(c.modified_at);
         let seq = self.next_seq();
         let device = self.device;
-        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
-        if t.parent.is_some() {
-            args.push(parent.map_or(Arg::Null, Arg::I));
-        }
-        args.extend([
-            Arg::S(&device.scope),
-            Arg::I(seq),
-            Arg::I(at.wall_ms as i64),
-            Arg::I(i64::from(at.counter)),
-            Arg::I(i64::from(at.device)),
-        ]);
-        let id = self
-            .tx
-            .insert_mapped(c.table.0 as usize, &args, device.id, t.name, local.0)?;
+        let ti = c.table.0 as usize;
+        let row = NewRow {
+            values: &values,
+            parent,
+            scope: &device.scope,
+            seq,
+            at,
+            device: device.id,
+            local: local.0,
+        };
+        let id = self.tx.insert_mapped(ti, &row)?;
+        self.bounds[ti] = self.bounds[ti].widen(local.0);
         self.remember_mapping(c.table, local.0, id);
         let meta = RowMeta {
             scope: device.scope.clone(),

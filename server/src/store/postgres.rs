@@ -30,8 +30,8 @@
 //! from `spawn_blocking` or plain threads, never on an async worker.
 
 use super::engine::{
-    bad_column, check_schema_hash, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery,
-    SnapshotTx, SyncTx,
+    bad_column, check_schema_hash, hlc_of, local_bounds, read_reply, run_sync, Arg, NewRow, Row,
+    RowMeta, RowQuery, SnapshotTx, SyncTx,
 };
 use super::lock;
 use super::sqlgen::{self, TableSql, POSTGRES};
@@ -499,6 +499,17 @@ impl SyncTx for PgTx<'_, '_> {
         self.exec("DELETE FROM _tombstone WHERE at <= $1", &[&cutoff])
     }
 
+    fn idmap_bounds(&mut self, device: u32, table: &str) -> Result<Option<(u32, u32)>, StoreError> {
+        // Two subqueries: each of min and max alone is one probe of the primary key.
+        let st = self.stmt(
+            "SELECT (SELECT min(local) FROM _idmap WHERE device = $1 AND tbl = $2),
+                    (SELECT max(local) FROM _idmap WHERE device = $1 AND tbl = $2)",
+        )?;
+        let row = self.tx.query_one(&st, &[&i64::from(device), &table])?;
+        let (lo, hi): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(local_bounds(lo, hi))
+    }
+
     fn idmap_get(
         &mut self,
         device: u32,
@@ -511,17 +522,12 @@ impl SyncTx for PgTx<'_, '_> {
         )
     }
 
-    fn insert_mapped(
-        &mut self,
-        ti: usize,
-        args: &[Arg<'_>],
-        device: u32,
-        table: &str,
-        local: u32,
-    ) -> Result<i64, StoreError> {
+    fn insert_mapped(&mut self, ti: usize, row: &NewRow<'_>) -> Result<i64, StoreError> {
         let st = self.stmt(&self.insert_mapped[ti])?;
-        let (device, local) = (i64::from(device), i64::from(local));
-        let mut params = args_of(args);
+        let (device, local) = (i64::from(row.device), i64::from(row.local));
+        let table = self.schema.ok_or(StoreError::NoSchema)?.schema().tables[ti].name;
+        let args = row.args();
+        let mut params = args_of(&args);
         params.extend([&device as &(dyn ToSql + Sync), &table, &local]);
         Ok(self.tx.query_one(&st, &params)?.try_get(0)?)
     }
@@ -780,6 +786,14 @@ mod tests {
             crate::store::testkit::commits_only_on_commit(&store);
             // A second open (another instance starting) finds the tables and the hash.
             PostgresStore::open(url, LoadedSchema::example()).unwrap();
+        });
+    }
+
+    #[test]
+    fn large_mixed_batches() {
+        with_db(|url| {
+            let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
+            crate::store::testkit::large_mixed_batches(&store);
         });
     }
 

@@ -217,6 +217,29 @@ fn table_sql(d: &Dialect, schema: &Schema<'static>, ti: usize) -> TableSql {
     }
 }
 
+/// SQLite's insert of `rows` new records of table `ti` with explicit ids. `?1` is the scope
+/// of every row; then per row: `id`, the fields, the foreign key (detail tables), `_seq,
+/// _wall, _counter, _device`.
+pub(crate) fn insert_rows(schema: &Schema<'static>, ti: usize, rows: usize) -> String {
+    let t = &schema.tables[ti];
+    let mut cols: Vec<String> = t.fields.iter().map(|f| q(f.name)).collect();
+    cols.extend(t.parent_field.map(q));
+    let width = 1 + cols.len() + 4;
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let first = 2 + r * width;
+            let params: Vec<String> = (first..first + width).map(|n| format!("?{n}")).collect();
+            format!("({}, ?1)", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} (id, {}, _seq, _wall, _counter, _device, _scope) VALUES {}",
+        q(t.name),
+        cols.join(", "),
+        values.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

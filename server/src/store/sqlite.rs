@@ -16,8 +16,8 @@
 //!   tombstone sequence) and `schema_hash`.
 
 use super::engine::{
-    bad_column, check_schema_hash, hlc_of, read_reply, run_sync, Arg, Row, RowMeta, RowQuery,
-    SnapshotTx, SyncTx,
+    bad_column, check_schema_hash, hlc_of, local_bounds, read_reply, run_sync, Arg, NewRow, Row,
+    RowMeta, RowQuery, SnapshotTx, SyncTx,
 };
 use super::lock;
 use super::sqlgen::{self, TableSql, SQLITE};
@@ -28,13 +28,22 @@ use crate::schema_file::LoadedSchema;
 use ferrysync_core::body::Value;
 use ferrysync_core::schema::{FieldDef, FieldType, Schema, TableDef};
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, CachedStatement, Connection, OptionalExtension, TransactionBehavior,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// Readers kept open for reuse.
 const READER_POOL: usize = 8;
+/// Most rows one multi-row insert writes. A sync holds new records (and their `_idmap` rows)
+/// back and writes them this many at a time: one statement, one pass over the pages and the
+/// indexes per batch instead of per row.
+const BATCH: usize = 64;
+/// Row counts of the multi-row inserts, largest first: `BATCH` and the powers of two below,
+/// so any number of held rows is written in few statements of few distinct shapes.
+const BATCH_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 const SYSTEM_DDL: &str = "
 CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -93,11 +102,61 @@ fn meta_set(c: &Connection, key: &str, value: i64) -> Result<(), rusqlite::Error
     Ok(())
 }
 
+/// The multi-row inserts of a store, one per count of [`BATCH_SIZES`].
+struct BatchSql {
+    /// Per schema table: its rows with explicit ids ([`sqlgen::insert_rows`]).
+    tables: Vec<Vec<String>>,
+    /// `_idmap (device, tbl, local, server)` rows of one device and table: `?1` the device,
+    /// `?2` the table, then `local, server` per row.
+    idmap: Vec<String>,
+    /// Per schema table: the largest id it ever had (AUTOINCREMENT's `sqlite_sequence`, or the
+    /// largest id if that has no row), from which a sync numbers its new records.
+    last_id: Vec<String>,
+}
+
+impl BatchSql {
+    fn new(schema: &Schema<'static>) -> Self {
+        let idmap = BATCH_SIZES
+            .iter()
+            .map(|&n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|r| format!("(?1, ?2, ?{}, ?{})", 3 + 2 * r, 4 + 2 * r))
+                    .collect();
+                format!(
+                    "INSERT INTO _idmap (device, tbl, local, server) VALUES {}",
+                    rows.join(", ")
+                )
+            })
+            .collect();
+        BatchSql {
+            tables: (0..schema.tables.len())
+                .map(|ti| {
+                    let sizes = BATCH_SIZES.iter();
+                    sizes.map(|&n| sqlgen::insert_rows(schema, ti, n)).collect()
+                })
+                .collect(),
+            idmap,
+            last_id: schema
+                .tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = ?1), 0),
+                                    coalesce((SELECT max(id) FROM {}), 0))",
+                        sqlgen::q(t.name)
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The server's store on a SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
     schema: Option<LoadedSchema>,
     sql: Vec<TableSql>,
+    batch: BatchSql,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -129,13 +188,11 @@ impl SqliteStore {
         let conn = open_conn(path)?;
         conn.execute_batch(SYSTEM_DDL)?;
         let mut sql = Vec::new();
+        let mut batch = BatchSql::new(&Schema { tables: &[] });
         if let Some(ls) = schema {
             let s = ls.schema();
-            let mut ops = LiteTx {
-                conn: &conn,
-                schema: s,
-                sql: &[],
-            };
+            batch = BatchSql::new(&s);
+            let mut ops = LiteTx::new(&conn, s, &[], &batch);
             check_schema_hash(&mut ops, &ls, &path.display().to_string(), "--db")?;
             conn.execute_batch(&sqlgen::schema_ddl(&SQLITE, &s))?;
             sql = sqlgen::schema_sql(&SQLITE, &s);
@@ -144,6 +201,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             schema,
             sql,
+            batch,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
         })
@@ -217,11 +275,177 @@ fn column_value<'r>(
     })
 }
 
+/// A value of a held row; text and blobs are ranges of the table's byte buffer.
+#[derive(Clone, Debug)]
+enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(std::ops::Range<usize>),
+    Blob(std::ops::Range<usize>),
+}
+
+impl Cell {
+    /// Copies a field value (its text or blob into `bytes`).
+    fn of(v: &Value<'_>, bytes: &mut Vec<u8>) -> Cell {
+        let mut keep = |b: &[u8]| {
+            let start = bytes.len();
+            bytes.extend_from_slice(b);
+            start..bytes.len()
+        };
+        match v {
+            Value::Null => Cell::Null,
+            Value::Bool(b) => Cell::Int(i64::from(*b)),
+            Value::I64(i) => Cell::Int(*i),
+            // Stored bit-cast, as `Arg`'s `ToSql` does.
+            Value::U64(u) => Cell::Int(*u as i64),
+            Value::F64(x) => Cell::Real(*x),
+            Value::Text(s) => Cell::Text(keep(s.as_bytes())),
+            Value::Bytes(b) => Cell::Blob(keep(b)),
+        }
+    }
+
+    fn bind<'b>(&self, bytes: &'b [u8]) -> ToSqlOutput<'b> {
+        ToSqlOutput::Borrowed(match self {
+            Cell::Null => ValueRef::Null,
+            Cell::Int(i) => ValueRef::Integer(*i),
+            Cell::Real(x) => ValueRef::Real(*x),
+            Cell::Text(r) => ValueRef::Text(&bytes[r.clone()]),
+            Cell::Blob(r) => ValueRef::Blob(&bytes[r.clone()]),
+        })
+    }
+}
+
+/// New records of one table held back by a sync, with their `_idmap` rows.
+#[derive(Default)]
+struct Held {
+    /// The id the last new record took (read on the first insert of the sync).
+    last_id: Option<i64>,
+    /// Cells of the held rows, row after row: [`sqlgen::insert_rows`]'s per-row values.
+    cells: Vec<Cell>,
+    /// Held rows.
+    rows: usize,
+    /// Text and blob bytes of the cells.
+    bytes: Vec<u8>,
+    /// The scope of every held row (bound once per statement).
+    scope: String,
+    /// The device of every held `_idmap` row, and its `(local, server)` pairs.
+    device: u32,
+    idmap: Vec<(u32, i64)>,
+}
+
 /// The statements of a sync or a reply on one SQLite connection (inside its transaction).
+///
+/// A sync holds its new records and their `_idmap` rows back and writes them up to [`BATCH`]
+/// per statement, parents' tables first (the foreign keys hold at every statement); every
+/// other statement of the sync first writes what is held, so it sees them
+/// ([`SyncTx::finish`] writes the rest). New records are numbered here, from the largest id
+/// the table ever had: the sync holds the only writer, and AUTOINCREMENT's `sqlite_sequence`
+/// follows the explicit ids, so an id is still never reused.
 struct LiteTx<'c> {
     conn: &'c Connection,
     schema: Schema<'static>,
     sql: &'c [TableSql],
+    batch: &'c BatchSql,
+    /// Per schema table.
+    held: Vec<Held>,
+    /// The multi-row inserts prepared in this transaction, by table then [`BATCH_SIZES`] index
+    /// (the last table's slot after the tables' are `_idmap`'s): kept at hand rather than
+    /// looked up by their long text for each batch.
+    inserts: Vec<Option<CachedStatement<'c>>>,
+}
+
+impl<'c> LiteTx<'c> {
+    fn new(
+        conn: &'c Connection,
+        schema: Schema<'static>,
+        sql: &'c [TableSql],
+        batch: &'c BatchSql,
+    ) -> Self {
+        LiteTx {
+            conn,
+            schema,
+            sql,
+            batch,
+            held: (0..schema.tables.len()).map(|_| Held::default()).collect(),
+            inserts: Vec::new(),
+        }
+    }
+
+    /// The `k`-th multi-row insert of table `ti`, or of `_idmap` for `ti` = the table count.
+    fn insert_stmt(&mut self, ti: usize, k: usize) -> Result<&mut CachedStatement<'c>, StoreError> {
+        let slot = ti * BATCH_SIZES.len() + k;
+        if self.inserts.len() <= slot {
+            self.inserts.resize_with(slot + 1, || None);
+        }
+        let stmt = match self.inserts[slot].take() {
+            Some(stmt) => stmt,
+            None => {
+                let sql = match self.batch.tables.get(ti) {
+                    Some(t) => &t[k],
+                    None => &self.batch.idmap[k],
+                };
+                self.conn.prepare_cached(sql)?
+            }
+        };
+        Ok(self.inserts[slot].insert(stmt))
+    }
+
+    /// Writes every held row: tables in schema order (parents first), then `_idmap`.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let tables = self.held.len();
+        for ti in 0..tables {
+            let h = std::mem::take(&mut self.held[ti]);
+            let mut row = 0;
+            while row < h.rows {
+                let (k, n) = batch_size(h.rows - row);
+                let width = h.cells.len() / h.rows;
+                let st = self.insert_stmt(ti, k)?;
+                st.raw_bind_parameter(1, h.scope.as_str())?;
+                let cells = &h.cells[row * width..(row + n) * width];
+                for (i, c) in cells.iter().enumerate() {
+                    st.raw_bind_parameter(i + 2, c.bind(&h.bytes))?;
+                }
+                st.raw_execute()?;
+                row += n;
+            }
+            self.held[ti] = h;
+        }
+        for ti in 0..tables {
+            let h = std::mem::take(&mut self.held[ti]);
+            let mut row = 0;
+            while row < h.idmap.len() {
+                let (k, n) = batch_size(h.idmap.len() - row);
+                let name = self.schema.tables[ti].name;
+                let st = self.insert_stmt(tables, k)?;
+                st.raw_bind_parameter(1, h.device)?;
+                st.raw_bind_parameter(2, name)?;
+                for (i, &(local, server)) in h.idmap[row..row + n].iter().enumerate() {
+                    st.raw_bind_parameter(3 + 2 * i, local)?;
+                    st.raw_bind_parameter(4 + 2 * i, server)?;
+                }
+                st.raw_execute()?;
+                row += n;
+            }
+            self.held[ti] = h;
+        }
+        for h in &mut self.held {
+            h.cells.clear();
+            h.bytes.clear();
+            h.rows = 0;
+            h.idmap.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The index in [`BATCH_SIZES`] and the size of the largest batch of at most `rows` (≥ 1).
+fn batch_size(rows: usize) -> (usize, usize) {
+    let k = BATCH_SIZES
+        .iter()
+        .position(|&n| n <= rows)
+        .unwrap_or(BATCH_SIZES.len() - 1);
+    (k, BATCH_SIZES[k])
 }
 
 impl SyncTx for LiteTx<'_> {
@@ -247,12 +471,26 @@ impl SyncTx for LiteTx<'_> {
         Ok(())
     }
 
+    fn idmap_bounds(&mut self, device: u32, table: &str) -> Result<Option<(u32, u32)>, StoreError> {
+        self.flush()?;
+        // Two subqueries: each of min and max alone is one probe of the primary key.
+        let (lo, hi) = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT min(local) FROM _idmap WHERE device = ?1 AND tbl = ?2),
+                        (SELECT max(local) FROM _idmap WHERE device = ?1 AND tbl = ?2)",
+            )?
+            .query_row(params![device, table], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(local_bounds(lo, hi))
+    }
+
     fn idmap_get(
         &mut self,
         device: u32,
         table: &str,
         local: u32,
     ) -> Result<Option<i64>, StoreError> {
+        self.flush()?;
         Ok(self
             .conn
             .prepare_cached(
@@ -262,27 +500,52 @@ impl SyncTx for LiteTx<'_> {
             .optional()?)
     }
 
-    fn insert_mapped(
-        &mut self,
-        ti: usize,
-        args: &[Arg<'_>],
-        device: u32,
-        table: &str,
-        local: u32,
-    ) -> Result<i64, StoreError> {
-        let id: i64 = self
-            .conn
-            .prepare_cached(&self.sql[ti].insert)?
-            .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO _idmap (device, tbl, local, server) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![device, table, local, id])?;
+    fn insert_mapped(&mut self, ti: usize, row: &NewRow<'_>) -> Result<i64, StoreError> {
+        let h = &self.held[ti];
+        if h.rows > 0 && (h.scope != row.scope || h.device != row.device) {
+            // Rows of one statement share these (never happens within one device's sync).
+            self.flush()?;
+        }
+        let last = match self.held[ti].last_id {
+            Some(id) => id,
+            None => self
+                .conn
+                .prepare_cached(&self.batch.last_id[ti])?
+                .query_row([self.schema.tables[ti].name], |r| r.get(0))?,
+        };
+        let name = self.schema.tables[ti].name;
+        let id = last
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("table {name} ran out of ids")))?;
+        let h = &mut self.held[ti];
+        if h.rows == 0 {
+            h.scope.clear();
+            h.scope.push_str(row.scope);
+            h.device = row.device;
+        }
+        h.last_id = Some(id);
+        h.cells.push(Cell::Int(id));
+        for v in row.values {
+            let cell = Cell::of(v, &mut h.bytes);
+            h.cells.push(cell);
+        }
+        h.cells.extend(row.parent.map(Cell::Int));
+        h.cells.extend([
+            Cell::Int(row.seq),
+            Cell::Int(row.at.wall_ms as i64),
+            Cell::Int(i64::from(row.at.counter)),
+            Cell::Int(i64::from(row.at.device)),
+        ]);
+        h.rows += 1;
+        h.idmap.push((row.local, id));
+        if h.rows >= BATCH {
+            self.flush()?;
+        }
         Ok(id)
     }
 
     fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError> {
+        self.flush()?;
         self.conn
             .prepare_cached(&self.sql[ti].update)?
             .execute(params_from_iter(args.iter()))?;
@@ -290,6 +553,7 @@ impl SyncTx for LiteTx<'_> {
     }
 
     fn row_meta(&mut self, ti: usize, id: i64) -> Result<Option<RowMeta>, StoreError> {
+        self.flush()?;
         Ok(self
             .conn
             .prepare_cached(&self.sql[ti].meta)?
@@ -314,6 +578,7 @@ impl SyncTx for LiteTx<'_> {
     }
 
     fn child_ids(&mut self, ti: usize, k: usize, id: i64) -> Result<Vec<i64>, StoreError> {
+        self.flush()?;
         Ok(self
             .conn
             .prepare_cached(&self.sql[ti].children[k].1)?
@@ -322,6 +587,7 @@ impl SyncTx for LiteTx<'_> {
     }
 
     fn delete(&mut self, ti: usize, id: i64) -> Result<(), StoreError> {
+        self.flush()?;
         self.conn
             .prepare_cached(&self.sql[ti].delete)?
             .execute([id])?;
@@ -342,6 +608,10 @@ impl SyncTx for LiteTx<'_> {
             )?
             .execute(params![table, id, seq, scope, at_ms])?;
         Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        self.flush()
     }
 }
 
@@ -425,13 +695,11 @@ impl ServerStore for SqliteStore {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut ops = LiteTx {
-            conn: &tx,
-            schema,
-            sql: &self.sql,
-        };
+        let mut ops = LiteTx::new(&tx, schema, &self.sql, &self.batch);
         // An error or an abort drops `tx`: rolled back.
         let out = run_sync(&mut ops, schema, &self.sql, device, params, changes)?;
+        // Its statements go back to the connection's cache first.
+        drop(ops);
         tx.commit()?;
         Ok(out)
     }
@@ -444,11 +712,7 @@ impl ServerStore for SqliteStore {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
         self.with_reader(|conn| {
             let tx = conn.transaction()?;
-            let mut ops = LiteTx {
-                conn: &tx,
-                schema,
-                sql: &self.sql,
-            };
+            let mut ops = LiteTx::new(&tx, schema, &self.sql, &self.batch);
             read_reply(&mut ops, schema, plan, sink)
         })
     }
@@ -509,6 +773,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
         crate::store::testkit::commits_only_on_commit(&store);
+    }
+
+    #[test]
+    fn large_mixed_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        crate::store::testkit::large_mixed_batches(&store);
     }
 
     #[test]

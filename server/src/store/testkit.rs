@@ -82,3 +82,141 @@ pub(crate) fn commits_only_on_commit(store: &dyn ServerStore) {
     assert!(store.authenticate(&[7; 32]).unwrap().unwrap().revoked);
     assert!(store.authenticate(&[8; 32]).unwrap().is_none());
 }
+
+/// Body of an example-schema contact.
+fn contact(name: &str) -> Vec<u8> {
+    let mut buf = [0u8; 128];
+    let t = &ferrysync_core::schema::EXAMPLE.tables[1];
+    encode(
+        t,
+        &[Value::Text(name), Value::Text("e"), Value::Text("p")],
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+/// Live records of scope `north` read back in full: `(table, server id) → body`.
+fn read_all(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64), Vec<u8>> {
+    let plan = ReplyPlan {
+        scope: "north",
+        mode: Mode::Full,
+        cursor: None,
+        extra: &[],
+    };
+    let mut rows = std::collections::BTreeMap::new();
+    store
+        .read_reply(&plan, &mut |i| {
+            if let ReplyItem::Upsert(u) = i {
+                rows.insert((u.table.0, u.id.0), u.body.to_vec());
+            }
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+/// A batch larger than any write batch of a store, adds of both tables interleaved with
+/// changes of records added earlier in the same batch (an update and a delete through their
+/// local ids, a detail whose master comes later, one whose master came after other details);
+/// then the same adds retried, and a new record after the largest id was deleted.
+pub(crate) fn large_mixed_batches(store: &dyn ServerStore) {
+    let dev = store.add_device("north", &[9; 32], 1).unwrap();
+    let at = |ms: u64| Hlc::new(ms, 0, dev.id);
+    let add = |t: u8, l: u32, parent: Option<u32>, body: Vec<u8>| OwnedChange {
+        table: TableId(t),
+        op: Op::Add,
+        key: RecordRef::Local(LocalId(l)),
+        parent: parent.map(|p| RecordRef::Local(LocalId(p))),
+        modified_at: at(999_000),
+        body,
+    };
+    let companies: Vec<OwnedChange> = (1..=150)
+        .map(|l| add(0, l, None, company(&format!("co{l}"))))
+        .collect();
+    let mut batch = companies.clone();
+    for j in 1..=300u32 {
+        batch.push(add(1, j, Some(j % 150 + 1), contact(&format!("ct{j}"))));
+        if j == 100 {
+            batch.push(OwnedChange {
+                table: TableId(0),
+                op: Op::Update,
+                key: RecordRef::Local(LocalId(3)),
+                parent: None,
+                modified_at: at(999_001),
+                body: company("Renamed"),
+            });
+            batch.push(OwnedChange {
+                table: TableId(1),
+                op: Op::Delete,
+                key: RecordRef::Local(LocalId(5)),
+                parent: None,
+                modified_at: at(999_001),
+                body: Vec::new(),
+            });
+            // Its master is added further down: refused.
+            batch.push(add(1, 301, Some(151), contact("early")));
+        }
+    }
+    batch.push(add(0, 151, None, company("late")));
+    batch.push(add(1, 302, Some(151), contact("after")));
+    let mut source = batch
+        .into_iter()
+        .map(Incoming::Change)
+        .chain([Incoming::Commit]);
+    let out = store.sync(&dev, params(), &mut source).unwrap();
+    assert_eq!(out.rejected.len(), 1, "{:?}", out.rejected);
+    assert_eq!(out.rejected[0].key, RecordRef::Local(LocalId(301)));
+    assert_eq!(out.mappings.len(), 150 + 300 + 2);
+    let server = |t: u8, l: u32| {
+        out.mappings
+            .iter()
+            .find(|m| m.table.0 == t && m.local.0 == l)
+            .map(|m| m.server.0)
+            .unwrap()
+    };
+    let rows = read_all(store);
+    // 151 companies, 301 contacts less the deleted one.
+    assert_eq!(rows.len(), 151 + 300, "{rows:?}");
+    assert_eq!(rows[&(0, server(0, 3))], company("Renamed"));
+    assert_eq!(rows[&(0, server(0, 4))], company("co4"));
+    assert!(!rows.contains_key(&(1, server(1, 5))));
+    assert_eq!(rows[&(1, server(1, 302))], contact("after"));
+    // The adds again (a lost reply): the same ids, nothing new.
+    let mut retry = companies
+        .into_iter()
+        .map(Incoming::Change)
+        .chain([Incoming::Commit]);
+    let again = store.sync(&dev, params(), &mut retry).unwrap();
+    assert_eq!(again.mappings.len(), 150);
+    for m in &again.mappings {
+        assert_eq!(m.server.0, server(0, m.local.0));
+    }
+    assert_eq!(read_all(store).len(), rows.len());
+    // The largest company id deleted, then a new company: its id is still new.
+    let last = server(0, 151);
+    assert_eq!(
+        Some(&last),
+        rows.keys().filter(|k| k.0 == 0).map(|k| &k.1).max()
+    );
+    let mut delete = [
+        Incoming::Change(OwnedChange {
+            table: TableId(0),
+            op: Op::Delete,
+            key: RecordRef::Local(LocalId(151)),
+            parent: None,
+            modified_at: at(999_002),
+            body: Vec::new(),
+        }),
+        Incoming::Change(add(0, 152, None, company("new"))),
+        Incoming::Commit,
+    ]
+    .into_iter();
+    let out = store.sync(&dev, params(), &mut delete).unwrap();
+    assert_eq!(out.mappings.len(), 1);
+    assert!(
+        out.mappings[0].server.0 > last,
+        "{:?} reuses {last}",
+        out.mappings
+    );
+}
