@@ -578,7 +578,10 @@ impl SqliteStore {
         &self.schema
     }
 
-    /// The connection, for the app's own queries (read the tables with plain SQL).
+    /// The connection, for the app's own queries (read the tables with plain SQL). `Phone` and
+    /// the sync engine open and end their transactions within one call, so between calls the
+    /// app sees committed data; inside a transaction opened through `LocalStore::begin`, puts
+    /// the store gathered are not written yet (see the module docs).
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -724,3 +724,80 @@ fn a_file_made_for_another_schema_is_refused() {
         Ok(_) => panic!("opened a file made for another schema"),
     }
 }
+
+fn server_record(table: u8, local: u32, server: u64) -> Record {
+    Record {
+        table: TableId(table),
+        local: LocalId(local),
+        server: Some(ServerId(server)),
+        parent: None,
+        meta: SyncMeta::from_server(Hlc::new(1, 0, 0)),
+        mark: 0,
+    }
+}
+
+/// A gathered write that SQLite refuses (a second holder of a server id) fails the call that
+/// writes it; the transaction then refuses everything but a rollback, which leaves the store
+/// as it was.
+#[test]
+fn a_failed_gathered_write_leaves_only_rollback() {
+    block_on(async {
+        let mut s = SqliteStore::open_in_memory(EXAMPLE).unwrap();
+        s.begin().await.unwrap();
+        s.put(&server_record(0, 1, 9), Some(&company("kept")))
+            .await
+            .unwrap();
+        s.commit(&Default::default()).await.unwrap();
+
+        s.begin().await.unwrap();
+        s.put(&server_record(0, 2, 7), Some(&company("a")))
+            .await
+            .unwrap();
+        // Same server id on another record: gathered now, refused when written.
+        s.put(&server_record(0, 3, 7), Some(&company("b")))
+            .await
+            .unwrap();
+        match s.get(TableId(0), LocalId(2)).await {
+            Err(StoreError::Sqlite(_)) => {}
+            other => panic!("expected the constraint error, got {other:?}"),
+        }
+        assert!(matches!(
+            s.get(TableId(0), LocalId(1)).await,
+            Err(StoreError::TransactionFailed)
+        ));
+        assert!(matches!(
+            s.by_server(TableId(0), ServerId(9)).await,
+            Err(StoreError::TransactionFailed)
+        ));
+        assert!(matches!(
+            s.commit(&Default::default()).await,
+            Err(StoreError::TransactionFailed)
+        ));
+        s.rollback().await.unwrap();
+        let left = dump(&mut s).await;
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0, server_record(0, 1, 9));
+        assert_eq!(left[0].1, company("kept"));
+    });
+}
+
+/// Inside a transaction a body that does not fit the schema still fails its own put, and
+/// nothing of it is written.
+#[test]
+fn a_bad_body_fails_its_own_put_in_a_transaction() {
+    block_on(async {
+        let mut s = SqliteStore::open_in_memory(EXAMPLE).unwrap();
+        s.begin().await.unwrap();
+        assert!(matches!(
+            s.put(&server_record(0, 1, 1), Some(&[0xff, 0x01])).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        s.put(&server_record(0, 2, 2), Some(&company("ok")))
+            .await
+            .unwrap();
+        s.commit(&Default::default()).await.unwrap();
+        let left = dump(&mut s).await;
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0.local, LocalId(2));
+    });
+}
