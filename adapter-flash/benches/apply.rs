@@ -1,12 +1,12 @@
 //! Device apply on the scanner (issue 7, items 2 and 4, flash part), side by side in one run,
 //! on sequential-storage's mock NOR flash (4 MiB: 1,024 sectors of 4 KiB, 4-byte words; it
 //! counts bytes written and erases) and the scanner configuration of `examples/measure.rs`
-//! (a key cache of 2,048 keys, four 1.5 KiB item buffers):
+//! (32 sub-maps with key caches of 80 keys, four 1.5 KiB item buffers):
 //!
 //! - a full refresh of N companies + M contacts (contact j under company j % N) applied by the
 //!   sync engine to an empty `FlashStore`, beside raw sequential-storage `store_item` calls of
-//!   the same items (key: table and server id, value: the record body) into an empty map on
-//!   the same flash geometry with the same cache type;
+//!   the same items (key: table and server id, value: the record body) into one empty map over
+//!   the same flash (a cache of 2,048 keys);
 //! - on a scanner that holds the data set already (warm caches), a delta reply that renames
 //!   1 % of the contacts (every contact with j % 100 == 0) beside a full refresh of the same
 //!   data set: apply time and flash bytes written.
@@ -26,7 +26,7 @@ use ferrysync_core::mem::ScriptLink;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::{Accepted, Done, Reply, Upsert};
 use ferrysync_core::Hlc;
-use ferrysync_flash::{store_cache, FlashKey, FlashStore, StoreCache};
+use ferrysync_flash::{store_cache, CacheSpec, FlashKey, FlashStore, MapCache, StoreCache};
 use sequential_storage::map::{MapConfig, MapStorage};
 use sequential_storage::mock_flash::{MockFlashBase, WriteCountCheck};
 use std::time::{Duration, Instant};
@@ -36,10 +36,10 @@ const N: usize = 1024;
 
 /// 4 MiB of NOR flash in 4 KiB sectors.
 type Part = MockFlashBase<1024, 4, 1024>;
-/// The scanner's sequential-storage cache (1,024 pages, 2,048 keys).
-type Cache = StoreCache<1024, 2048>;
-/// The scanner's store.
-type Scanner = FlashStore<Part, Cache, 1536>;
+/// The scanner's store: 32 sub-maps of 32 pages, 80 keys cached in each.
+type Scanner = FlashStore<Part, StoreCache<32, 80>, 1536, 32>;
+/// The raw map's cache (1,024 pages, 2,048 keys).
+type RawCache = MapCache<1024, 2048>;
 
 fn part() -> Part {
     Part::new(WriteCountCheck::Twice, None, false)
@@ -265,10 +265,10 @@ fn adapter_full(bytes: &[u8]) -> Cost {
 
 /// The same items stored by raw `store_item` calls into an empty map.
 fn raw_store(items: &[(FlashKey, Vec<u8>)]) -> Cost {
-    let mut map: Box<MapStorage<FlashKey, Part, Cache>> = Box::new(MapStorage::new(
+    let mut map: Box<MapStorage<FlashKey, Part, RawCache>> = Box::new(MapStorage::new(
         part(),
         MapConfig::try_new(Part::FULL_FLASH_RANGE).expect("a valid flash range"),
-        store_cache(),
+        StoreCache::<1024, 2048>::make(),
     ));
     let mut buf = [0u8; 512];
     let before = map.flash().stats_snapshot();

@@ -5,8 +5,8 @@
 //! (default: `100 1000 1000 10000`: N companies, M contacts, contact j under company j % N).
 //!
 //! Runs on sequential-storage's mock flash (4 MiB: 1,024 sectors of 4 KiB, 4-byte words), which
-//! counts reads, writes and erases. The store: a key cache of 2,048 keys (24 KiB), four 1.5 KiB
-//! item buffers.
+//! counts reads, writes and erases. The store: 32 sub-maps with a key cache of 80 keys each
+//! (2,560 keys), four 1.5 KiB item buffers.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -18,15 +18,15 @@ use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::store::{Filter, LocalStore};
 use ferrysync_core::track;
 use ferrysync_core::wire::Mode;
-use ferrysync_flash::{store_cache, FlashStore, StoreCache};
+use ferrysync_flash::{store_cache, FlashStore, MapCache, StoreCache};
 use pollster::block_on;
 use sequential_storage::mock_flash::{FlashStatsResult, MockFlashBase, WriteCountCheck};
 use std::time::Instant;
 
 /// 4 MiB of NOR flash in 4 KiB sectors.
 type Part = MockFlashBase<1024, 4, 1024>;
-/// The scanner configuration.
-type Scanner = FlashStore<Part, StoreCache<1024, 2048>, 1536>;
+/// The scanner configuration: 32 sub-maps of 32 pages, each with a key cache of 80 keys.
+type Scanner = FlashStore<Part, StoreCache<32, 80>, 1536, 32>;
 
 fn scanner() -> Box<Scanner> {
     let flash = Part::new(WriteCountCheck::Twice, None, false);
@@ -253,11 +253,11 @@ fn ram() {
     let fut = ferrysync_core::engine::sync::<_, _, 1024>(&EXAMPLE, &mut *s, &mut t, Mode::Delta);
     let fut_size = core::mem::size_of_val(&fut);
     drop(fut);
-    let cache = core::mem::size_of::<StoreCache<1024, 2048>>();
+    let cache = 32 * core::mem::size_of::<Option<MapCache<32, 80>>>();
     let store = core::mem::size_of::<Scanner>();
     println!(
-        "RAM to sync, scanner config: store {store} B (of which sequential-storage cache {cache} B for 1,024 pages and 2,048 keys, \
-         item buffers 4 x 1,536 B), sync future with 1 KiB frames {fut_size} B: total {} B",
+        "RAM to sync, scanner config: store {store} B (of which sequential-storage caches {cache} B: 32 sub-maps of 32 pages, \
+         80 keys each; item buffers 4 x 1,536 B), sync future with 1 KiB frames {fut_size} B: total {} B",
         store + fut_size
     );
     println!(

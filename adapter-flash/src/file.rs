@@ -7,7 +7,6 @@ use core::fmt;
 use embedded_storage_async::nor_flash::{
     ErrorType, MultiwriteNorFlash, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
-use sequential_storage::cache::CacheImpl;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -241,7 +240,7 @@ impl NorFlash for FileFlash {
 /// Writing a word again only clears more bits, which NOR allows.
 impl MultiwriteNorFlash for FileFlash {}
 
-impl<C: CacheImpl<crate::FlashKey>, const BUF: usize> FlashStore<FileFlash, C, BUF> {
+impl<C: crate::CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<FileFlash, C, BUF, MAPS> {
     /// A store on the whole of the flash image at `path`, created erased with `size_bytes`
     /// bytes if it does not exist (see [`FileFlash::open_or_create`]).
     pub fn open_file(path: impl AsRef<Path>, size_bytes: usize, cache: C) -> io::Result<Self> {

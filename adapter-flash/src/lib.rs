@@ -16,10 +16,11 @@ pub use error::FlashError;
 #[cfg(feature = "std")]
 pub use file::{FileFlash, FileFlashError, FlashStats};
 pub use layout::{FlashKey, BUCKET, MAX_HOLES, MAX_TABLE};
-pub use store::{store_cache, FlashStore, StoreCache};
+pub use store::{store_cache, CacheSpec, FlashStore, MapCache, NoCache, StoreCache, MAX_MAPS};
 
-/// A [`FlashStore`] for hosts on a [`FileFlash`] image of up to 4 MiB (1,024 sectors): a key
-/// cache of 4,096 keys (every key of about 28,000 records: 8 records per bucket, plus up to 512
-/// index buckets), records up to about 1 KiB. About 70 KiB: keep it in a `Box`.
+/// A [`FlashStore`] for hosts on a [`FileFlash`] image of up to 4 MiB (1,024 sectors, 32
+/// sub-maps): key caches of 128 keys per sub-map (every key of about 28,000 records: 8 records
+/// per bucket, plus up to 512 index buckets), records up to about 1 KiB. About 80 KiB: keep it
+/// in a `Box`.
 #[cfg(feature = "std")]
-pub type HostStore = FlashStore<FileFlash, StoreCache<1024, 4096>, 2304>;
+pub type HostStore = FlashStore<FileFlash, StoreCache<64, 128>, 2304, 32>;

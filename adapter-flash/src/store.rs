@@ -15,6 +15,41 @@ use heapless::Vec;
 use sequential_storage::cache::CacheImpl;
 use sequential_storage::map::{MapConfig, MapStorage};
 
+/// Runs `$body` on sub-map `$i` as `$m` (a `MapStorage` borrowing the flash and owning the
+/// sub-map's cache for the call); evaluates to the body's result. The body must not return
+/// early (no `?`), so that the cache always goes back.
+macro_rules! on_map {
+    ($s:ident, $i:expr, $m:ident => $body:expr) => {{
+        let i: usize = $i;
+        let first = $s.start + $s.map_bytes * i as u32;
+        let range = first..first + $s.map_bytes;
+        // A cache lost to a cancelled call is replaced by a fresh one (always valid, cold).
+        let cache = $s
+            .caches
+            .get_mut(i)
+            .and_then(Option::take)
+            .unwrap_or_else(C::make);
+        match MapConfig::<&mut F>::try_new(range) {
+            Err(_) => {
+                if let Some(c) = $s.caches.get_mut(i) {
+                    *c = Some(cache);
+                }
+                Err(FlashError::Config)
+            }
+            Ok(config) => {
+                let mut $m =
+                    MapStorage::<FlashKey, &mut F, C::Cache>::new(&mut $s.flash, config, cache);
+                let r = $body;
+                let cache = $m.destroy().1;
+                if let Some(c) = $s.caches.get_mut(i) {
+                    *c = Some(cache);
+                }
+                r.map_err(FlashError::from)
+            }
+        }
+    }};
+}
+
 /// A byte buffer aligned for flash drivers that DMA from RAM (and for the mock flash, which
 /// checks it).
 #[repr(C, align(4))]
@@ -150,8 +185,15 @@ struct Old {
 ///   twice in `min(BUF - 16, page - 64) - 7`.
 ///
 /// See the crate docs for the layout and the transaction scheme.
-pub struct FlashStore<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> {
-    map: MapStorage<FlashKey, F, C>,
+pub struct FlashStore<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize = 32> {
+    flash: F,
+    /// One sequential-storage cache per sub-map.
+    caches: [Option<C::Cache>; MAPS],
+    /// Start of the partition.
+    start: u32,
+    /// Sub-maps in use, and the bytes of each.
+    maps: usize,
+    map_bytes: u32,
     rbuf: Aligned<BUF>,
     wbuf: Aligned<BUF>,
     staged: [Staged<BUF>; 2],
@@ -198,22 +240,74 @@ fn bucket_pending(item: &[u8], overlay_applies: bool) -> bool {
     bucket_any(overlay, item.prev.unwrap_or(&[]), pred).unwrap_or(true)
 }
 
-/// The sequential-storage cache type [`FlashStore`] is usually built with: page states and
-/// page pointers for `PAGES` flash pages, and pointers to `KEYS` keys (12 bytes each).
-pub type StoreCache<const PAGES: usize, const KEYS: usize> = sequential_storage::cache::Cache<
+/// The sequential-storage cache of one sub-map: page states and page pointers for `PAGES`
+/// flash pages, and pointers to `KEYS` keys (12 bytes each).
+pub type MapCache<const PAGES: usize, const KEYS: usize> = sequential_storage::cache::Cache<
     sequential_storage::cache::page_states::ArrayPageStates<PAGES>,
     sequential_storage::cache::page_pointers::ArrayPagePointers<PAGES>,
     sequential_storage::cache::key_pointers::ArrayKeyPointers<FlashKey, KEYS>,
     FlashKey,
 >;
 
-/// A fresh [`StoreCache`].
+/// How a [`FlashStore`] builds the sequential-storage cache of each of its sub-maps.
+pub trait CacheSpec {
+    /// The cache of one sub-map.
+    type Cache: CacheImpl<FlashKey>;
+    /// Flash pages the cache can track (at least the pages of one sub-map).
+    const PAGES: usize;
+    /// A fresh cache.
+    fn make() -> Self::Cache;
+}
+
+/// The usual [`CacheSpec`]: per sub-map, a [`MapCache`] for `PAGES` pages and `KEYS` keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreCache<const PAGES: usize, const KEYS: usize>;
+
+impl<const PAGES: usize, const KEYS: usize> CacheSpec for StoreCache<PAGES, KEYS> {
+    type Cache = MapCache<PAGES, KEYS>;
+    const PAGES: usize = PAGES;
+
+    fn make() -> Self::Cache {
+        sequential_storage::cache::Cache::new(
+            sequential_storage::cache::page_states::ArrayPageStates::new(),
+            sequential_storage::cache::page_pointers::ArrayPagePointers::new(),
+            sequential_storage::cache::key_pointers::ArrayKeyPointers::new(),
+        )
+    }
+}
+
+/// A [`CacheSpec`] without caches: every lookup scans its sub-map (for tests and tiny parts).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCache;
+
+impl CacheSpec for NoCache {
+    type Cache = sequential_storage::cache::Cache<
+        sequential_storage::cache::Uncached,
+        sequential_storage::cache::Uncached,
+        sequential_storage::cache::Uncached,
+        FlashKey,
+    >;
+    const PAGES: usize = usize::MAX;
+
+    fn make() -> Self::Cache {
+        sequential_storage::cache::Cache::new_uncached()
+    }
+}
+
+/// A [`StoreCache`] (names the cache sizes where a value is expected).
 pub fn store_cache<const PAGES: usize, const KEYS: usize>() -> StoreCache<PAGES, KEYS> {
-    sequential_storage::cache::Cache::new(
-        sequential_storage::cache::page_states::ArrayPageStates::new(),
-        sequential_storage::cache::page_pointers::ArrayPagePointers::new(),
-        sequential_storage::cache::key_pointers::ArrayKeyPointers::new(),
-    )
+    StoreCache
+}
+
+/// Pages per sub-map the layout aims at: a lookup that misses the key cache scans one sub-map.
+const MAP_PAGES: usize = 32;
+/// Most sub-maps of a partition.
+pub const MAX_MAPS: usize = 64;
+
+/// Sub-map of a key.
+fn map_of(key: &FlashKey, maps: usize) -> usize {
+    let x = u64::from_be_bytes([0, 0, 0, key[0], key[1], key[2], key[3], key[4]]);
+    ((x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % maps.max(1) as u64) as usize
 }
 
 type Res<T, F> = Result<T, FlashError<<F as embedded_storage_async::nor_flash::ErrorType>::Error>>;
@@ -230,20 +324,43 @@ fn decode_rejected<E>(payload: &[u8]) -> Result<(RejectedEntry, &[u8]), FlashErr
     Ok((e, body))
 }
 
-impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF> {
+impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<F, C, BUF, MAPS> {
     /// A store on `range` of `flash` (page aligned, at least two pages; give it room: the map
     /// needs about twice the live data to work without constant page migrations).
+    /// `cache` names the cache sizes ([`store_cache`]).
     /// Reads nothing yet: the store mounts on first use (or [`mount`](Self::mount)).
+    ///
+    /// The partition is cut into `pages / 32` sub-maps (at most [`MAX_MAPS`], at least one),
+    /// each a sequential-storage map of its own; `MAPS` must be at least that many and
+    /// `C::PAGES` at least the pages of one (`Config` otherwise).
     pub fn try_new(flash: F, range: Range<u32>, cache: C) -> Res<Self, F> {
-        let pages = (range.end.saturating_sub(range.start) as usize) / F::ERASE_SIZE.max(1);
-        let config = MapConfig::<F>::try_new(range).map_err(|_| FlashError::Config)?;
+        let _ = cache;
+        let erase = F::ERASE_SIZE.max(1);
+        if !(range.start as usize).is_multiple_of(erase) {
+            return Err(FlashError::Config);
+        }
+        let pages = (range.end.saturating_sub(range.start) as usize) / erase;
+        let maps = (pages / MAP_PAGES).clamp(1, MAX_MAPS);
+        let map_pages = pages / maps;
+        if maps > MAPS || map_pages > C::PAGES || map_pages < 2 {
+            return Err(FlashError::Config);
+        }
+        let map_bytes = u32::try_from(map_pages * erase).map_err(|_| FlashError::Config)?;
+        for i in 0..maps {
+            let s = range.start + map_bytes * i as u32;
+            MapConfig::<F>::try_new(s..s + map_bytes).map_err(|_| FlashError::Config)?;
+        }
         let value_max = BUF.saturating_sub(16).min(F::ERASE_SIZE.saturating_sub(64));
         if value_max < 128 {
             return Err(FlashError::Config);
         }
         let cap = value_max - ITEM_HEAD;
         Ok(FlashStore {
-            map: MapStorage::new(flash, config, cache),
+            flash,
+            caches: core::array::from_fn(|i| (i < maps).then(C::make)),
+            start: range.start,
+            maps,
+            map_bytes,
             rbuf: Aligned([0; BUF]),
             wbuf: Aligned([0; BUF]),
             staged: [Staged::new(), Staged::new()],
@@ -269,10 +386,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
         for s in &mut self.staged {
             s.key = None;
         }
-        let state = match self
-            .map
+        let state = match on_map!(self, map_of(&STATE_KEY, self.maps), m => m
             .fetch_item::<&[u8]>(&mut self.rbuf.0, &STATE_KEY)
-            .await?
+            .await)?
         {
             Some(bytes) => {
                 let s: StateItem =
@@ -284,21 +400,31 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             }
             None => StateItem::default(),
         };
-        let marker = self
-            .map
+        let marker = on_map!(self, map_of(&MARKER_KEY, self.maps), m => m
             .fetch_item::<u32>(&mut self.rbuf.0, &MARKER_KEY)
-            .await?
-            .unwrap_or(0);
+            .await)?
+        .unwrap_or(0);
         self.keys = KeySet::new();
         self.rejected_hi = 0;
-        {
-            let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
-            while let Some((key, _)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
-                self.keys.insert(&key);
-                if key[0] == REJECTED {
-                    self.rejected_hi = self.rejected_hi.max(key_id(&key));
+        for i in 0..self.maps {
+            on_map!(self, i, m => 'pass: {
+                let mut it = match m.fetch_all_items(&mut self.rbuf.0).await {
+                    Ok(it) => it,
+                    Err(e) => break 'pass Err(e),
+                };
+                loop {
+                    match it.next::<&[u8]>(&mut self.rbuf.0).await {
+                        Ok(Some((key, _))) => {
+                            self.keys.insert(&key);
+                            if key[0] == REJECTED {
+                                self.rejected_hi = self.rejected_hi.max(key_id(&key));
+                            }
+                        }
+                        Ok(None) => break 'pass Ok(()),
+                        Err(e) => break 'pass Err(e),
+                    }
                 }
-            }
+            })?;
         }
         self.started = marker.max(state.committed);
         self.pending = state.pending.clone();
@@ -310,7 +436,14 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
 
     /// Erases the whole partition: an empty store.
     pub async fn format(&mut self) -> Res<(), F> {
-        self.map.erase_all().await?;
+        let end = self.start + self.map_bytes * self.maps as u32;
+        self.flash
+            .erase(self.start, end)
+            .await
+            .map_err(FlashError::Flash)?;
+        for (i, c) in self.caches.iter_mut().enumerate() {
+            *c = (i < self.maps).then(C::make);
+        }
         self.mounted = false;
         self.mount().await
     }
@@ -318,12 +451,17 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
     /// The flash (for tests and tools; writing to it behind the store's back is at your risk).
     pub fn flash_mut(&mut self) -> &mut F {
         self.held = None;
-        self.map.flash()
+        &mut self.flash
     }
 
     /// Gives the flash back.
     pub fn into_flash(self) -> F {
-        self.map.destroy().0
+        self.flash
+    }
+
+    /// Sub-maps the partition is cut into. For sizing and tests.
+    pub fn sub_maps(&self) -> usize {
+        self.maps
     }
 
     /// Ranges of aborted transactions the committed state remembers (at most [`MAX_HOLES`]
@@ -380,9 +518,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             self.held = None;
             // Only a marker that is on flash lets items of this transaction be written: a
             // failed marker write is retried by the next write.
-            self.map
+            on_map!(self, map_of(&MARKER_KEY, self.maps), m => m
                 .store_item(&mut self.rbuf.0, &MARKER_KEY, &txn.tag)
-                .await?;
+                .await)?;
             txn.marked = true;
             self.txn = Some(txn);
         }
@@ -398,7 +536,10 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
         }
         self.held = None;
         let base = self.rbuf.0.as_ptr() as usize;
-        match self.map.fetch_item::<&[u8]>(&mut self.rbuf.0, key).await? {
+        match on_map!(self, map_of(key, self.maps), m => m
+            .fetch_item::<&[u8]>(&mut self.rbuf.0, key)
+            .await)?
+        {
             None => Ok(None),
             Some(v) => {
                 let start = (v.as_ptr() as usize).wrapping_sub(base);
@@ -616,7 +757,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
         self.held = None;
         let n = self.staged[slot].len;
         let value: &[u8] = &self.staged[slot].buf.0[..n];
-        self.map.store_item(&mut self.rbuf.0, &key, &value).await?;
+        on_map!(self, map_of(&key, self.maps), m => m
+            .store_item(&mut self.rbuf.0, &key, &value)
+            .await)?;
         self.keys.insert(&key);
         self.staged[slot].key = None;
         Ok(())
@@ -689,7 +832,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
         write_head(&mut self.wbuf.0, txn.tag, new_len, has_prev).ok_or(FlashError::TooLarge)?;
         self.held = None;
         let value: &[u8] = &self.wbuf.0[..end];
-        self.map.store_item(&mut self.rbuf.0, key, &value).await?;
+        on_map!(self, map_of(key, self.maps), m => m
+            .store_item(&mut self.rbuf.0, key, &value)
+            .await)?;
         if key[0] == REJECTED {
             self.rejected_hi = self.rejected_hi.max(key_id(key));
         }
@@ -739,42 +884,59 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
             let mut dirty: Vec<FlashKey, HEAL_BATCH> = Vec::new();
             let mut bound: Option<FlashKey> = None;
             self.held = None;
-            {
-                let mut it = self.map.fetch_all_items(&mut self.rbuf.0).await?;
-                while let Some((key, v)) = it.next::<&[u8]>(&mut self.rbuf.0).await? {
-                    if key == STATE_KEY
-                        || key == MARKER_KEY
-                        || lo.is_some_and(|l| key < l)
-                        || bound.is_some_and(|b| key >= b)
-                    {
-                        continue;
-                    }
-                    let item = Item::parse(v).ok_or(FlashError::Corrupted)?;
-                    let pos = dirty.binary_search(&key);
-                    match (dirty_tag(item.tag), pos) {
-                        (false, Ok(p)) => {
-                            dirty.remove(p);
+            let mut damaged = false;
+            for i in 0..self.maps {
+                on_map!(self, i, m => 'pass: {
+                    let mut it = match m.fetch_all_items(&mut self.rbuf.0).await {
+                        Ok(it) => it,
+                        Err(e) => break 'pass Err(e),
+                    };
+                    loop {
+                        let (key, v) = match it.next::<&[u8]>(&mut self.rbuf.0).await {
+                            Ok(Some(x)) => x,
+                            Ok(None) => break 'pass Ok(()),
+                            Err(e) => break 'pass Err(e),
+                        };
+                        if key == STATE_KEY
+                            || key == MARKER_KEY
+                            || lo.is_some_and(|l| key < l)
+                            || bound.is_some_and(|b| key >= b)
+                        {
+                            continue;
                         }
-                        (true, Err(p)) => {
-                            if dirty.is_full() {
-                                match dirty.last() {
-                                    Some(last) if *last > key => {
-                                        bound = Some(*last);
-                                        dirty.pop();
-                                    }
-                                    _ => {
-                                        bound = Some(key);
-                                        continue;
+                        let Some(tag) = Item::parse(v).map(|item| item.tag) else {
+                            damaged = true;
+                            continue;
+                        };
+                        let pos = dirty.binary_search(&key);
+                        match (dirty_tag(tag), pos) {
+                            (false, Ok(p)) => {
+                                dirty.remove(p);
+                            }
+                            (true, Err(p)) => {
+                                if dirty.is_full() {
+                                    match dirty.last() {
+                                        Some(last) if *last > key => {
+                                            bound = Some(*last);
+                                            dirty.pop();
+                                        }
+                                        _ => {
+                                            bound = Some(key);
+                                            continue;
+                                        }
                                     }
                                 }
+                                if dirty.insert(p.min(dirty.len()), key).is_err() {
+                                    bound = Some(key);
+                                }
                             }
-                            if dirty.insert(p.min(dirty.len()), key).is_err() {
-                                bound = Some(key);
-                            }
+                            _ => {}
                         }
-                        _ => {}
                     }
-                }
+                })?;
+            }
+            if damaged {
+                return Err(FlashError::Corrupted);
             }
             for key in &dirty {
                 let Some(len) = self.fetch_flash(key).await? else {
@@ -810,7 +972,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
                 };
                 self.held = None;
                 let value: &[u8] = &self.wbuf.0[..value_len];
-                self.map.store_item(&mut self.rbuf.0, key, &value).await?;
+                on_map!(self, map_of(key, self.maps), m => m
+            .store_item(&mut self.rbuf.0, key, &value)
+            .await)?;
             }
             match bound {
                 None => break,
@@ -829,9 +993,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
         let bytes = postcard::to_slice(state, &mut self.wbuf.0).map_err(|_| FlashError::Logic)?;
         let value: &[u8] = bytes;
         self.held = None;
-        self.map
+        on_map!(self, map_of(&STATE_KEY, self.maps), m => m
             .store_item(&mut self.rbuf.0, &STATE_KEY, &value)
-            .await?;
+            .await)?;
         Ok(())
     }
 
@@ -1045,7 +1209,9 @@ impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> FlashStore<F, C, BUF
     }
 }
 
-impl<F: NorFlash, C: CacheImpl<FlashKey>, const BUF: usize> LocalStore for FlashStore<F, C, BUF> {
+impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> LocalStore
+    for FlashStore<F, C, BUF, MAPS>
+{
     type Error = FlashError<F::Error>;
 
     async fn load_state(&mut self) -> Result<DeviceState, Self::Error> {

@@ -155,15 +155,16 @@ fn many_pending_buckets() {
         None,
         false,
     );
-    let mut s: Box<ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<128, 512>, 1536>> =
-        Box::new(
-            ferrysync_flash::FlashStore::try_new(
-                flash,
-                Mid::FULL_FLASH_RANGE,
-                ferrysync_flash::store_cache(),
-            )
-            .unwrap(),
-        );
+    let mut s: Box<
+        ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<32, 512>, 1536, 4>,
+    > = Box::new(
+        ferrysync_flash::FlashStore::try_new(
+            flash,
+            Mid::FULL_FLASH_RANGE,
+            ferrysync_flash::store_cache(),
+        )
+        .unwrap(),
+    );
     let n = 8 * 200;
     let mut ids = Vec::new();
     for i in 0..n {
@@ -200,15 +201,16 @@ fn many_pending_buckets() {
     let want: Vec<_> = [3usize, 700, 1500].iter().map(|&k| (CO, ids[k])).collect();
     assert_eq!(block_on(pending(&mut *s)).unwrap(), want);
     let flash = s.into_flash();
-    let mut s: Box<ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<128, 512>, 1536>> =
-        Box::new(
-            ferrysync_flash::FlashStore::try_new(
-                flash,
-                Mid::FULL_FLASH_RANGE,
-                ferrysync_flash::store_cache(),
-            )
-            .unwrap(),
-        );
+    let mut s: Box<
+        ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<32, 512>, 1536, 4>,
+    > = Box::new(
+        ferrysync_flash::FlashStore::try_new(
+            flash,
+            Mid::FULL_FLASH_RANGE,
+            ferrysync_flash::store_cache(),
+        )
+        .unwrap(),
+    );
     assert_eq!(block_on(pending(&mut *s)).unwrap(), want);
     let snap = block_on(snapshot(&mut *s)).unwrap();
     assert_eq!(snap.records.len(), n);

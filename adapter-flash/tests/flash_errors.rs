@@ -46,7 +46,7 @@ impl NorFlash for Flaky {
     }
 }
 
-type FlakyStore = FlashStore<Flaky, StoreCache<16, 512>, 1024>;
+type FlakyStore = FlashStore<Flaky, StoreCache<16, 512>, 1024, 1>;
 
 fn flaky(inner: Small, fail_at: Option<u32>) -> FlakyStore {
     let f = Flaky {

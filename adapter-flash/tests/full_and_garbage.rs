@@ -7,9 +7,8 @@ use ferrysync_core::engine::SyncError;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::store::LocalStore;
 use ferrysync_core::track::{self, TrackError};
-use ferrysync_flash::{FlashError, FlashStore};
+use ferrysync_flash::{FlashError, FlashStore, NoCache};
 use pollster::block_on;
-use sequential_storage::cache::Cache;
 
 #[test]
 fn full_flash_fails_an_insert_cleanly() {
@@ -196,8 +195,8 @@ fn garbage_image_never_panics() {
         }
         // Uncached: with its internal `_test` feature on (as in these tests), sequential-storage
         // asserts on key-cache misses that a release build just repairs.
-        let mut s: FlashStore<Small, _, 1024> =
-            FlashStore::try_new(f, Small::FULL_FLASH_RANGE, Cache::new_uncached()).unwrap();
+        let mut s: FlashStore<Small, NoCache, 1024, 1> =
+            FlashStore::try_new(f, Small::FULL_FLASH_RANGE, NoCache).unwrap();
         // Whatever it answers, it must answer.
         let _ = block_on(s.mount());
         let _ = block_on(snapshot(&mut s));

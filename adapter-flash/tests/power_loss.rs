@@ -6,7 +6,59 @@ mod common;
 
 use common::*;
 use ferrysync_core::mem::MemStore;
+use ferrysync_flash::{store_cache, FlashStore, StoreCache};
 use pollster::block_on;
+use sequential_storage::mock_flash::{MockFlashBase, WriteCountCheck};
+
+/// A flash of 64 pages of 1 KiB: the store cuts it into two sub-maps.
+type Two = MockFlashBase<64, 4, 256>;
+
+/// A mock flash and the store the sweep runs on it.
+trait Rig: Clone {
+    type Store: ferrysync_core::store::LocalStore<Error: std::fmt::Debug>;
+    fn fresh() -> Self;
+    fn store(self) -> Self::Store;
+    fn back(s: Self::Store) -> Self;
+    fn cut_after(&mut self, n: Option<u32>);
+    fn left(&self) -> Option<u32>;
+    fn erases_since(&self, before: &Self) -> u64;
+}
+
+macro_rules! rig {
+    ($flash:ty, $store:ty, $fresh:expr) => {
+        impl Rig for $flash {
+            type Store = $store;
+            fn fresh() -> Self {
+                $fresh
+            }
+            fn store(self) -> $store {
+                FlashStore::try_new(self, <$flash>::FULL_FLASH_RANGE, store_cache()).unwrap()
+            }
+            fn back(s: $store) -> Self {
+                s.into_flash()
+            }
+            fn cut_after(&mut self, n: Option<u32>) {
+                self.bytes_until_shutoff = n;
+            }
+            fn left(&self) -> Option<u32> {
+                self.bytes_until_shutoff
+            }
+            fn erases_since(&self, before: &Self) -> u64 {
+                before
+                    .stats_snapshot()
+                    .compare_to(self.stats_snapshot())
+                    .erases
+            }
+        }
+    };
+}
+
+rig!(Small, SmallStore, small_flash());
+rig!(
+    Two,
+    FlashStore<Two, StoreCache<32, 128>, 1024, 2>,
+    MockFlashBase::new(WriteCountCheck::Twice, None, true)
+);
 
 struct Case {
     setup: Vec<Step>,
@@ -15,18 +67,17 @@ struct Case {
 }
 
 /// Bytes the operation writes and erases (the mock flash's power-cut counter counts both).
-fn cost(flash: &Small, server: &FakeServer, op: &[Step]) -> u32 {
+fn cost<R: Rig>(flash: &R, server: &FakeServer, op: &[Step]) -> u32 {
     let mut f = flash.clone();
-    f.bytes_until_shutoff = Some(u32::MAX);
-    let mut s = small_store(f);
+    f.cut_after(Some(u32::MAX));
+    let mut s = f.store();
     let mut server = server.clone();
     for (i, st) in op.iter().enumerate() {
         st.apply(&mut s, &mut server, 50_000 + i as u64).unwrap();
     }
-    let f = s.into_flash();
-    let erases = flash.stats_snapshot().compare_to(f.stats_snapshot()).erases;
-    ERASES.with(|e| e.set(erases));
-    u32::MAX - f.bytes_until_shutoff.unwrap()
+    let f = R::back(s);
+    ERASES.with(|e| e.set(f.erases_since(flash)));
+    u32::MAX - f.left().unwrap()
 }
 
 thread_local! {
@@ -34,10 +85,14 @@ thread_local! {
 }
 
 fn run(case: Case) -> (u32, u32) {
+    run_on::<Small>(case)
+}
+
+fn run_on<R: Rig>(case: Case) -> (u32, u32) {
     // The model and the flash store go through the same setup.
     let mut model = MemStore::new();
     let mut mserver = FakeServer::new();
-    let mut s = small_store(small_flash());
+    let mut s = R::fresh().store();
     let mut server = FakeServer::new();
     for (i, st) in case.setup.iter().enumerate() {
         st.apply(&mut model, &mut mserver, 1_000 + i as u64)
@@ -46,7 +101,7 @@ fn run(case: Case) -> (u32, u32) {
     }
     let pre = block_on(snapshot(&mut s)).unwrap();
     assert_eq!(pre, block_on(snapshot(&mut model)).unwrap(), "setup");
-    let base = s.into_flash();
+    let base = R::back(s);
     // The operation, uninterrupted, on the model and on the flash.
     for (i, st) in case.op.iter().enumerate() {
         st.apply(&mut model, &mut mserver, 50_000 + i as u64)
@@ -59,8 +114,8 @@ fn run(case: Case) -> (u32, u32) {
     let mut n = 0;
     while n < total {
         let mut f = base.clone();
-        f.bytes_until_shutoff = Some(n);
-        let mut s = small_store(f);
+        f.cut_after(Some(n));
+        let mut s = f.store();
         let mut srv = server.clone();
         let mut failed = false;
         for (i, st) in case.op.iter().enumerate() {
@@ -72,9 +127,9 @@ fn run(case: Case) -> (u32, u32) {
         assert!(failed, "cut at byte {n} of {total} went unnoticed");
         cuts += 1;
         // Power back: mount the same bytes.
-        let mut f = s.into_flash();
-        f.bytes_until_shutoff = None;
-        let mut s = small_store(f);
+        let mut f = R::back(s);
+        f.cut_after(None);
+        let mut s = f.store();
         let snap = block_on(snapshot(&mut s)).unwrap_or_else(|e| panic!("cut at {n}: {e:?}"));
         if snap == pre {
             // Nothing happened: every pending change is still pending (same snapshot), and the
@@ -100,7 +155,7 @@ fn run(case: Case) -> (u32, u32) {
             .apply(&mut s, &mut FakeServer::new(), 90_000)
             .unwrap_or_else(|e| panic!("next op after cut at {n}: {e}"));
         }
-        let mut s = small_store(s.into_flash());
+        let mut s = R::back(s).store();
         block_on(snapshot(&mut s)).unwrap();
         n += case.stride;
     }
@@ -270,5 +325,27 @@ fn larger_first_sync_sampled() {
         setup,
         op: vec![Step::Sync],
         stride: 23,
+    });
+}
+
+/// The larger first sync on a store cut into two sub-maps (the state item, the marker and the
+/// buckets land in different maps).
+#[test]
+fn first_sync_on_two_sub_maps_sampled() {
+    let mut setup = offline_three();
+    for i in 0..12 {
+        setup.push(Step::Insert {
+            parent: Some(i % 3),
+            name: format!("Local {i}"),
+        });
+    }
+    setup.push(Step::ServerAdd { kids: 15 });
+    let mut s = Two::fresh().store();
+    assert_eq!(s.sub_maps(), 2);
+    block_on(ferrysync_core::store::LocalStore::load_state(&mut s)).unwrap();
+    run_on::<Two>(Case {
+        setup,
+        op: vec![Step::Sync],
+        stride: 13,
     });
 }

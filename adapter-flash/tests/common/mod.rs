@@ -24,7 +24,7 @@ pub const CT: TableId = TableId(1);
 
 /// A small NOR flash: 16 pages of 1 KiB, 4-byte words.
 pub type Small = MockFlashBase<16, 4, 256>;
-pub type SmallStore = FlashStore<Small, StoreCache<16, 512>, 1024>;
+pub type SmallStore = FlashStore<Small, StoreCache<16, 512>, 1024, 1>;
 
 pub fn small_flash() -> Small {
     MockFlashBase::new(WriteCountCheck::Twice, None, true)
