@@ -15,8 +15,11 @@
 //! parent. Inside a transaction the store keeps what it learns of each table's server ids in
 //! memory ([`ServerIndex`]): records it wrote or looked up are answered without SQL, and a
 //! table that held no server id when the transaction first asked (a first sync) is known
-//! completely, so a miss costs no query either. The index lives from `begin` to `commit` or
-//! `rollback`; its size is that of the records the transaction touched.
+//! completely, so a miss costs no query either. A transaction that asks SQLite about a fifth
+//! as many server ids as the table may hold (a full refresh on a synced phone) reads the
+//! table's server ids in one scan instead, and is complete from then on; a delta asks too few
+//! for that. The index lives from `begin` to `commit` or `rollback`; its size is that of the
+//! records the transaction touched (or of the table, once read whole).
 //!
 //! Inside a transaction, `put`s with a body are gathered and written by one multi-row
 //! `INSERT` per 32 records (one statement per record costs more than the row itself); the
@@ -119,6 +122,9 @@ pub fn check_ident(name: &str) -> Result<(), StoreError> {
 struct TableSql {
     get: String,
     has_server: String,
+    /// Whether any record has a server id, and the highest local id (bounds the row count).
+    /// `all_servers`: every record that has a server id.
+    all_servers: String,
     by_server: String,
     body: String,
     insert: String,
@@ -244,8 +250,10 @@ impl TableSql {
         let sql = TableSql {
             get: format!("SELECT {header} FROM {name} WHERE id = ?1"),
             has_server: format!(
-                "SELECT EXISTS (SELECT 1 FROM {name} WHERE server_id IS NOT NULL)"
+                "SELECT EXISTS (SELECT 1 FROM {name} WHERE server_id IS NOT NULL), \
+                 coalesce(max(id), 0) FROM {name}"
             ),
+            all_servers: format!("SELECT {header} FROM {name} WHERE server_id IS NOT NULL"),
             by_server: format!("SELECT {header} FROM {name} WHERE server_id = ?1"),
             body: format!(
                 "SELECT {} FROM {name} WHERE id = ?1",
@@ -281,6 +289,9 @@ impl TableSql {
 /// Rows a transaction's `put`s gather before one multi-row `INSERT` writes them.
 const BATCH_ROWS: usize = 32;
 
+/// One `by_server` query costs about as much as reading this many rows in a scan.
+const LOOKUPS_PER_ROW_READ: u64 = 5;
+
 /// Records of one table put in the open transaction and not yet written to SQLite.
 struct Batch {
     table: TableId,
@@ -303,6 +314,8 @@ struct ServerIndex {
     complete: bool,
     /// `complete` was decided (by one query) in this transaction.
     checked: bool,
+    /// SQL lookups left before the whole table is read into `known` (see `by_server`).
+    lookups_left: u64,
 }
 
 impl ServerIndex {
@@ -643,6 +656,22 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Reads every record of `table` that has a server id into the transaction's index, which
+    /// is then complete. Gathered puts must be written first.
+    fn load_server_index(&mut self, table: TableId) -> Result<(), StoreError> {
+        let sql = self.sql(table)?;
+        let mut stmt = self.conn.prepare_cached(&sql.all_servers)?;
+        let mut rows = stmt.query([])?;
+        let Some(ix) = self.index.get_mut(table.0 as usize) else {
+            return Ok(());
+        };
+        while let Some(row) = rows.next()? {
+            ix.learn(&header_from(table, row)?);
+        }
+        ix.complete = true;
+        Ok(())
+    }
+
     /// Forgets the transaction's index and unwritten puts.
     fn end_tx(&mut self) {
         self.index.clear();
@@ -790,17 +819,30 @@ impl LocalStore for SqliteStore {
         }
         if !ix.checked {
             ix.checked = true;
-            // Unwritten puts are in `known` already; SQLite need not see them for this.
-            let held: bool = self
+            // Gathered puts are in `known` already; SQLite need not see them for this.
+            let (held, max_id): (bool, i64) = self
                 .conn
                 .prepare_cached(&sql.has_server)?
-                .query_row([], |r| r.get(0))?;
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             ix.complete = !held;
+            // One lookup costs about as much as reading five rows in one scan, and the table
+            // has at most `max_id` rows: after that many lookups, read them all (a full
+            // refresh on a synced phone asks for every record; a delta asks for few).
+            ix.lookups_left = max_id.unsigned_abs() / LOOKUPS_PER_ROW_READ + 1;
         }
         if ix.complete {
             return Ok(None);
         }
+        ix.lookups_left = ix.lookups_left.saturating_sub(1);
+        let load_all = ix.lookups_left == 0;
         self.flush()?;
+        if load_all {
+            self.load_server_index(table)?;
+            return Ok(self
+                .index
+                .get(table.0 as usize)
+                .and_then(|ix| ix.known.get(&server.0).copied()));
+        }
         let sql = &self.sql(table)?.by_server;
         let found = query_header(&self.conn, table, sql, [server.0 as i64])?;
         if let (Some(rec), Some(ix)) = (&found, self.index.get_mut(table.0 as usize)) {
