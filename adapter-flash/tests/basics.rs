@@ -215,3 +215,65 @@ fn many_pending_buckets() {
     let snap = block_on(snapshot(&mut *s)).unwrap();
     assert_eq!(snap.records.len(), n);
 }
+
+/// After a reboot the key caches are empty: a lookup scans at most one sub-map (32 pages), and
+/// a record whose bucket never existed costs no read at all.
+#[test]
+fn cold_lookups_scan_one_sub_map_at_most() {
+    type Mid = sequential_storage::mock_flash::MockFlashBase<128, 4, 1024>;
+    type MidStore = ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<32, 512>, 1536, 4>;
+    let open = |f: Mid| -> Box<MidStore> {
+        Box::new(
+            ferrysync_flash::FlashStore::try_new(
+                f,
+                Mid::FULL_FLASH_RANGE,
+                ferrysync_flash::store_cache(),
+            )
+            .unwrap(),
+        )
+    };
+    let mut s = open(Mid::new(
+        sequential_storage::mock_flash::WriteCountCheck::Twice,
+        None,
+        false,
+    ));
+    let mut server = FakeServer::new();
+    for _ in 0..40 {
+        Step::ServerAdd { kids: 14 }
+            .apply(&mut *s, &mut server, 1)
+            .unwrap();
+    }
+    sync_with(&mut *s, &mut server).unwrap();
+    let snap = block_on(snapshot(&mut *s)).unwrap();
+    assert_eq!(snap.records.len(), 600);
+    assert_eq!(s.sub_maps(), 4);
+    let sub_map_bytes = 32 * 4096;
+    let mut s = open(s.into_flash());
+    block_on(s.mount()).unwrap();
+    let mut worst = 0;
+    for (r, _) in snap.records.iter().step_by(37) {
+        let before = s.flash_mut().stats_snapshot();
+        assert_eq!(
+            block_on(s.by_server(r.table, r.server.unwrap())).unwrap(),
+            Some(*r)
+        );
+        let read = before.compare_to(s.flash_mut().stats_snapshot()).bytes_read;
+        worst = worst.max(read);
+        // An index bucket and a record bucket, each found within its sub-map.
+        assert!(
+            read <= 2 * sub_map_bytes,
+            "{read} bytes read for one lookup"
+        );
+    }
+    assert!(worst > 0);
+    // A local id far above every record: its bucket is known absent, nothing is read.
+    let before = s.flash_mut().stats_snapshot();
+    assert_eq!(
+        block_on(s.get(CO, ferrysync_core::id::LocalId(5_000))).unwrap(),
+        None
+    );
+    assert_eq!(
+        before.compare_to(s.flash_mut().stats_snapshot()).bytes_read,
+        0
+    );
+}
