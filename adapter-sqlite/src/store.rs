@@ -835,7 +835,13 @@ impl LocalStore for SqliteStore {
         }
         ix.lookups_left = ix.lookups_left.saturating_sub(1);
         let load_all = ix.lookups_left == 0;
-        self.flush()?;
+        if load_all || !self.batch.same_keys {
+            // A gathered row may have taken this server id from a stored record. Rows that
+            // keep their server id (`same_keys`) cannot change the answer for an id outside
+            // `known`, so they may wait, and keep their batch (a delta, a full refresh on a
+            // synced phone before the load). Reading the whole table needs them written.
+            self.flush()?;
+        }
         if load_all {
             self.load_server_index(table)?;
             return Ok(self
