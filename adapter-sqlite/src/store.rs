@@ -39,6 +39,7 @@ use foldhash::HashMap;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 
 /// Column names the adapter uses itself; a schema field may not take them.
@@ -298,9 +299,85 @@ struct Batch {
     /// Every row is known to exist already with the same server id and parent (or not at
     /// all): the `*_same_keys` statements write them.
     same_keys: bool,
-    /// Header, and the body's range in `bodies`.
-    rows: Vec<(Record, std::ops::Range<usize>)>,
-    bodies: Vec<u8>,
+    /// Header, and the range of its body's fields in `fields`.
+    rows: Vec<(Record, Range<usize>)>,
+    /// Body fields, decoded (and so checked) when put.
+    fields: Vec<Slot>,
+    /// Bytes of the text and blob fields.
+    bytes: Vec<u8>,
+}
+
+/// A decoded body field of a gathered row; text and blob bytes live in `Batch::bytes`.
+#[derive(Clone, Debug)]
+enum Slot {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Range<usize>),
+    Blob(Range<usize>),
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.fields.clear();
+        self.bytes.clear();
+    }
+
+    /// Gathers `rec` with `body`, decoded; a body that does not fit `def` leaves the batch as
+    /// it was and answers `false`.
+    fn push(&mut self, def: &TableDef<'_>, rec: &Record, body: &[u8]) -> bool {
+        let (fields, bytes) = (self.fields.len(), self.bytes.len());
+        let decoded = body::decode(def, body, |_, _, v| {
+            let mut keep = |b: &[u8]| {
+                let start = self.bytes.len();
+                self.bytes.extend_from_slice(b);
+                start..self.bytes.len()
+            };
+            let slot = match v {
+                Value::Null => Slot::Null,
+                Value::Bool(b) => Slot::Integer(i64::from(b)),
+                Value::I64(i) => Slot::Integer(i),
+                // Bit-preserving, as `value_sql`.
+                Value::U64(u) => Slot::Integer(u as i64),
+                Value::F64(f) => Slot::Real(f),
+                Value::Text(t) => Slot::Text(keep(t.as_bytes())),
+                Value::Bytes(b) => Slot::Blob(keep(b)),
+            };
+            self.fields.push(slot);
+            Ok::<(), ()>(())
+        });
+        if matches!(decoded, Ok(Ok(()))) {
+            self.rows.push((*rec, fields..self.fields.len()));
+            true
+        } else {
+            self.fields.truncate(fields);
+            self.bytes.truncate(bytes);
+            false
+        }
+    }
+
+    /// Binds gathered row `row` as the row that starts after parameter `base`.
+    fn bind(
+        &self,
+        stmt: &mut rusqlite::Statement<'_>,
+        base: usize,
+        row: &(Record, Range<usize>),
+    ) -> rusqlite::Result<()> {
+        let (rec, fields) = row;
+        bind_header(stmt, base, rec)?;
+        for (i, slot) in self.fields[fields.clone()].iter().enumerate() {
+            let v = match slot {
+                Slot::Null => ValueRef::Null,
+                Slot::Integer(i) => ValueRef::Integer(*i),
+                Slot::Real(f) => ValueRef::Real(*f),
+                Slot::Text(r) => ValueRef::Text(&self.bytes[r.clone()]),
+                Slot::Blob(r) => ValueRef::Blob(&self.bytes[r.clone()]),
+            };
+            stmt.raw_bind_parameter(base + HEADER_PARAMS + 1 + i, ToSqlOutput::Borrowed(v))?;
+        }
+        Ok(())
+    }
 }
 
 /// What a transaction knows of one table's server ids (see the module docs).
@@ -580,7 +657,8 @@ impl SqliteStore {
                 table: TableId(0),
                 same_keys: false,
                 rows: Vec::with_capacity(BATCH_ROWS),
-                bodies: Vec::new(),
+                fields: Vec::new(),
+                bytes: Vec::new(),
             },
             failed: false,
         })
@@ -610,8 +688,7 @@ impl SqliteStore {
             return Ok(());
         }
         let written = self.write_batch();
-        self.batch.rows.clear();
-        self.batch.bodies.clear();
+        self.batch.clear();
         if written.is_err() {
             self.failed = true;
         }
@@ -620,10 +697,6 @@ impl SqliteStore {
 
     fn write_batch(&self) -> Result<(), StoreError> {
         let b = &self.batch;
-        let def = self
-            .schema
-            .table(b.table)
-            .ok_or_else(|| StoreError::Corrupt(format!("no {}", b.table)))?;
         let sql = self.sql(b.table)?;
         let mut chunks = b.rows.chunks_exact(BATCH_ROWS);
         if chunks.len() > 0 {
@@ -634,8 +707,8 @@ impl SqliteStore {
             };
             let mut stmt = self.conn.prepare_cached(many)?;
             for chunk in &mut chunks {
-                for (r, (rec, body)) in chunk.iter().enumerate() {
-                    bind_row(&mut stmt, r * sql.params, def, rec, &b.bodies[body.clone()])?;
+                for (r, row) in chunk.iter().enumerate() {
+                    b.bind(&mut stmt, r * sql.params, row)?;
                 }
                 stmt.raw_execute()?;
             }
@@ -648,8 +721,8 @@ impl SqliteStore {
                 &sql.insert
             };
             let mut stmt = self.conn.prepare_cached(one)?;
-            for (rec, body) in rest {
-                bind_row(&mut stmt, 0, def, rec, &b.bodies[body.clone()])?;
+            for row in rest {
+                b.bind(&mut stmt, 0, row)?;
                 stmt.raw_execute()?;
             }
         }
@@ -675,8 +748,7 @@ impl SqliteStore {
     /// Forgets the transaction's index and unwritten puts.
     fn end_tx(&mut self) {
         self.index.clear();
-        self.batch.rows.clear();
-        self.batch.bodies.clear();
+        self.batch.clear();
         self.in_tx = false;
         self.failed = false;
     }
@@ -875,13 +947,7 @@ impl LocalStore for SqliteStore {
         };
         match body {
             Some(body) if self.in_tx => {
-                // Gathered for a multi-row insert; checked now so a bad body fails this call.
-                if body::validate(def, body).is_err() {
-                    return Err(StoreError::Corrupt(format!(
-                        "body does not fit table {}",
-                        def.name
-                    )));
-                }
+                // Gathered for a multi-row insert, decoded now so a bad body fails this call.
                 // Known to be stored (or gathered) with the same server id and parent?
                 let same_keys = rec.server.is_some_and(|s| {
                     self.index.get(rec.table.0 as usize).is_some_and(|ix| {
@@ -898,9 +964,12 @@ impl LocalStore for SqliteStore {
                 if self.failed {
                     return Err(StoreError::TransactionFailed);
                 }
-                let start = self.batch.bodies.len();
-                self.batch.bodies.extend_from_slice(body);
-                self.batch.rows.push((*rec, start..self.batch.bodies.len()));
+                if !self.batch.push(def, rec, body) {
+                    return Err(StoreError::Corrupt(format!(
+                        "body does not fit table {}",
+                        def.name
+                    )));
+                }
                 if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
                     ix.learn(rec);
                 }
