@@ -56,43 +56,48 @@ impl EchoServer {
         while pos < sent.len() {
             let fed = dec.feed::<Request<'_>>(&sent[pos..]);
             pos += fed.consumed;
-            match fed.result.unwrap() {
-                Some(Request::Hello(h)) => batch = h.batch_id,
-                Some(Request::Change(c)) => {
-                    if c.op == Op::Delete {
-                        continue;
-                    }
-                    let parent = match c.parent {
-                        None => None,
-                        Some(RecordRef::Server(s)) => Some(s.0),
-                        Some(RecordRef::Local(l)) => {
-                            match map
-                                .iter()
-                                .find(|(t, x, _)| t.0 + 1 == c.table.0 && *x == l.0)
-                            {
-                                Some(m) => Some(m.2),
-                                // Parent not known: ignore the change (it stays pending).
-                                None => continue,
+            let Some(msg) = fed.result.unwrap() else {
+                continue;
+            };
+            for item in msg.items() {
+                match item.unwrap() {
+                    Request::Hello(h) => batch = h.batch_id,
+                    Request::Change(c) => {
+                        if c.op == Op::Delete {
+                            continue;
+                        }
+                        let parent = match c.parent {
+                            None => None,
+                            Some(RecordRef::Server(s)) => Some(s.0),
+                            Some(RecordRef::Local(l)) => {
+                                match map
+                                    .iter()
+                                    .find(|(t, x, _)| t.0 + 1 == c.table.0 && *x == l.0)
+                                {
+                                    Some(m) => Some(m.2),
+                                    // Parent not known: ignore the change (it stays pending).
+                                    None => continue,
+                                }
                             }
-                        }
-                    };
-                    let id = match (c.op, c.key) {
-                        (Op::Add, RecordRef::Local(l)) => {
-                            self.next_id += 1;
-                            map.push((c.table, l.0, self.next_id));
-                            mappings.push(Mapping {
-                                table: c.table,
-                                local: l,
-                                server: ServerId(self.next_id),
-                            });
-                            self.next_id
-                        }
-                        (_, RecordRef::Server(s)) => s.0,
-                        (_, RecordRef::Local(_)) => continue,
-                    };
-                    upserts.push((c.table, id, parent, c.body.to_vec()));
+                        };
+                        let id = match (c.op, c.key) {
+                            (Op::Add, RecordRef::Local(l)) => {
+                                self.next_id += 1;
+                                map.push((c.table, l.0, self.next_id));
+                                mappings.push(Mapping {
+                                    table: c.table,
+                                    local: l,
+                                    server: ServerId(self.next_id),
+                                });
+                                self.next_id
+                            }
+                            (_, RecordRef::Server(s)) => s.0,
+                            (_, RecordRef::Local(_)) => continue,
+                        };
+                        upserts.push((c.table, id, parent, c.body.to_vec()));
+                    }
+                    Request::End(_) | Request::Changes(_) => {}
                 }
-                Some(Request::End(_)) | None => {}
             }
         }
         upserts.sort_by_key(|u| u.0);

@@ -2,9 +2,9 @@
 //! through a [`Transport`], and applies the reply to the store frame by frame, in one store
 //! transaction committed only after `Done`.
 //!
-//! Memory: one frame encoder and one body buffer while sending, one frame decoder and a
-//! small receive buffer while applying, all of them `N` bytes or less (const generic): a data
-//! set of any size syncs in the same RAM.
+//! Memory: a batch packer (two `N`-byte buffers) and one body buffer while sending, one frame
+//! decoder and a small receive buffer while applying, all of them `N` bytes or less (const
+//! generic): a data set of any size syncs in the same RAM.
 //!
 //! Rules applied to the reply (`sent` is the highest edit number the request carried):
 //! - `Mapping`: the local record gets its server id (nothing else changes: details point at
@@ -23,10 +23,11 @@
 //!   it was a delete; the cursor is stored; the transaction commits.
 
 use crate::body;
-use crate::frame::{EncodeError, FrameDecoder, FrameEncoder, FrameError};
+use crate::frame::{FrameDecoder, FrameEncoder, FrameError};
 use crate::hlc::{Clock, Hlc};
 use crate::id::{LocalId, RecordRef, ServerId, TableId};
 use crate::meta::SyncMeta;
+use crate::pack::Packer;
 use crate::schema::Schema;
 use crate::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
 use crate::stream::{ReplyCheck, StreamError};
@@ -48,6 +49,8 @@ pub enum SyncError<SE, TE> {
     Store(SE),
     /// The transport failed (server unreachable, HTTP error, connection cut).
     Transport(TE),
+    /// `N` is too small for even the request's `Hello` or `End` frame (a build mistake).
+    FrameTooSmall,
     /// A pending record's change does not fit in one frame.
     TooLarge {
         /// Table.
@@ -78,6 +81,7 @@ impl<SE: fmt::Display, TE: fmt::Display> fmt::Display for SyncError<SE, TE> {
         match self {
             SyncError::Store(e) => write!(f, "local store: {e}"),
             SyncError::Transport(e) => write!(f, "{e}"),
+            SyncError::FrameTooSmall => write!(f, "frame size too small for the protocol"),
             SyncError::TooLarge { table, local } => {
                 write!(f, "record {local} of {table} is too large for one frame")
             }
@@ -147,8 +151,8 @@ pub fn change_for(rec: &Record) -> (Op, RecordRef) {
     (op, key)
 }
 
-/// Sends the request: `Hello`, one `Change` per pending record (tables in schema order, so
-/// parents first), `End`. Writes nothing to the store.
+/// Sends the request: `Hello`, the pending records' changes in batches (tables in schema
+/// order, so parents first), `End`. Writes nothing to the store.
 pub async fn send_request<S: LocalStore, T: Transport, const N: usize>(
     schema: &Schema<'_>,
     store: &mut S,
@@ -166,14 +170,14 @@ pub async fn send_request<S: LocalStore, T: Transport, const N: usize>(
         cursor: state.cursor,
         mode: out_mode,
     };
-    let mut enc = FrameEncoder::<N>::new();
-    let frame = enc
-        .encode(&Request::Hello(hello))
-        .map_err(|EncodeError::TooLarge| SyncError::TooLarge {
-            table: TableId(0),
-            local: LocalId(0),
-        })?;
-    transport.send(frame).await.map_err(SyncError::Transport)?;
+    let mut pack = Packer::<N>::new();
+    {
+        let mut enc = FrameEncoder::<N>::new();
+        let frame = enc
+            .encode(&Request::Hello(hello))
+            .map_err(|_| SyncError::FrameTooSmall)?;
+        transport.send(frame).await.map_err(SyncError::Transport)?;
+    }
     let mut body = [0u8; N];
     let mut count = 0u32;
     for (t, def) in schema.tables.iter().enumerate() {
@@ -218,22 +222,22 @@ pub async fn send_request<S: LocalStore, T: Transport, const N: usize>(
                 modified_at: rec.meta.modified_at,
                 body: &body[..len],
             };
-            let frame = enc
-                .encode(&Request::Change(change))
-                .map_err(|_| SyncError::TooLarge {
-                    table,
-                    local: rec.local,
-                })?;
-            transport.send(frame).await.map_err(SyncError::Transport)?;
+            while let Some(frame) = pack.change(&change).map_err(|_| SyncError::TooLarge {
+                table,
+                local: rec.local,
+            })? {
+                transport.send(frame).await.map_err(SyncError::Transport)?;
+            }
             count = count.saturating_add(1);
         }
     }
+    if let Some(frame) = pack.flush().map_err(|_| SyncError::FrameTooSmall)? {
+        transport.send(frame).await.map_err(SyncError::Transport)?;
+    }
+    let mut enc = FrameEncoder::<N>::new();
     let frame = enc
         .encode(&Request::End(End { count }))
-        .map_err(|_| SyncError::TooLarge {
-            table: TableId(0),
-            local: LocalId(0),
-        })?;
+        .map_err(|_| SyncError::FrameTooSmall)?;
     transport.send(frame).await.map_err(SyncError::Transport)?;
     transport.finish().await.map_err(SyncError::Transport)?;
     Ok(Outgoing {
@@ -328,18 +332,25 @@ async fn apply_reply<S: LocalStore, T: Transport, const N: usize>(
         }
         let mut pos = 0;
         while pos < n {
+            let index = dec.frames();
             let fed = dec.feed::<Reply<'_>>(&rx[pos..n]);
             pos += fed.consumed;
             match fed.result {
                 Ok(None) => {}
                 Ok(Some(msg)) => {
-                    check.handle(&msg).map_err(SyncError::Stream)?;
-                    ap.handle::<S, T>(store, &msg).await?;
-                    ap.frame += 1;
+                    ap.frame = index;
+                    for item in msg.items() {
+                        let item = item.map_err(|e| SyncError::Frame {
+                            frame: index,
+                            error: FrameError::Message(e),
+                        })?;
+                        check.handle(&item).map_err(SyncError::Stream)?;
+                        ap.handle::<S, T>(store, &item).await?;
+                    }
                 }
                 Err(error) => {
                     return Err(SyncError::Frame {
-                        frame: ap.frame,
+                        frame: index,
                         error,
                     })
                 }
@@ -409,6 +420,10 @@ impl<const N: usize> Apply<'_, '_, N> {
                 }
             }
             Reply::Done(d) => self.done::<S, T>(store, d).await?,
+            // Callers expand batches with `Reply::items`.
+            Reply::Mappings(_) | Reply::Upserts(_) | Reply::Removes(_) => {
+                return Err(SyncError::BadRecord { frame: self.frame })
+            }
         }
         Ok(())
     }
@@ -602,9 +617,6 @@ impl<const N: usize> Apply<'_, '_, N> {
                         continue;
                     }
                     rec.meta.confirm(self.sent);
-                    // The server holds exactly this version now and does not send it back:
-                    // it belongs to a full refresh like the records the reply delivered.
-                    rec.mark = self.state.refresh;
                     store.put(&rec, None).await.map_err(SyncError::Store)?;
                 } else {
                     store

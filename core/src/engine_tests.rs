@@ -37,17 +37,22 @@ fn decode_request(bytes: &[u8]) -> Vec<Req> {
     while pos < bytes.len() {
         let fed = dec.feed::<Request<'_>>(&bytes[pos..]);
         pos += fed.consumed;
-        match fed.result.unwrap() {
-            None => {}
-            Some(Request::Hello(h)) => out.push(Req::Hello(h)),
-            Some(Request::Change(c)) => out.push(Req::Change {
-                table: c.table,
-                op: c.op,
-                key: c.key,
-                parent: c.parent,
-                body: c.body.to_vec(),
-            }),
-            Some(Request::End(e)) => out.push(Req::End(e.count)),
+        let Some(msg) = fed.result.unwrap() else {
+            continue;
+        };
+        for item in msg.items() {
+            match item.unwrap() {
+                Request::Hello(h) => out.push(Req::Hello(h)),
+                Request::Change(c) => out.push(Req::Change {
+                    table: c.table,
+                    op: c.op,
+                    key: c.key,
+                    parent: c.parent,
+                    body: c.body.to_vec(),
+                }),
+                Request::End(e) => out.push(Req::End(e.count)),
+                Request::Changes(_) => unreachable!("items() expands batches"),
+            }
         }
     }
     out
@@ -689,62 +694,4 @@ fn a_mapping_onto_a_taken_server_id_is_refused() {
         Err(SyncError::BadRecord { frame: 1 })
     ));
     assert_eq!(snapshot(&s), before);
-}
-
-#[test]
-fn full_reply_without_echo_keeps_the_records_it_confirmed() {
-    // The server does not send back what this sync wrote: a first (full) reply to a push is
-    // the mappings, the reset, and other devices' records only.
-    let (mut s, c, a, b) = offline();
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Delta);
-    assert!(out.full);
-    let other = company("Other");
-    t.reply = reply(
-        out.batch_id,
-        &[
-            Reply::Mapping(Mapping {
-                table: CO,
-                local: c,
-                server: ServerId(135),
-            }),
-            Reply::Mapping(Mapping {
-                table: CT,
-                local: a,
-                server: ServerId(500),
-            }),
-            Reply::Mapping(Mapping {
-                table: CT,
-                local: b,
-                server: ServerId(501),
-            }),
-            Reply::Reset,
-            Reply::Upsert(Upsert {
-                table: CO,
-                id: ServerId(7),
-                parent: None,
-                modified_at: Hlc::new(900, 0, 3),
-                body: &other,
-            }),
-        ],
-    );
-    let r = receive(&mut s, &mut t, &out).unwrap();
-    assert!(r.full);
-    assert_eq!((r.mapped, r.upserts), (3, 1));
-    for (table, local, server) in [(CO, c, 135), (CT, a, 500), (CT, b, 501)] {
-        let rec = get(&mut s, table, local).expect("a confirmed record survives the sweep");
-        assert_eq!(rec.server, Some(ServerId(server)));
-        assert!(!rec.meta.is_pending());
-    }
-    assert_eq!(name_of(&mut s, CO, c), "ACME");
-    assert_eq!(name_of(&mut s, CT, b), "Bob");
-    let o = block_on(s.by_server(CO, ServerId(7))).unwrap().unwrap();
-    assert_eq!(name_of(&mut s, CO, o.local), "Other");
-    // A second full refresh that no longer lists them does sweep them.
-    let mut t = ScriptLink::default();
-    let out = send(&mut s, &mut t, Mode::Full);
-    t.reply = reply(out.batch_id, &[Reply::Reset]);
-    receive(&mut s, &mut t, &out).unwrap();
-    assert!(get(&mut s, CO, c).is_none());
-    assert!(get(&mut s, CT, a).is_none());
 }

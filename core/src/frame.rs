@@ -62,7 +62,7 @@ pub enum MessageError {
 }
 
 impl MessageError {
-    fn from_postcard(e: postcard::Error) -> Self {
+    pub(crate) fn from_postcard(e: postcard::Error) -> Self {
         use postcard::Error as P;
         match e {
             P::DeserializeUnexpectedEnd => MessageError::UnexpectedEnd,

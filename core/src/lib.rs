@@ -17,6 +17,7 @@ pub mod id;
 #[cfg(any(test, feature = "_test"))]
 pub mod mem;
 pub mod meta;
+pub mod pack;
 pub mod schema;
 pub mod store;
 pub mod stream;

@@ -1,7 +1,11 @@
 //! Validation of whole request and reply streams: frame order, counts and the end.
 //!
-//! Both sides run a checker over every decoded frame, so a truncated, reordered or padded
+//! Both sides run a checker over every decoded message, so a truncated, reordered or padded
 //! stream is refused as a whole instead of half-applied. Checkers hold O(1) state.
+//!
+//! The rules are on single-record messages: give the checker the messages of
+//! [`Request::items`] / [`Reply::items`] (a batch given whole is checked record by record).
+//! Indexes in errors count those messages.
 //!
 //! Request: `Hello` first (known protocol, same schema hash), then `Change`s whose table ids
 //! never decrease (the schema lists parents first, so parents come before children), then
@@ -9,13 +13,15 @@
 //!
 //! Reply: `Accepted` for the right batch first, then in this order `Mapping`s, `Rejected`s, at
 //! most one `Reset`, `Upsert`s (table ids never decreasing) and `Remove`s in any mix, then
-//! `Done` with the number of frames between `Accepted` and `Done`, then nothing.
+//! `Done` with the number of messages between `Accepted` and `Done`, then nothing.
 
+use crate::frame::MessageError;
 use crate::id::TableId;
 use crate::wire::{Reply, Request, PROTOCOL_VERSION};
 use core::fmt;
 
-/// Why a stream is refused as a whole. `frame` is the 0-based index of the offending frame.
+/// Why a stream is refused as a whole. `frame` is the 0-based index of the offending message
+/// (single-record messages: a batch counts each of its records).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamError {
     /// The first frame is not `Hello` (request) or `Accepted` (reply).
@@ -42,15 +48,15 @@ pub enum StreamError {
     /// A frame of a kind not allowed at this point (a second `Hello`, a `Mapping` after an
     /// `Upsert`, ...).
     OutOfOrder {
-        /// Index of the frame.
+        /// Index of the message.
         frame: u32,
     },
     /// A child table's frame before its parent's (table ids went down).
     TableOrder {
-        /// Index of the frame.
+        /// Index of the message.
         frame: u32,
     },
-    /// `End`/`Done` declared a different number of frames than were sent.
+    /// `End`/`Done` declared a different number of records than were sent.
     CountMismatch {
         /// Declared.
         declared: u32,
@@ -59,11 +65,18 @@ pub enum StreamError {
     },
     /// A frame after `End`/`Done`.
     AfterEnd {
-        /// Index of the frame.
+        /// Index of the message.
         frame: u32,
     },
     /// The stream ended before `End`/`Done`.
     Truncated,
+    /// A record of a batch given whole to a checker does not decode.
+    BadItem {
+        /// Index of the message.
+        frame: u32,
+        /// What is wrong.
+        error: MessageError,
+    },
 }
 
 impl StreamError {
@@ -79,6 +92,7 @@ impl StreamError {
             StreamError::CountMismatch { .. } => "count_mismatch",
             StreamError::AfterEnd { .. } => "after_end",
             StreamError::Truncated => "truncated",
+            StreamError::BadItem { error, .. } => error.as_str(),
         }
     }
 }
@@ -98,15 +112,21 @@ impl fmt::Display for StreamError {
             StreamError::BatchMismatch { got, want } => {
                 write!(f, "reply is for batch {got}, expected {want}")
             }
-            StreamError::OutOfOrder { frame } => write!(f, "frame {frame} is out of order"),
+            StreamError::OutOfOrder { frame } => write!(f, "message {frame} is out of order"),
             StreamError::TableOrder { frame } => {
-                write!(f, "frame {frame}: a child table came before its parent")
+                write!(f, "message {frame}: a child table came before its parent")
             }
             StreamError::CountMismatch { declared, seen } => {
-                write!(f, "stream declares {declared} frames but carried {seen}")
+                write!(f, "stream declares {declared} records but carried {seen}")
             }
-            StreamError::AfterEnd { frame } => write!(f, "frame {frame} after the end"),
+            StreamError::AfterEnd { frame } => write!(f, "message {frame} after the end"),
             StreamError::Truncated => f.write_str("stream ended before its last frame"),
+            StreamError::BadItem { frame, error } => {
+                write!(
+                    f,
+                    "message {frame}: a batched record does not decode ({error:?})"
+                )
+            }
         }
     }
 }
@@ -118,7 +138,7 @@ enum Phase {
     Ended,
 }
 
-/// Checks a request stream frame by frame (server side).
+/// Checks a request stream message by message (server side).
 #[derive(Clone, Debug)]
 pub struct RequestCheck {
     schema_hash: u64,
@@ -140,18 +160,28 @@ impl RequestCheck {
         }
     }
 
-    /// Index of the next frame.
+    /// Index of the next message.
     pub fn frame(&self) -> u32 {
         self.frame
     }
 
-    /// Number of `Change` frames accepted so far.
+    /// Number of changes accepted so far.
     pub fn changes(&self) -> u32 {
         self.changes
     }
 
-    /// Checks the next frame.
+    /// Checks the next message.
     pub fn handle(&mut self, msg: &Request<'_>) -> Result<(), StreamError> {
+        if let Request::Changes(_) = msg {
+            for item in msg.items() {
+                let item = item.map_err(|error| StreamError::BadItem {
+                    frame: self.frame,
+                    error,
+                })?;
+                self.handle(&item)?;
+            }
+            return Ok(());
+        }
         let frame = self.frame;
         self.frame = self.frame.saturating_add(1);
         match (self.phase, msg) {
@@ -189,6 +219,8 @@ impl RequestCheck {
                 Ok(())
             }
             (Phase::Body, Request::Hello(_)) => Err(StreamError::OutOfOrder { frame }),
+            // Expanded above.
+            (Phase::Body, Request::Changes(_)) => Ok(()),
         }
     }
 
@@ -207,7 +239,7 @@ impl RequestCheck {
     }
 }
 
-/// Checks a reply stream frame by frame (device side).
+/// Checks a reply stream message by message (device side).
 #[derive(Clone, Debug)]
 pub struct ReplyCheck {
     batch_id: u64,
@@ -232,13 +264,23 @@ impl ReplyCheck {
         }
     }
 
-    /// Index of the next frame.
+    /// Index of the next message.
     pub fn frame(&self) -> u32 {
         self.frame
     }
 
-    /// Checks the next frame.
+    /// Checks the next message.
     pub fn handle(&mut self, msg: &Reply<'_>) -> Result<(), StreamError> {
+        if let Reply::Mappings(_) | Reply::Upserts(_) | Reply::Removes(_) = msg {
+            for item in msg.items() {
+                let item = item.map_err(|error| StreamError::BadItem {
+                    frame: self.frame,
+                    error,
+                })?;
+                self.handle(&item)?;
+            }
+            return Ok(());
+        }
         let frame = self.frame;
         self.frame = self.frame.saturating_add(1);
         match self.phase {
@@ -276,6 +318,8 @@ impl ReplyCheck {
                 4
             }
             Reply::Remove(_) => 4,
+            // Expanded above.
+            Reply::Mappings(_) | Reply::Upserts(_) | Reply::Removes(_) => return Ok(()),
             Reply::Done(d) => {
                 if d.count != self.between {
                     return Err(StreamError::CountMismatch {

@@ -487,9 +487,9 @@ fn undecodable_messages() {
 fn unknown_discriminants() -> [(Side, &'static [u8]); 7] {
     [
         // Message kinds (Request has 0..=2, Reply 0..=6).
-        (Side::Request, &[3]),
+        (Side::Request, &[4]),
         (Side::Request, &[0x80, 0x01]),
-        (Side::Reply, &[7]),
+        (Side::Reply, &[10]),
         // Hello with mode 2 (Mode has Delta = 0, Full = 1).
         (Side::Request, &[0, 1, 0, 0, 0, 2]),
         // Change with op 3, then with key kind 2 (RecordRef has Local = 0, Server = 1).
@@ -625,8 +625,12 @@ fn unsupported_version_and_schema_mismatch() {
     };
     let h = EXAMPLE.hash();
     assert_eq!(
-        check_request(&[with(2, h), end(0)]),
-        Err(StreamError::UnsupportedVersion { got: 2 })
+        check_request(&[with(3, h), end(0)]),
+        Err(StreamError::UnsupportedVersion { got: 3 })
+    );
+    assert_eq!(
+        check_request(&[with(1, h), end(0)]),
+        Err(StreamError::UnsupportedVersion { got: 1 })
     );
     assert_eq!(
         check_request(&[with(0, h), end(0)]),
@@ -634,8 +638,8 @@ fn unsupported_version_and_schema_mismatch() {
     );
     // The version is checked before the schema.
     assert_eq!(
-        check_request(&[with(2, h ^ 1), end(0)]),
-        Err(StreamError::UnsupportedVersion { got: 2 })
+        check_request(&[with(3, h ^ 1), end(0)]),
+        Err(StreamError::UnsupportedVersion { got: 3 })
     );
     assert_eq!(
         check_request(&[with(PROTOCOL_VERSION, h ^ 1), end(0)]),

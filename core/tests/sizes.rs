@@ -141,3 +141,70 @@ fn worst_case_change_with_960_byte_body_fits() {
         assert_eq!(postcard::to_slice(&msg, &mut pc).unwrap().len(), 48 + 960);
     }
 }
+
+/// A first push of 1,000 companies and 10,000 contacts (contact j in company j % 1,000, edits
+/// spread over a working day) packed in batches: ids, clocks and framing cost at most 25 % on
+/// top of the bare postcard bodies.
+#[test]
+fn batched_push_costs_at_most_a_quarter_over_the_bodies() {
+    use ferrysync_core::pack::Packer;
+    let (n, m) = (1_000u32, 10_000u32);
+    let mut pack = Box::new(Packer::<DEFAULT_MAX_FRAME>::new());
+    let (mut wire, mut bodies, mut frames) = (0usize, 0usize, 0usize);
+    let mut body_buf = [0u8; 256];
+    let mut send = |table: u8, key: u32, parent: Option<u32>, at: u64, values: &[Value<'_>]| {
+        let body = body::encode(&EXAMPLE.tables[table as usize], values, &mut body_buf).unwrap();
+        bodies += body.len();
+        let c = Change {
+            table: TableId(table),
+            op: Op::Add,
+            key: RecordRef::Local(LocalId(key)),
+            parent: parent.map(|p| RecordRef::Local(LocalId(p))),
+            modified_at: Hlc::new(at, 0, 0),
+            body,
+        };
+        while let Some(f) = pack.change(&c).unwrap() {
+            wire += f.len();
+            frames += 1;
+        }
+    };
+    // Edit times: one record every ~2.9 s over eight hours, in id order.
+    let at = |i: u32| NOW_MS + u64::from(i) * 2_903;
+    for i in 0..n {
+        let (name, phone) = (format!("Company {i}"), format!("+33 1 {i:08}"));
+        let city = ["Lyon", "Paris", "Marseille", "Lille"][i as usize % 4];
+        send(
+            0,
+            i + 1,
+            None,
+            at(i),
+            &[Value::Text(&name), Value::Text(city), Value::Text(&phone)],
+        );
+    }
+    for j in 0..m {
+        let name = format!("Contact {j}");
+        let email = format!("contact{j}@company{}.example", j % n);
+        let phone = format!("+33 6 {j:08}");
+        send(
+            1,
+            n + j + 1,
+            Some(j % n + 1),
+            at(n + j),
+            &[Value::Text(&name), Value::Text(&email), Value::Text(&phone)],
+        );
+    }
+    if let Some(f) = pack.flush().unwrap() {
+        wire += f.len();
+        frames += 1;
+    }
+    let records = (n + m) as f64;
+    let ratio = wire as f64 / bodies as f64;
+    println!(
+        "batched push of {} records: {wire} B on the wire in {frames} frames ({:.1} B/record), \
+         bodies {bodies} B ({:.1} B/record): {ratio:.3}x",
+        n + m,
+        wire as f64 / records,
+        bodies as f64 / records
+    );
+    assert!(ratio <= 1.25, "batched overhead {ratio:.3}x > 1.25x");
+}

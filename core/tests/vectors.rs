@@ -1,4 +1,4 @@
-//! Committed test vectors of protocol v1: the exact bytes of a few frames. A failure here means
+//! Committed test vectors of protocol v2: the exact bytes of a few frames. A failure here means
 //! the wire format changed; that must be a deliberate change with a new `PROTOCOL_VERSION`
 //! (see `docs/wire-format.md`, "How versions evolve").
 //!
@@ -73,7 +73,7 @@ fn reference_checks() {
     assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
     assert_eq!(ref_crc32(b"123456789"), 0xCBF4_3926);
     assert_eq!(EXAMPLE.hash(), EXAMPLE_HASH);
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
     let mut buf = [0u8; 64];
     let company = [
         Value::Text("ACME"),
@@ -107,11 +107,11 @@ fn hello() {
     check(
         &msg,
         Side::Request,
-        // Request::Hello | protocol 1 | schema_hash 0x258f90dca644b210 | batch_id 7 |
+        // Request::Hello | protocol 2 | schema_hash 0x258f90dca644b210 | batch_id 7 |
         // cursor Some(300) | mode Delta
-        "00 01 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 00",
-        0xcf76_2c4e,
-        "01 0f 01 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 05 4e 2c 76 cf 00",
+        "00 02 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 00",
+        0xde0b_4637,
+        "01 0f 02 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 05 37 46 0b de 00",
     );
 }
 

@@ -218,8 +218,30 @@ pub fn reply_bytes(batch: u64, msgs: &[Reply<'_>], cursor: u64) -> Vec<u8> {
         batch_id: batch,
         server_time: NOW_MS,
     }));
+    // Records batched as the server sends them, other messages in frames of their own.
+    let mut pack = Box::new(ferrysync_core::pack::Packer::<N>::new());
     for m in msgs {
-        out.extend(spec::frame(m));
+        let packed = loop {
+            let r = match m {
+                Reply::Mapping(x) => pack.mapping(x),
+                Reply::Upsert(x) => pack.upsert(x),
+                Reply::Remove(x) => pack.remove(x),
+                _ => break false,
+            };
+            match r.expect("a seed record fits a frame") {
+                Some(f) => out.extend_from_slice(f),
+                None => break true,
+            }
+        };
+        if !packed {
+            if let Some(f) = pack.flush().expect("a batch fits its frame") {
+                out.extend_from_slice(f);
+            }
+            out.extend(spec::frame(m));
+        }
+    }
+    if let Some(f) = pack.flush().expect("a batch fits its frame") {
+        out.extend_from_slice(f);
     }
     out.extend(spec::frame(&Reply::Done(Done {
         cursor,
@@ -466,15 +488,18 @@ fn unconfirmed_kept(schema: &Schema<'_>, before: &Snapshot, after: &Snapshot, re
     while !input.is_empty() {
         let fed = dec.feed::<Reply<'_>>(input);
         input = &input[fed.consumed..];
-        match fed.result {
-            Ok(Some(Reply::Remove(r))) => {
-                removed.insert((r.table, r.id));
+        let Ok(Some(msg)) = fed.result else { continue };
+        for item in msg.items() {
+            match item {
+                Ok(Reply::Remove(r)) => {
+                    removed.insert((r.table, r.id));
+                }
+                Ok(Reply::Mapping(m)) => {
+                    mapped.insert((m.table, m.local), m.server);
+                }
+                Ok(Reply::Reset) => reset = true,
+                _ => {}
             }
-            Ok(Some(Reply::Mapping(m))) => {
-                mapped.insert((m.table, m.local), m.server);
-            }
-            Ok(Some(Reply::Reset)) => reset = true,
-            _ => {}
         }
     }
     let by_local: BTreeMap<(TableId, LocalId), &Record> = before

@@ -551,14 +551,18 @@ impl World {
         while !input.is_empty() {
             let fed = dec.feed::<Request<'_>>(input);
             input = &input[fed.consumed..];
-            let Ok(Some(Request::Change(c))) = fed.result else {
+            let Ok(Some(msg)) = fed.result else {
                 continue;
             };
-            let Some(t) = s.table(c.table) else { continue };
-            let key = match c.key {
-                RecordRef::Server(id) => (c.table, Some(id.0 as i64), None),
-                RecordRef::Local(l) => {
-                    let server: Option<i64> = self
+            for c in msg.items() {
+                let Ok(Request::Change(c)) = c else {
+                    continue;
+                };
+                let Some(t) = s.table(c.table) else { continue };
+                let key = match c.key {
+                    RecordRef::Server(id) => (c.table, Some(id.0 as i64), None),
+                    RecordRef::Local(l) => {
+                        let server: Option<i64> = self
                         .check
                         .query_row(
                             "SELECT server FROM _idmap WHERE device = ?1 AND tbl = ?2 AND local = ?3",
@@ -566,14 +570,15 @@ impl World {
                             |r| r.get(0),
                         )
                         .ok();
-                    match server {
-                        Some(id) => (c.table, Some(id), None),
-                        None => (c.table, None, Some(l.0)),
+                        match server {
+                            Some(id) => (c.table, Some(id), None),
+                            None => (c.table, None, Some(l.0)),
+                        }
                     }
+                };
+                if !seen.insert(key) {
+                    return false;
                 }
-            };
-            if !seen.insert(key) {
-                return false;
             }
         }
         true
@@ -605,28 +610,36 @@ pub fn check_reply(schema: &Schema<'_>, batch_id: u64, reply: &[u8]) -> Vec<Mapp
             Ok(Some(m)) => m,
             Err(e) => panic!("invariant broken: the server wrote a bad reply frame: {e}"),
         };
-        if let Err(e) = check.handle(&msg) {
-            panic!("invariant broken: the server's reply breaks the stream rules: {e} at {msg:?}");
-        }
-        match msg {
-            Reply::Mapping(m) => mappings.push(m),
-            Reply::Upsert(u) => {
-                let t = schema.table(u.table);
-                invariant!(t.is_some(), "reply upsert of unknown {:?}", u.table);
-                let t = t.expect("checked");
-                invariant!(
-                    body::validate(t, u.body).is_ok(),
-                    "reply body of {} does not fit",
-                    t.name
-                );
-                invariant!(
-                    t.parent.is_some() == u.parent.is_some(),
-                    "reply upsert of {} with parent {:?}",
-                    t.name,
-                    u.parent
+        for msg in msg.items() {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => panic!("invariant broken: the server wrote a bad batched record: {e:?}"),
+            };
+            if let Err(e) = check.handle(&msg) {
+                panic!(
+                    "invariant broken: the server's reply breaks the stream rules: {e} at {msg:?}"
                 );
             }
-            _ => {}
+            match msg {
+                Reply::Mapping(m) => mappings.push(m),
+                Reply::Upsert(u) => {
+                    let t = schema.table(u.table);
+                    invariant!(t.is_some(), "reply upsert of unknown {:?}", u.table);
+                    let t = t.expect("checked");
+                    invariant!(
+                        body::validate(t, u.body).is_ok(),
+                        "reply body of {} does not fit",
+                        t.name
+                    );
+                    invariant!(
+                        t.parent.is_some() == u.parent.is_some(),
+                        "reply upsert of {} with parent {:?}",
+                        t.name,
+                        u.parent
+                    );
+                }
+                _ => {}
+            }
         }
     }
     invariant!(!dec.is_mid_frame(), "the server's reply ends mid-frame");
@@ -697,15 +710,23 @@ pub fn seed_request(
             Mode::Full
         },
     }));
+    // Batched as devices send them.
+    let mut pack = Box::new(ferrysync_core::pack::Packer::<MAX_FRAME>::new());
     for (t, op, key, parent, wall, body) in changes {
-        out.extend(frame(&Request::Change(Change {
+        let change = Change {
             table: TableId(*t),
             op: *op,
             key: *key,
             parent: *parent,
             modified_at: Hlc::new(*wall, 0, 1),
             body,
-        })));
+        };
+        while let Some(f) = pack.change(&change).expect("a seed change fits a frame") {
+            out.extend_from_slice(f);
+        }
+    }
+    if let Some(f) = pack.flush().expect("a batch fits its frame") {
+        out.extend_from_slice(f);
     }
     out.extend(frame(&Request::End(End {
         count: changes.len() as u32,

@@ -8,7 +8,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use ferrysync_core::body::{self, Value};
-use ferrysync_core::frame::encode;
+use ferrysync_core::frame::{encode, DEFAULT_MAX_FRAME};
+use ferrysync_core::pack::Packer;
 use ferrysync_core::schema::{FieldType, Schema, TableDef};
 use ferrysync_core::wire::{
     Accepted, Change, Done, End, Hello, Mapping, Mode, Op, RejectReason, Rejected, Remove, Reply,
@@ -198,6 +199,8 @@ pub struct RequestSpec {
     pub changes: Vec<ChangeSpec>,
     /// Keep the changes in the given order.
     pub unsorted: bool,
+    /// Pack the changes into batch frames (as devices send them) instead of one frame each.
+    pub batched: bool,
     /// `0xff` = no `End`, `0xfe` = a count one too high, `0xfd` = one too low.
     pub end: u8,
     /// The mutations apply when this is below 64 (a quarter of the inputs).
@@ -243,6 +246,7 @@ impl RequestSpec {
             mode: if self.full { Mode::Full } else { Mode::Delta },
         };
         frames.push(frame(&Request::Hello(hello)));
+        let mut pack = Box::new(Packer::<DEFAULT_MAX_FRAME>::new());
         for c in &changes {
             let table = TableId(c.table % 3);
             let body = c.body.bytes(schema.table(table));
@@ -255,8 +259,24 @@ impl RequestSpec {
                 modified_at: c.at.get(),
                 body: if op == Op::Delete { &[] } else { &body },
             };
-            frames.push(frame(&Request::Change(change)));
+            if !self.batched {
+                frames.push(frame(&Request::Change(change)));
+                continue;
+            }
+            loop {
+                match pack.change(&change) {
+                    Ok(Some(f)) => frames.push(f.to_vec()),
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Too large for a frame: sent alone (and refused as too large).
+                        frames.extend(flush(&mut pack));
+                        frames.push(frame(&Request::Change(change)));
+                        break;
+                    }
+                }
+            }
         }
+        frames.extend(flush(&mut pack));
         if let Some(count) = declared(changes.len(), self.end) {
             frames.push(frame(&Request::End(End { count })));
         }
@@ -332,6 +352,8 @@ pub struct ReplySpec {
     pub items: Vec<ReplyItemSpec>,
     /// Keep the items in the given order.
     pub unsorted: bool,
+    /// Pack mappings, upserts and removes into batch frames (as the server sends them).
+    pub batched: bool,
     /// `0xff` = no `Done`, `0xfe` = a count one too high, `0xfd` = one too low.
     pub done: u8,
     /// Cursor.
@@ -366,6 +388,7 @@ impl ReplySpec {
             batch_id: batch,
             server_time: self.server_time.get().wall_ms,
         })));
+        let mut pack = Box::new(Packer::<DEFAULT_MAX_FRAME>::new());
         for item in &items {
             let body;
             let msg = match item {
@@ -401,8 +424,28 @@ impl ReplySpec {
                     id: ServerId(id.get()),
                 }),
             };
+            if self.batched {
+                let packed = loop {
+                    let r = match &msg {
+                        Reply::Mapping(m) => pack.mapping(m),
+                        Reply::Upsert(u) => pack.upsert(u),
+                        Reply::Remove(r) => pack.remove(r),
+                        _ => break false,
+                    };
+                    match r {
+                        Ok(Some(f)) => frames.push(f.to_vec()),
+                        Ok(None) => break true,
+                        Err(_) => break false,
+                    }
+                };
+                if packed {
+                    continue;
+                }
+                frames.extend(flush(&mut pack));
+            }
             frames.push(frame(&msg));
         }
+        frames.extend(flush(&mut pack));
         if let Some(count) = declared(items.len(), self.done) {
             frames.push(frame(&Reply::Done(Done {
                 cursor: self.cursor,
@@ -433,6 +476,11 @@ impl ReplySpec {
 }
 
 /// One message as a frame (empty if it does not fit, which the specs avoid).
+/// The open batch of `pack` as a frame, if any.
+fn flush(pack: &mut Packer<DEFAULT_MAX_FRAME>) -> Option<Vec<u8>> {
+    pack.flush().ok().flatten().map(<[u8]>::to_vec)
+}
+
 pub fn frame<M: serde::Serialize>(msg: &M) -> Vec<u8> {
     let mut buf = [0u8; N];
     encode(msg, &mut buf)

@@ -8,34 +8,93 @@ use crate::store::{
 };
 use crate::MAX_FRAME;
 use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
+use ferrysync_core::pack::Packer;
 use ferrysync_core::stream::{RequestCheck, StreamError};
 use ferrysync_core::wire::{
     peek_protocol, Accepted, Done, Hello, Rejected, Reply, Request, PROTOCOL_VERSION,
 };
 use std::fmt;
 
-/// Writes a whole reply through `put`: `Accepted`, the mappings, the rejections, the records
-/// of `device`'s scope from one snapshot (full or delta, as `hello` asks), then `Done`.
-/// Returns the cursor sent in `Done`.
+/// What [`write_reply`] sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyStats {
+    /// The cursor sent in `Done`.
+    pub cursor: u64,
+    /// Frames written, `Accepted` and `Done` included.
+    pub frames: u32,
+    /// Upserts and removes sent.
+    pub records: u64,
+}
+
+/// Frames a reply: records are packed into batch frames, other messages get their own.
+struct ReplyFramer<'p> {
+    pack: Box<Packer<MAX_FRAME>>,
+    enc: Box<FrameEncoder<MAX_FRAME>>,
+    put: &'p mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    stats: ReplyStats,
+}
+
+fn too_large(e: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("reply frame does not fit {MAX_FRAME} bytes: {e}"))
+}
+
+impl ReplyFramer<'_> {
+    /// Sends `msg`: into the open batch when it is a record, in a frame of its own otherwise.
+    fn send(&mut self, msg: &Reply<'_>) -> Result<(), StoreError> {
+        loop {
+            let full = match msg {
+                Reply::Mapping(m) => self.pack.mapping(m),
+                Reply::Upsert(u) => self.pack.upsert(u),
+                Reply::Remove(r) => self.pack.remove(r),
+                _ => break,
+            }
+            .map_err(too_large)?;
+            match full {
+                Some(frame) => {
+                    self.stats.frames = self.stats.frames.saturating_add(1);
+                    (self.put)(frame)?;
+                }
+                None => return Ok(()),
+            }
+        }
+        if let Some(frame) = self.pack.flush().map_err(too_large)? {
+            self.stats.frames = self.stats.frames.saturating_add(1);
+            (self.put)(frame)?;
+        }
+        let frame = self.enc.encode(msg).map_err(too_large)?;
+        self.stats.frames = self.stats.frames.saturating_add(1);
+        (self.put)(frame)
+    }
+}
+
+/// Writes a whole reply through `put`, frame by frame: `Accepted`, the mappings, the
+/// rejections, the records of `device`'s scope from one snapshot (full or delta, as `hello`
+/// asks), then `Done`. Records travel in batch frames.
 pub fn write_reply(
     store: &dyn ServerStore,
     device: &Device,
     hello: &Hello,
     outcome: &SyncOutcome,
     server_time: u64,
-    put: &mut dyn FnMut(&Reply<'_>) -> Result<(), StoreError>,
-) -> Result<u64, StoreError> {
-    put(&Reply::Accepted(Accepted {
+    put: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<ReplyStats, StoreError> {
+    let mut w = ReplyFramer {
+        pack: Box::new(Packer::new()),
+        enc: Box::new(FrameEncoder::new()),
+        put,
+        stats: ReplyStats::default(),
+    };
+    w.send(&Reply::Accepted(Accepted {
         batch_id: hello.batch_id,
         server_time,
     }))?;
     let mut count: u32 = 0;
     for m in &outcome.mappings {
-        put(&Reply::Mapping(*m))?;
+        w.send(&Reply::Mapping(*m))?;
         count = count.saturating_add(1);
     }
     for r in &outcome.rejected {
-        put(&rejected(r))?;
+        w.send(&rejected(r))?;
         count = count.saturating_add(1);
     }
     let plan = ReplyPlan {
@@ -47,13 +106,20 @@ pub fn write_reply(
     let cursor = store.read_reply(&plan, &mut |item| {
         count = count.saturating_add(1);
         match item {
-            ReplyItem::Reset => put(&Reply::Reset),
-            ReplyItem::Upsert(u) => put(&Reply::Upsert(u)),
-            ReplyItem::Remove(r) => put(&Reply::Remove(r)),
+            ReplyItem::Reset => w.send(&Reply::Reset),
+            ReplyItem::Upsert(u) => {
+                w.stats.records += 1;
+                w.send(&Reply::Upsert(u))
+            }
+            ReplyItem::Remove(r) => {
+                w.stats.records += 1;
+                w.send(&Reply::Remove(r))
+            }
         }
     })?;
-    put(&Reply::Done(Done { cursor, count }))?;
-    Ok(cursor)
+    w.send(&Reply::Done(Done { cursor, count }))?;
+    w.stats.cursor = cursor;
+    Ok(w.stats)
 }
 
 fn rejected(r: &OwnedRejected) -> Reply<'_> {
@@ -142,14 +208,22 @@ impl RequestReader {
                     });
                 }
                 Ok(Some(msg)) => {
-                    self.check.handle(&msg).map_err(|error| ReadError::Stream {
-                        frame: Some(index),
-                        error,
-                    })?;
-                    match msg {
-                        Request::Hello(h) => self.hello = Some(h),
-                        Request::Change(c) => out.push(OwnedChange::from_wire(&c)),
-                        Request::End(_) => {}
+                    for item in msg.items() {
+                        let item = item.map_err(|e| ReadError::Frame {
+                            frame: index,
+                            error: FrameError::Message(e),
+                        })?;
+                        self.check
+                            .handle(&item)
+                            .map_err(|error| ReadError::Stream {
+                                frame: Some(index),
+                                error,
+                            })?;
+                        match item {
+                            Request::Hello(h) => self.hello = Some(h),
+                            Request::Change(c) => out.push(OwnedChange::from_wire(&c)),
+                            Request::End(_) | Request::Changes(_) => {}
+                        }
                     }
                 }
             }
@@ -239,15 +313,18 @@ pub fn sync(
     let outcome = store
         .sync(device, params, &mut source)
         .map_err(DirectError::Store)?;
-    let mut enc = FrameEncoder::<MAX_FRAME>::new();
     let mut out = Vec::new();
-    write_reply(store, device, &hello, &outcome, params.now_ms, &mut |m| {
-        let frame = enc.encode(m).map_err(|e| {
-            StoreError::Corrupt(format!("reply frame does not fit {MAX_FRAME} bytes: {e}"))
-        })?;
-        out.extend_from_slice(frame);
-        Ok(())
-    })
+    write_reply(
+        store,
+        device,
+        &hello,
+        &outcome,
+        params.now_ms,
+        &mut |frame| {
+            out.extend_from_slice(frame);
+            Ok(())
+        },
+    )
     .map_err(DirectError::Store)?;
     Ok(out)
 }

@@ -13,9 +13,9 @@ use crate::direct::{ReadError, RequestReader};
 use crate::store::{ChangeSource, Device, Incoming, OwnedChange, StoreError, SyncOutcome};
 use crate::{now_ms, Server, CONTENT_TYPE_V1, MAX_FRAME};
 use bytes::Bytes;
-use ferrysync_core::frame::{FrameEncoder, FrameError};
+use ferrysync_core::frame::FrameError;
 use ferrysync_core::stream::StreamError;
-use ferrysync_core::wire::{Hello, Reply};
+use ferrysync_core::wire::Hello;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -575,26 +575,13 @@ async fn receive(
 
 /// Writes reply frames into chunks sent to the response body.
 struct ReplyWriter {
-    enc: Box<FrameEncoder<MAX_FRAME>>,
     chunk: Vec<u8>,
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
-    /// Frames after `Accepted`.
-    frames: u32,
-    records: u64,
 }
 
 impl ReplyWriter {
-    fn put(&mut self, msg: &Reply<'_>) -> Result<(), StoreError> {
-        let frame = self.enc.encode(msg).map_err(|e| {
-            StoreError::Corrupt(format!("reply frame does not fit {MAX_FRAME} bytes: {e}"))
-        })?;
+    fn put(&mut self, frame: &[u8]) -> Result<(), StoreError> {
         self.chunk.extend_from_slice(frame);
-        if !matches!(msg, Reply::Accepted(_) | Reply::Done(_)) {
-            self.frames = self.frames.saturating_add(1);
-        }
-        if matches!(msg, Reply::Upsert(_) | Reply::Remove(_)) {
-            self.records += 1;
-        }
         if self.chunk.len() >= CHUNK {
             self.flush()?;
         }
@@ -628,11 +615,8 @@ fn reply(
         let _slot = slot;
         let server = server2;
         let mut w = ReplyWriter {
-            enc: Box::new(FrameEncoder::new()),
             chunk: Vec::with_capacity(CHUNK + MAX_FRAME),
             tx,
-            frames: 0,
-            records: 0,
         };
         let result = crate::direct::write_reply(
             server.store.as_ref(),
@@ -642,18 +626,18 @@ fn reply(
             now_ms(),
             &mut |m| w.put(m),
         )
-        .and_then(|cursor| {
+        .and_then(|stats| {
             w.flush()?;
-            Ok(cursor)
+            Ok(stats)
         });
-        server.metrics.reply_records(w.records);
         match result {
-            Ok(cursor) => {
+            Ok(stats) => {
+                server.metrics.reply_records(stats.records);
                 server.metrics.observe_latency(started.elapsed());
                 info!(
-                    frames = w.frames,
-                    records = w.records,
-                    cursor,
+                    frames = stats.frames,
+                    records = stats.records,
+                    cursor = stats.cursor,
                     ms = started.elapsed().as_millis() as u64,
                     "reply sent"
                 );

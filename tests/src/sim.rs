@@ -90,7 +90,7 @@ pub struct SimStats {
 /// A device's store: one of the adapters, behind one type.
 pub enum DevStore {
     /// A phone on SQLite (in memory).
-    Sqlite(SqliteStore),
+    Sqlite(Box<SqliteStore>),
     /// The core's in-memory store.
     Mem(Box<MemStore>),
     /// A scanner: the flash store on a flash image file.
@@ -545,6 +545,7 @@ fn drop_removes(reply: &[u8]) -> Vec<u8> {
         pos += fed.consumed;
         match fed.result {
             Ok(Some(Reply::Remove(_))) => dropped += 1,
+            Ok(Some(m @ Reply::Removes(_))) => dropped += m.items().count() as u32,
             Ok(Some(Reply::Done(mut d))) => {
                 d.count -= dropped;
                 out.extend_from_slice(enc.encode(&Reply::Done(d)).unwrap());
@@ -569,8 +570,11 @@ fn parse(request: &[u8], reply: &[u8]) -> Parsed {
     while pos < request.len() {
         let fed = dec.feed::<Request<'_>>(&request[pos..]);
         pos += fed.consumed;
-        if let Ok(Some(Request::Change(c))) = fed.result {
-            changes.push(OwnedChange::from_wire(&c));
+        let Ok(Some(msg)) = fed.result else { continue };
+        for item in msg.items() {
+            if let Ok(Request::Change(c)) = item {
+                changes.push(OwnedChange::from_wire(&c));
+            }
         }
     }
     let mut mapped = BTreeMap::new();
@@ -580,12 +584,15 @@ fn parse(request: &[u8], reply: &[u8]) -> Parsed {
     while pos < reply.len() {
         let fed = dec.feed::<Reply<'_>>(&reply[pos..]);
         pos += fed.consumed;
-        match fed.result {
-            Ok(Some(Reply::Mapping(m))) => {
-                mapped.insert((m.table.0, m.local.0), m.server.0);
+        let Ok(Some(msg)) = fed.result else { continue };
+        for item in msg.items() {
+            match item {
+                Ok(Reply::Mapping(m)) => {
+                    mapped.insert((m.table.0, m.local.0), m.server.0);
+                }
+                Ok(Reply::Rejected(r)) => rejected.push((r.table.0, r.key, r.reason)),
+                _ => {}
             }
-            Ok(Some(Reply::Rejected(r))) => rejected.push((r.table.0, r.key, r.reason)),
-            _ => {}
         }
     }
     Parsed {
@@ -660,7 +667,7 @@ impl Sim {
             let scope = if i % 2 == 0 { "north" } else { "south" };
             let device = server.add_device(scope, &[i as u8; 32], 0).unwrap();
             let store = match i % 3 {
-                0 => DevStore::Sqlite(SqliteStore::open_in_memory(SCHEMA).unwrap()),
+                0 => DevStore::Sqlite(Box::new(SqliteStore::open_in_memory(SCHEMA).unwrap())),
                 1 => DevStore::flash(dir.path().join(format!("scanner{i}.img"))),
                 _ => DevStore::Mem(Box::default()),
             };

@@ -149,18 +149,22 @@ impl FakeServer {
         while pos < request.len() {
             let fed = dec.feed::<Request<'_>>(&request[pos..]);
             pos += fed.consumed;
-            match fed.result.unwrap() {
-                None => {}
-                Some(Request::Hello(h)) => hello = Some(h),
-                Some(Request::Change(c)) => changes.push((
-                    c.table,
-                    c.op,
-                    c.key,
-                    c.parent,
-                    c.modified_at,
-                    c.body.to_vec(),
-                )),
-                Some(Request::End(_)) => {}
+            let Some(msg) = fed.result.unwrap() else {
+                continue;
+            };
+            for item in msg.items() {
+                match item.unwrap() {
+                    Request::Hello(h) => hello = Some(h),
+                    Request::Change(c) => changes.push((
+                        c.table,
+                        c.op,
+                        c.key,
+                        c.parent,
+                        c.modified_at,
+                        c.body.to_vec(),
+                    )),
+                    Request::End(_) | Request::Changes(_) => {}
+                }
             }
         }
         let hello = hello.unwrap();

@@ -839,32 +839,43 @@ pub fn decode_reply(batch_id: u64, bytes: &[u8]) -> Result<OwnedReply, String> {
             Ok(Some(m)) => m,
             Err(e) => return Err(format!("bad reply frame: {e}")),
         };
-        check.handle(&msg).map_err(|e| format!("bad reply: {e}"))?;
-        match msg {
-            Reply::Accepted(a) => accepted = Some(a),
-            Reply::Mapping(m) => r.mappings.push(m),
-            Reply::Rejected(x) => r.rejected.push(OwnedRejected {
-                table: x.table,
-                op: x.op,
-                key: x.key,
-                reason: x.reason,
-                body: x.body.to_vec(),
-            }),
-            Reply::Reset => r.reset = true,
-            Reply::Upsert(u) => r.upserts.push(OwnedUpsert {
-                table: u.table,
-                id: u.id.0,
-                parent: u.parent.map(|p| p.0),
-                at: u.modified_at,
-                body: u.body.to_vec(),
-            }),
-            Reply::Remove(x) => r.removes.push(x),
-            Reply::Done(d) => r.done = d,
+        for item in msg.items() {
+            let item = item.map_err(|e| format!("bad batched record: {e:?}"))?;
+            check.handle(&item).map_err(|e| format!("bad reply: {e}"))?;
+            take_reply(item, &mut r, &mut accepted);
         }
     }
     check.finish().map_err(|e| format!("reply: {e}"))?;
     r.accepted = accepted.ok_or("no Accepted")?;
     Ok(r)
+}
+
+/// Files one single-record reply message into `r`.
+fn take_reply(msg: Reply<'_>, r: &mut OwnedReply, accepted: &mut Option<Accepted>) {
+    match msg {
+        Reply::Accepted(a) => *accepted = Some(a),
+        Reply::Mapping(m) => r.mappings.push(m),
+        Reply::Rejected(x) => r.rejected.push(OwnedRejected {
+            table: x.table,
+            op: x.op,
+            key: x.key,
+            reason: x.reason,
+            body: x.body.to_vec(),
+        }),
+        Reply::Reset => r.reset = true,
+        Reply::Upsert(u) => r.upserts.push(OwnedUpsert {
+            table: u.table,
+            id: u.id.0,
+            parent: u.parent.map(|p| p.0),
+            at: u.modified_at,
+            body: u.body.to_vec(),
+        }),
+        Reply::Remove(x) => r.removes.push(x),
+        Reply::Done(d) => r.done = d,
+        Reply::Mappings(_) | Reply::Upserts(_) | Reply::Removes(_) => {
+            unreachable!("items() expands batches")
+        }
+    }
 }
 
 /// Decodes an example-schema body's three text fields.
