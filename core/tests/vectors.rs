@@ -204,6 +204,52 @@ fn mapping() {
 }
 
 #[test]
+fn mappings_batch() {
+    // Two mappings packed by the packer: items are zigzag deltas from 0, then from the first.
+    let mut p = ferrysync_core::pack::Packer::<64>::new();
+    for (l, sv) in [(5, 135), (6, 136)] {
+        let m = Mapping {
+            table: TableId(0),
+            local: LocalId(l),
+            server: ServerId(sv),
+        };
+        assert!(p.mapping(&m).unwrap().is_none());
+    }
+    let packed = p.flush().unwrap().unwrap().to_vec();
+    let items = hex("0a 8e 02  02 02");
+    let msg = Reply::Mappings(ferrysync_core::wire::MappingBatch {
+        table: TableId(0),
+        items: &items,
+    });
+    check(
+        &msg,
+        Side::Reply,
+        // Reply::Mappings | table 0 | items: 5 bytes | local +5 (zigzag 10), server +135
+        // (zigzag 270) | local +1, server +1
+        "07 00 05 0a 8e 02 02 02",
+        0xa7a0_49aa,
+        "02 07 0b 05 0a 8e 02 02 02 aa 49 a0 a7 00",
+    );
+    assert_eq!(packed, hex("02 07 0b 05 0a 8e 02 02 02 aa 49 a0 a7 00"));
+    let expanded: Vec<_> = msg.items().map(Result::unwrap).collect();
+    assert_eq!(
+        expanded,
+        vec![
+            Reply::Mapping(Mapping {
+                table: TableId(0),
+                local: LocalId(5),
+                server: ServerId(135)
+            }),
+            Reply::Mapping(Mapping {
+                table: TableId(0),
+                local: LocalId(6),
+                server: ServerId(136)
+            }),
+        ]
+    );
+}
+
+#[test]
 fn upsert() {
     let body = contact_body();
     let msg = Reply::Upsert(Upsert {
