@@ -12,7 +12,9 @@
 //! `cargo bench -p ferrysync-sqlite --bench apply`; `FERRYSYNC_BENCH_SIZES=small,default,large`
 //! picks the sizes (small = 100 + 1,000, default = 1,000 + 10,000, large = 10,000 + 100,000;
 //! default only when unset). Each size prints `summary:` lines with both times and the ratio
-//! (medians of rounds that alternate the two sides), then criterion measures each side.
+//! (medians of rounds in which each side goes first in turn; every timed run starts after a
+//! `sync`, so it does not pay for the writes of the run before it), then criterion measures
+//! each side.
 //!
 //! To profile one side (e.g. under `valgrind --tool=callgrind`, which counts instructions
 //! reliably on a busy machine), `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|full` runs just
@@ -206,6 +208,12 @@ fn delta_reply(rows: &Rows, batch_id: u64, at: Hlc) -> Vec<u8> {
     w.finish(u64::MAX / 2)
 }
 
+/// Lets the kernel write back what earlier runs left dirty (`sync`, best effort), so a timed
+/// run does not pay for the writes of the one before it in its own `fsync`.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 /// Applies `bytes` as the reply to batch `batch_id` on `store`; returns the apply time.
 fn apply(store: &mut SqliteStore, bytes: &[u8], batch_id: u64, full: bool) -> Duration {
     let out = Outgoing {
@@ -215,6 +223,7 @@ fn apply(store: &mut SqliteStore, bytes: &[u8], batch_id: u64, full: bool) -> Du
         full,
     };
     let mut link = ScriptLink::replying(bytes.to_vec());
+    settle();
     let start = Instant::now();
     let report = pollster::block_on(engine::receive_reply::<_, _, N>(
         &EXAMPLE, store, &mut link, &out,
@@ -243,6 +252,7 @@ fn bare_insert(dir: &Path, rows: &Rows) -> Duration {
          CREATE TABLE contact (id INTEGER PRIMARY KEY, company_id INTEGER, name TEXT NOT NULL, email TEXT NOT NULL, phone TEXT NOT NULL);",
     )
     .expect("bare tables");
+    settle();
     let start = Instant::now();
     let tx = conn.transaction().expect("begin");
     {
@@ -274,6 +284,7 @@ fn bare_insert_store_tables(dir: &Path, rows: &Rows) -> Duration {
     let store = SqliteStore::open(dir.join("floor.db"), EXAMPLE).expect("open floor");
     let conn = store.connection();
     let meta = "1, 0, 1, 0, 1, 0, 0, 1";
+    settle();
     let start = Instant::now();
     conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
     {
@@ -364,11 +375,16 @@ fn summary(w: &Workload) {
     );
     let (mut engine, mut bare, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     let (mut delta, mut full) = (Vec::new(), Vec::new());
-    for _ in 0..w.size.rounds {
-        let dir = tempdir();
-        engine.push(engine_full(dir.path(), &w.first));
-        bare.push(bare_insert(dir.path(), &w.rows));
-        floor.push(bare_insert_store_tables(dir.path(), &w.rows));
+    for round in 0..w.size.rounds {
+        // Each side goes first in turn.
+        for side in (0..3).map(|i| (i + round) % 3) {
+            let dir = tempdir();
+            match side {
+                0 => engine.push(engine_full(dir.path(), &w.first)),
+                1 => bare.push(bare_insert(dir.path(), &w.rows)),
+                _ => floor.push(bare_insert_store_tables(dir.path(), &w.rows)),
+            }
+        }
         let dir = tempdir();
         let mut phone = synced_phone(dir.path(), &w.first);
         delta.push(apply(&mut phone, &w.delta, 2, false));
