@@ -26,6 +26,7 @@ use ferrysync_core::engine::{self, Outgoing};
 use ferrysync_core::frame::FrameEncoder;
 use ferrysync_core::id::{ServerId, TableId};
 use ferrysync_core::mem::ScriptLink;
+use ferrysync_core::pack::Packer;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::{Accepted, Done, Reply, Upsert};
 use ferrysync_core::Hlc;
@@ -130,9 +131,11 @@ fn renamed(rows: &Rows) -> Rows {
     }
 }
 
-/// Encodes a reply: `Accepted`, then `Reset` for a full refresh, the upserts, `Done`.
+/// Encodes a reply as the server does: `Accepted`, then `Reset` for a full refresh, the
+/// upserts packed several per frame (protocol v2 batches), `Done`.
 struct ReplyWriter {
     enc: FrameEncoder<N>,
+    packer: Packer<N>,
     out: Vec<u8>,
     between: u32,
     at: Hlc,
@@ -142,6 +145,7 @@ impl ReplyWriter {
     fn new(batch_id: u64, full: bool, at: Hlc) -> Self {
         let mut w = ReplyWriter {
             enc: FrameEncoder::new(),
+            packer: Packer::new(),
             out: Vec::new(),
             between: 0,
             at,
@@ -158,7 +162,7 @@ impl ReplyWriter {
     }
 
     fn put(&mut self, m: &Reply<'_>) {
-        let frame = self.enc.encode(m).expect("a bench record fits one frame");
+        let frame = self.enc.encode(m).expect("a bench message fits one frame");
         self.out.extend_from_slice(frame);
     }
 
@@ -167,18 +171,24 @@ impl ReplyWriter {
         let values = fields.each_ref().map(|f| Value::Text(f));
         let body = body::encode(&EXAMPLE.tables[table as usize], &values, &mut buf)
             .expect("a bench body fits 256 bytes");
-        let at = self.at;
-        self.put(&Reply::Upsert(Upsert {
+        let u = Upsert {
             table: TableId(table),
             id: ServerId(id as u64 + 1),
             parent: parent.map(|p| ServerId(p as u64 + 1)),
-            modified_at: at,
+            modified_at: self.at,
             body,
-        }));
+        };
+        // A full batch goes out first; then the record joins the next one.
+        while let Some(frame) = self.packer.upsert(&u).expect("a bench record fits a frame") {
+            self.out.extend_from_slice(frame);
+        }
         self.between += 1;
     }
 
     fn finish(mut self, cursor: u64) -> Vec<u8> {
+        if let Some(frame) = self.packer.flush().expect("a batch fits its frame") {
+            self.out.extend_from_slice(frame);
+        }
         let count = self.between;
         self.put(&Reply::Done(Done { cursor, count }));
         self.out
