@@ -11,7 +11,7 @@
 use super::sqlgen::TableSql;
 use super::{
     ChangeSource, Device, Incoming, OwnedChange, OwnedRejected, ReplyItem, ReplyPlan, StoreError,
-    SyncOutcome, SyncParams,
+    SyncOutcome, SyncParams, Written,
 };
 use crate::schema_file::LoadedSchema;
 use ferrysync_core::body::{self, Value};
@@ -237,11 +237,16 @@ pub(crate) fn run_sync<T: SyncTx>(
             None => return Err(StoreError::Aborted),
         }
     }
-    let (seq, out) = (apply.seq, apply.out);
+    let (seq, mut out) = (apply.seq, apply.out);
     if seq != start_seq {
         tx.meta_set("seq", seq)?;
     }
     tx.finish()?;
+    // Sequences start at 0 and only grow: both fit.
+    out.written = Written {
+        after: start_seq as u64,
+        upto: seq as u64,
+    };
     Ok(out)
 }
 
@@ -491,7 +496,10 @@ impl<T: SyncTx> Apply<'_, T> {
             });
             return Ok(match self.write_update(c, t, server, &values)? {
                 // Deleted since: the delete wins, and the device learns it from the reply.
-                Err(RejectReason::Deleted) => Ok(()),
+                Err(RejectReason::Deleted) => {
+                    self.out.losers.push((c.table, ServerId(server as u64)));
+                    Ok(())
+                }
                 other => other,
             });
         }
@@ -520,6 +528,10 @@ impl<T: SyncTx> Apply<'_, T> {
             local: local.0,
         };
         let id = self.tx.insert_mapped(ti, &row)?;
+        if at != c.modified_at {
+            // Stored with another clock than the device holds: the reply sends it.
+            self.out.losers.push((c.table, ServerId(id as u64)));
+        }
         self.bounds[ti] = self.bounds[ti].widen(local.0);
         self.remember_mapping(c.table, local.0, id);
         let meta = RowMeta {
@@ -600,6 +612,10 @@ impl<T: SyncTx> Apply<'_, T> {
             Arg::I(id),
         ]);
         self.tx.update(c.table.0 as usize, &args)?;
+        if at != c.modified_at {
+            // Stored with another clock than the device holds: the reply sends it.
+            self.out.losers.push((c.table, ServerId(id as u64)));
+        }
         self.remember_meta(c.table, id, Some(RowMeta { at, parent, ..meta }));
         self.out.applied += 1;
         Ok(Ok(()))
@@ -657,17 +673,25 @@ pub(crate) struct Row<'r> {
 }
 
 /// Which rows of a table a reply reads (see [`TableSql`]'s `full`, `delta` and `by_id`).
+/// `skip` is `(after, upto)`: rows whose `_seq` is in `after < _seq <= upto` are left out of
+/// `Full` and `Delta` (those of the sync being answered; `(0, 0)` leaves out nothing).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum RowQuery<'a> {
-    /// Every row of the scope.
-    Full { scope: &'a str },
-    /// Rows of the scope changed after `cursor`.
-    Delta { scope: &'a str, cursor: i64 },
-    /// One row if in the scope and not changed after `cursor`.
+    /// Every row of the scope, but those in `skip`.
+    Full { scope: &'a str, skip: (i64, i64) },
+    /// Rows of the scope changed after `cursor`, but those in `skip`.
+    Delta {
+        scope: &'a str,
+        cursor: i64,
+        skip: (i64, i64),
+    },
+    /// One row if in the scope and `Delta` with the same arguments leaves it out (not changed
+    /// after `cursor`, or in `skip`); a full reply passes `cursor` -1.
     ById {
         id: i64,
         scope: &'a str,
         cursor: i64,
+        skip: (i64, i64),
     },
 }
 
@@ -682,21 +706,32 @@ pub(crate) trait SnapshotTx {
         q: RowQuery<'_>,
         f: &mut dyn FnMut(Row<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
-    /// Calls `f` with `(table name, id)` of each tombstone of `scope` after `cursor`, in
-    /// sequence order.
+    /// Calls `f` with `(table name, id)` of each tombstone of `scope` whose sequence is in
+    /// `after < seq <= upto`, in sequence order.
     fn tombstones(
         &mut self,
         scope: &str,
-        cursor: i64,
+        after: i64,
+        upto: i64,
         f: &mut dyn FnMut(&str, i64) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// The sequence of the tombstone of record `id` of table `table` in `scope`, if any.
+    fn tombstone_seq(
+        &mut self,
+        table: &str,
+        id: i64,
+        scope: &str,
+    ) -> Result<Option<i64>, StoreError>;
 }
 
 /// Reads a reply from a snapshot, in reply order, into `sink`; returns the snapshot's cursor.
+/// Rows the sync that took `written` wrote are left out, but for `plan.extra`; see
+/// [`super::ServerStore::read_sync_reply`].
 pub(crate) fn read_reply<T: SnapshotTx>(
     tx: &mut T,
     schema: Schema<'static>,
     plan: &ReplyPlan<'_>,
+    written: Written,
     sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
 ) -> Result<u64, StoreError> {
     let seq = tx.meta_get("seq")?.unwrap_or(0);
@@ -705,17 +740,25 @@ pub(crate) fn read_reply<T: SnapshotTx>(
         (Mode::Delta, Some(c)) if c >= floor as u64 && c <= seq as u64 => Some(c as i64),
         _ => None,
     };
+    let skip = match (i64::try_from(written.after), i64::try_from(written.upto)) {
+        (Ok(after), Ok(upto)) if after < upto => (after, upto),
+        _ => (0, 0),
+    };
     let mut buf = vec![0u8; BODY_BUF];
     let mut extra = plan.extra.to_vec();
     extra.sort_unstable();
     extra.dedup();
+    // The extra records no query answered: live ones the delta read, or deleted ones.
+    let mut unanswered = Vec::new();
     if cursor.is_none() {
         sink(ReplyItem::Reset)?;
     }
     for (ti, t) in schema.tables.iter().enumerate() {
         let table = TableId(ti as u8);
+        let answered = std::cell::Cell::new(false);
         let mut emit = |row: Row<'_>| -> Result<(), StoreError> {
             let id = row.id;
+            answered.set(true);
             let body = body::encode(t, row.values, &mut buf).map_err(|e| {
                 StoreError::Corrupt(format!("{}#{id} does not encode: {e}", t.name))
             })?;
@@ -729,24 +772,56 @@ pub(crate) fn read_reply<T: SnapshotTx>(
         };
         let scope = plan.scope;
         match cursor {
-            None => tx.rows(ti, RowQuery::Full { scope }, &mut emit)?,
-            Some(cursor) => {
-                tx.rows(ti, RowQuery::Delta { scope, cursor }, &mut emit)?;
-                for (_, id) in extra.iter().filter(|(xt, _)| *xt == table) {
-                    let Some(id) = sid(*id) else { continue };
-                    tx.rows(ti, RowQuery::ById { id, scope, cursor }, &mut emit)?;
-                }
+            None => tx.rows(ti, RowQuery::Full { scope, skip }, &mut emit)?,
+            Some(cursor) => tx.rows(
+                ti,
+                RowQuery::Delta {
+                    scope,
+                    cursor,
+                    skip,
+                },
+                &mut emit,
+            )?,
+        }
+        for (_, id) in extra.iter().filter(|(xt, _)| *xt == table) {
+            let Some(id) = sid(*id) else { continue };
+            answered.set(false);
+            let cursor = cursor.unwrap_or(-1);
+            let q = RowQuery::ById {
+                id,
+                scope,
+                cursor,
+                skip,
+            };
+            tx.rows(ti, q, &mut emit)?;
+            if !answered.get() {
+                unanswered.push((ti, id));
             }
         }
     }
-    if let Some(c) = cursor {
-        tx.tombstones(plan.scope, c, &mut |name, id| match schema.table_id(name) {
-            Some(table) => sink(ReplyItem::Remove(Remove {
-                table,
-                id: ServerId(id as u64),
-            })),
-            None => Ok(()),
-        })?;
+    // Tombstones: all after the cursor for a delta; for a full reply, those of the sync
+    // answered (its cascades may have taken records it confirms).
+    let (after, upto) = match cursor {
+        Some(c) => (c, i64::MAX),
+        None => skip,
+    };
+    let mut remove = |name: &str, id: i64| match schema.table_id(name) {
+        Some(table) => sink(ReplyItem::Remove(Remove {
+            table,
+            id: ServerId(id as u64),
+        })),
+        None => Ok(()),
+    };
+    if after < upto {
+        tx.tombstones(plan.scope, after, upto, &mut remove)?;
+    }
+    for (ti, id) in unanswered {
+        let name = schema.tables[ti].name;
+        if let Some(s) = tx.tombstone_seq(name, id, plan.scope)? {
+            if !(after < s && s <= upto) {
+                remove(name, id)?;
+            }
+        }
     }
     Ok(seq as u64)
 }

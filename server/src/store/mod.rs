@@ -3,7 +3,8 @@
 //! The HTTP layer never touches SQL. It hands a sync to [`ServerStore::sync`] as a
 //! [`ChangeSource`] (changes arrive as the request body is decoded) and the store applies them
 //! in **one transaction**, committing only when the source says the stream ended well. The
-//! reply is then read from a consistent snapshot by [`ServerStore::read_reply`].
+//! reply is then read from a consistent snapshot by [`ServerStore::read_sync_reply`], which
+//! leaves out the rows that sync wrote ([`SyncOutcome::written`]): the device sent them.
 //!
 //! Every method blocks; the server calls them from `tokio::task::spawn_blocking`.
 //!
@@ -126,6 +127,18 @@ pub struct OwnedRejected {
     pub body: Vec<u8>,
 }
 
+/// The change sequences one sync took: `after < seq <= upto` (empty when equal).
+///
+/// The single writer lock makes every row and tombstone with a sequence in this range the work
+/// of that sync, so its reply can leave out the rows: the device holds them already.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The last sequence before the sync.
+    pub after: u64,
+    /// The last sequence the sync took.
+    pub upto: u64,
+}
+
 /// What applying a batch produced, to put in the reply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncOutcome {
@@ -133,10 +146,15 @@ pub struct SyncOutcome {
     pub mappings: Vec<Mapping>,
     /// Refused changes.
     pub rejected: Vec<OwnedRejected>,
-    /// Records whose incoming update lost last-write-wins: the reply carries their winner.
+    /// Records the reply carries whatever its cursor and [`SyncOutcome::written`] say: those
+    /// whose incoming update lost last-write-wins (the reply carries the winner), those stored
+    /// with another clock than the device sent (clamped, or another device's id), and retried
+    /// adds of records deleted since (the reply removes them).
     pub losers: Vec<(TableId, ServerId)>,
     /// Changes that were written (adds, winning updates, deletes).
     pub applied: u64,
+    /// The change sequences this sync took.
+    pub written: Written,
 }
 
 /// What the reply should hold.
@@ -228,10 +246,25 @@ pub trait ServerStore: Send + Sync + 'static {
 
     /// Reads the reply's records from one consistent snapshot, in reply order, into `sink`;
     /// returns the snapshot's cursor (its highest change sequence). An error from `sink`
-    /// stops the read and is returned.
+    /// stops the read and is returned. Everything the plan selects is read; see
+    /// [`ServerStore::read_sync_reply`] for the reply to a sync.
     fn read_reply(
         &self,
         plan: &ReplyPlan<'_>,
+        sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        self.read_sync_reply(plan, Written::default(), sink)
+    }
+
+    /// [`ServerStore::read_reply`] for the reply to the sync that took `written`
+    /// ([`SyncOutcome::written`]): the rows that sync wrote are left out (the device sent
+    /// them and keeps them as confirmed), in full replies as in delta ones, except the
+    /// plan's `extra` records. A full reply also removes what that sync deleted (its
+    /// cascades), and both remove the `extra` records that are deleted.
+    fn read_sync_reply(
+        &self,
+        plan: &ReplyPlan<'_>,
+        written: Written,
         sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError>;
 

@@ -37,6 +37,7 @@ use super::lock;
 use super::sqlgen::{self, TableSql, POSTGRES};
 use super::{
     ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams,
+    Written,
 };
 use crate::schema_file::LoadedSchema;
 use bytes::BytesMut;
@@ -618,26 +619,55 @@ impl SnapshotTx for PgTx<'_, '_> {
             })
         };
         match q {
-            RowQuery::Full { scope } => self.each_row(&sql[ti].full, &[&scope], &mut per_row),
-            RowQuery::Delta { scope, cursor } => {
-                self.each_row(&sql[ti].delta, &[&scope, &cursor], &mut per_row)
+            RowQuery::Full { scope, skip } => {
+                self.each_row(&sql[ti].full, &[&scope, &skip.0, &skip.1], &mut per_row)
             }
-            RowQuery::ById { id, scope, cursor } => {
-                self.each_row(&sql[ti].by_id, &[&id, &scope, &cursor], &mut per_row)
-            }
+            RowQuery::Delta {
+                scope,
+                cursor,
+                skip,
+            } => self.each_row(
+                &sql[ti].delta,
+                &[&scope, &cursor, &skip.0, &skip.1],
+                &mut per_row,
+            ),
+            RowQuery::ById {
+                id,
+                scope,
+                cursor,
+                skip,
+            } => self.each_row(
+                &sql[ti].by_id,
+                &[&id, &scope, &cursor, &skip.0, &skip.1],
+                &mut per_row,
+            ),
         }
     }
 
     fn tombstones(
         &mut self,
         scope: &str,
-        cursor: i64,
+        after: i64,
+        upto: i64,
         f: &mut dyn FnMut(&str, i64) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         self.each_row(
-            "SELECT tbl, id FROM _tombstone WHERE scope = $1 AND seq > $2 ORDER BY seq",
-            &[&scope, &cursor],
+            "SELECT tbl, id FROM _tombstone WHERE scope = $1 AND seq > $2 AND seq <= $3
+             ORDER BY seq",
+            &[&scope, &after, &upto],
             &mut |r| f(r.try_get(0)?, r.try_get(1)?),
+        )
+    }
+
+    fn tombstone_seq(
+        &mut self,
+        table: &str,
+        id: i64,
+        scope: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        self.opt_i64(
+            "SELECT seq FROM _tombstone WHERE tbl = $1 AND id = $2 AND scope = $3",
+            &[&table, &id, &scope],
         )
     }
 }
@@ -688,13 +718,16 @@ impl ServerStore for PostgresStore {
         })
     }
 
-    fn read_reply(
+    fn read_sync_reply(
         &self,
         plan: &ReplyPlan<'_>,
+        written: Written,
         sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
-        self.in_tx(Access::Snapshot, |ops| read_reply(ops, schema, plan, sink))
+        self.in_tx(Access::Snapshot, |ops| {
+            read_reply(ops, schema, plan, written, sink)
+        })
     }
 
     fn add_device(
@@ -794,6 +827,14 @@ mod tests {
         with_db(|url| {
             let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
             crate::store::testkit::large_mixed_batches(&store);
+        });
+    }
+
+    #[test]
+    fn sync_reply_leaves_out_what_the_sync_wrote() {
+        with_db(|url| {
+            let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
+            crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);
         });
     }
 

@@ -59,11 +59,14 @@ pub(crate) struct TableSql {
     pub delete: String,
     /// `(child table index, SELECT id FROM child WHERE fk = param 1)`.
     pub children: Vec<(usize, String)>,
-    /// The scope's rows: param 1 = scope.
+    /// The scope's rows but those with `_seq` in `(after, upto]`: 1 = scope, 2 = after,
+    /// 3 = upto.
     pub full: String,
-    /// The scope's rows changed after a cursor: 1 = scope, 2 = cursor.
+    /// The scope's rows changed after a cursor, but those with `_seq` in `(after, upto]`:
+    /// 1 = scope, 2 = cursor, 3 = after, 4 = upto.
     pub delta: String,
-    /// One row if in scope and not newer than the cursor: 1 = id, 2 = scope, 3 = cursor.
+    /// One row if in scope and not newer than the cursor or with `_seq` in `(after, upto]`:
+    /// 1 = id, 2 = scope, 3 = cursor, 4 = after, 5 = upto.
     pub by_id: String,
     /// Index of the table's scope field among its fields.
     pub scope_index: Option<usize>,
@@ -201,17 +204,27 @@ fn table_sql(d: &Dialect, schema: &Schema<'static>, ti: usize) -> TableSql {
         meta,
         delete,
         children,
-        full: format!("{select} WHERE _scope = {} ORDER BY _seq", p(1)),
-        delta: format!(
-            "{select} WHERE _scope = {} AND _seq > {} ORDER BY _seq",
-            p(1),
-            p(2)
-        ),
-        by_id: format!(
-            "{select} WHERE id = {} AND _scope = {} AND _seq <= {}",
+        full: format!(
+            "{select} WHERE _scope = {} AND (_seq <= {} OR _seq > {}) ORDER BY _seq",
             p(1),
             p(2),
             p(3)
+        ),
+        delta: format!(
+            "{select} WHERE _scope = {} AND _seq > {} AND (_seq <= {} OR _seq > {}) \
+             ORDER BY _seq",
+            p(1),
+            p(2),
+            p(3),
+            p(4)
+        ),
+        by_id: format!(
+            "{select} WHERE id = {} AND _scope = {} AND (_seq <= {} OR (_seq > {} AND _seq <= {}))",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5)
         ),
         scope_index: t.scope_field.and_then(|sf| t.field_index(sf)),
     }

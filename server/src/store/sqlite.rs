@@ -23,6 +23,7 @@ use super::lock;
 use super::sqlgen::{self, TableSql, SQLITE};
 use super::{
     ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams,
+    Written,
 };
 use crate::schema_file::LoadedSchema;
 use ferrysync_core::body::Value;
@@ -629,17 +630,26 @@ impl SnapshotTx for LiteTx<'_> {
         let (sql, t) = (&self.sql[ti], &self.schema.tables[ti]);
         let mut stmt;
         let mut rows = match q {
-            RowQuery::Full { scope } => {
+            RowQuery::Full { scope, skip } => {
                 stmt = self.conn.prepare_cached(&sql.full)?;
-                stmt.query(params![scope])?
+                stmt.query(params![scope, skip.0, skip.1])?
             }
-            RowQuery::Delta { scope, cursor } => {
+            RowQuery::Delta {
+                scope,
+                cursor,
+                skip,
+            } => {
                 stmt = self.conn.prepare_cached(&sql.delta)?;
-                stmt.query(params![scope, cursor])?
+                stmt.query(params![scope, cursor, skip.0, skip.1])?
             }
-            RowQuery::ById { id, scope, cursor } => {
+            RowQuery::ById {
+                id,
+                scope,
+                cursor,
+                skip,
+            } => {
                 stmt = self.conn.prepare_cached(&sql.by_id)?;
-                stmt.query(params![id, scope, cursor])?
+                stmt.query(params![id, scope, cursor, skip.0, skip.1])?
             }
         };
         while let Some(row) = rows.next()? {
@@ -660,18 +670,33 @@ impl SnapshotTx for LiteTx<'_> {
     fn tombstones(
         &mut self,
         scope: &str,
-        cursor: i64,
+        after: i64,
+        upto: i64,
         f: &mut dyn FnMut(&str, i64) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT tbl, id FROM _tombstone WHERE scope = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT tbl, id FROM _tombstone WHERE scope = ?1 AND seq > ?2 AND seq <= ?3
+             ORDER BY seq",
         )?;
-        let mut rows = stmt.query(params![scope, cursor])?;
+        let mut rows = stmt.query(params![scope, after, upto])?;
         while let Some(row) = rows.next()? {
             let name: String = row.get(0)?;
             f(&name, row.get(1)?)?;
         }
         Ok(())
+    }
+
+    fn tombstone_seq(
+        &mut self,
+        table: &str,
+        id: i64,
+        scope: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq FROM _tombstone WHERE tbl = ?1 AND id = ?2 AND scope = ?3")?
+            .query_row(params![table, id, scope], |r| r.get(0))
+            .optional()?)
     }
 }
 
@@ -704,16 +729,17 @@ impl ServerStore for SqliteStore {
         Ok(out)
     }
 
-    fn read_reply(
+    fn read_sync_reply(
         &self,
         plan: &ReplyPlan<'_>,
+        written: Written,
         sink: &mut dyn FnMut(ReplyItem<'_>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let schema = self.schema.ok_or(StoreError::NoSchema)?.schema();
         self.with_reader(|conn| {
             let tx = conn.transaction()?;
             let mut ops = LiteTx::new(&tx, schema, &self.sql, &self.batch);
-            read_reply(&mut ops, schema, plan, sink)
+            read_reply(&mut ops, schema, plan, written, sink)
         })
     }
 
@@ -780,6 +806,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
         crate::store::testkit::large_mixed_batches(&store);
+    }
+
+    #[test]
+    fn sync_reply_leaves_out_what_the_sync_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);
     }
 
     #[test]

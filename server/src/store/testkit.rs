@@ -220,3 +220,132 @@ pub(crate) fn large_mixed_batches(store: &dyn ServerStore) {
         out.mappings
     );
 }
+
+/// What a reply read yields, in short: `Reset`, `U(table, id)`, `R(table, id)`.
+fn reply_items(
+    store: &dyn ServerStore,
+    mode: Mode,
+    cursor: Option<u64>,
+    extra: &[(TableId, ferrysync_core::ServerId)],
+    written: super::Written,
+) -> Vec<String> {
+    let plan = ReplyPlan {
+        scope: "north",
+        mode,
+        cursor,
+        extra,
+    };
+    let mut items = Vec::new();
+    store
+        .read_sync_reply(&plan, written, &mut |i| {
+            items.push(match i {
+                ReplyItem::Reset => "Reset".to_string(),
+                ReplyItem::Upsert(u) => format!("U{}:{}", u.table.0, u.id.0),
+                ReplyItem::Remove(r) => format!("R{}:{}", r.table.0, r.id.0),
+            });
+            Ok(())
+        })
+        .unwrap();
+    items
+}
+
+/// The reply to a sync leaves out the rows that sync wrote, in full and delta replies, but
+/// sends those stored with another clock than sent, removes what its cascades deleted (full
+/// replies too), and removes a retried add deleted since.
+pub(crate) fn sync_reply_leaves_out_what_the_sync_wrote(store: &dyn ServerStore) {
+    let a = store.add_device("north", &[5; 32], 1).unwrap();
+    let b = store.add_device("north", &[6; 32], 1).unwrap();
+    let add = |dev: u32, t: u8, l: u32, parent: Option<u32>, ms: u64| OwnedChange {
+        table: TableId(t),
+        op: Op::Add,
+        key: RecordRef::Local(LocalId(l)),
+        parent: parent.map(|p| RecordRef::Local(LocalId(p))),
+        modified_at: Hlc::new(ms, 0, dev),
+        body: if t == 0 { company("c") } else { contact("k") },
+    };
+    let sync = |dev: &super::Device, changes: Vec<OwnedChange>| {
+        let mut source = changes
+            .into_iter()
+            .map(Incoming::Change)
+            .chain([Incoming::Commit]);
+        store.sync(dev, params(), &mut source).unwrap()
+    };
+    // B first: one company (seq 1).
+    let from_b = sync(&b, vec![add(b.id, 0, 1, None, 999_000)]);
+    let b1 = from_b.mappings[0].server.0;
+    assert_eq!((from_b.written.after, from_b.written.upto), (0, 1));
+    // A: a company with a contact, and a company stamped past the allowed skew (seq 2..=4).
+    let far = params().now_ms + 60_000;
+    let out = sync(
+        &a,
+        vec![
+            add(a.id, 0, 1, None, 999_000),
+            add(a.id, 1, 1, Some(1), 999_000),
+            add(a.id, 0, 2, None, far),
+        ],
+    );
+    assert_eq!((out.written.after, out.written.upto), (1, 4));
+    let id = |t: u8, l: u32| {
+        out.mappings
+            .iter()
+            .find(|m| m.table.0 == t && m.local.0 == l)
+            .unwrap()
+            .server
+            .0
+    };
+    let (a1, a1k, a2) = (id(0, 1), id(1, 1), id(0, 2));
+    assert_eq!(out.losers, vec![(TableId(0), ferrysync_core::ServerId(a2))]);
+    // Full reply: B's company, and the clamped one; not what A sent as it is stored.
+    let full = reply_items(store, Mode::Full, None, &out.losers, out.written);
+    assert_eq!(
+        full,
+        ["Reset".to_string(), format!("U0:{b1}"), format!("U0:{a2}")]
+    );
+    // Everything without the sync's range (what `read_reply` reads).
+    let all = reply_items(store, Mode::Full, None, &[], super::Written::default());
+    assert_eq!(all.len(), 1 + 4, "{all:?}");
+    // Delta from cursor 1: nothing of B (before the cursor), A's clamped company only.
+    let delta = reply_items(store, Mode::Delta, Some(1), &out.losers, out.written);
+    assert_eq!(delta, [format!("U0:{a2}")]);
+    // Delta from cursor 0 (B's company after it, not written by A's sync).
+    let delta0 = reply_items(store, Mode::Delta, Some(0), &[], out.written);
+    assert_eq!(delta0, [format!("U0:{b1}")]);
+    // A deletes its company: the cascade takes the contact; even a full reply removes both.
+    let del = sync(
+        &a,
+        vec![OwnedChange {
+            table: TableId(0),
+            op: Op::Delete,
+            key: RecordRef::Local(LocalId(1)),
+            parent: None,
+            modified_at: Hlc::new(999_001, 0, a.id),
+            body: Vec::new(),
+        }],
+    );
+    let full = reply_items(store, Mode::Full, None, &del.losers, del.written);
+    assert_eq!(
+        full,
+        [
+            "Reset".to_string(),
+            format!("U0:{b1}"),
+            format!("U0:{a2}"),
+            format!("R1:{a1k}"),
+            format!("R0:{a1}"),
+        ]
+    );
+    // A's first batch again (its reply was lost): the deleted company is removed, in a full
+    // reply too, and nothing is written.
+    let retry = sync(&a, vec![add(a.id, 0, 1, None, 999_000)]);
+    assert_eq!(retry.mappings[0].server.0, a1);
+    assert_eq!(retry.written.after, retry.written.upto);
+    let full = reply_items(store, Mode::Full, None, &retry.losers, retry.written);
+    assert_eq!(
+        full,
+        [
+            "Reset".to_string(),
+            format!("U0:{b1}"),
+            format!("U0:{a2}"),
+            format!("R0:{a1}"),
+        ]
+    );
+}
