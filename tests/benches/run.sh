@@ -10,5 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo bench -p ferrysync-tests --benches
 if compgen -G "adapter-flash/benches/*.rs" > /dev/null; then
-    cargo bench -p ferrysync-flash
+    cargo bench -p ferrysync-flash --benches
 fi

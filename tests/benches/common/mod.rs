@@ -225,7 +225,13 @@ pub fn median(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-/// Runs `a` and `b` in turns, `runs` times each; their medians.
+/// Flushes the OS's dirty pages (`sync`), so a timed run does not pay, in its own fsync, for
+/// the writeback of the run before it.
+pub fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+/// Runs `a` and `b` in turns, `runs` times each, each after [`settle`]; their medians.
 pub fn side_by_side(
     runs: usize,
     mut a: impl FnMut() -> Duration,
@@ -233,7 +239,9 @@ pub fn side_by_side(
 ) -> (Duration, Duration) {
     let (mut va, mut vb) = (Vec::new(), Vec::new());
     for _ in 0..runs {
+        settle();
         va.push(a());
+        settle();
         vb.push(b());
     }
     (median(&va), median(&vb))
