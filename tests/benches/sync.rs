@@ -77,6 +77,7 @@ fn main() {
                 "size",
                 "measure",
                 "time",
+                "server part",
                 "sent",
                 "received",
                 "full / this (time)",
@@ -349,6 +350,8 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     block_on(c.sync(&mut DirectLink::new(&db, &dev_c), Mode::Delta)).expect("first pull");
     let renamed = w.renamed_count();
     let (mut push, mut pull, mut full) = (Vec::new(), Vec::new(), Vec::new());
+    // The server's part of each (time inside `direct::sync`).
+    let (mut push_s, mut pull_s, mut full_s) = (Vec::new(), Vec::new(), Vec::new());
     let (mut push_b, mut pull_b, mut full_b) = ((0, 0), (0, 0), (0, 0));
     for _ in 0..runs {
         w.rename(&mut a, &locals).expect("rename");
@@ -357,6 +360,7 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
         let started = Instant::now();
         let r = block_on(a.sync(&mut la, Mode::Delta)).expect("delta push");
         push.push(started.elapsed());
+        push_s.push(la.server_time);
         assert_eq!(r.sent as usize, renamed);
         push_b = (la.sent, la.received);
 
@@ -365,6 +369,7 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
         let started = Instant::now();
         let r = block_on(b.sync(&mut lb, Mode::Delta)).expect("delta pull");
         pull.push(started.elapsed());
+        pull_s.push(lb.server_time);
         assert!(!r.full);
         assert_eq!(r.upserts as usize, renamed);
         pull_b = (lb.sent, lb.received);
@@ -374,19 +379,25 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
         let started = Instant::now();
         let r = block_on(c.sync(&mut lc, Mode::Full)).expect("full refresh");
         full.push(started.elapsed());
+        full_s.push(lc.server_time);
         assert!(r.full);
         assert_eq!(r.upserts as usize, w.records());
         full_b = (lc.sent, lc.received);
     }
     let full_t = median(&full);
     let full_bytes = full_b.0 + full_b.1;
-    let mut row = |what: &str, took: Duration, (sent, received): (u64, u64), target: bool| {
+    let mut row = |what: &str,
+                   took: Duration,
+                   server: Duration,
+                   (sent, received): (u64, u64),
+                   target: bool| {
         let rt = ratio(full_t, took);
         let rb = full_bytes as f64 / (sent + received) as f64;
         t.delta.row(vec![
             size.to_string(),
             what.to_owned(),
             ms(took),
+            ms(server),
             bytes(sent),
             bytes(received),
             x(rt),
@@ -406,18 +417,21 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     row(
         &format!("1 % delta push ({renamed} renames) and its reply"),
         median(&push),
+        median(&push_s),
         push_b,
         true,
     );
     row(
         &format!("1 % delta pull on another phone ({renamed} records)"),
         median(&pull),
+        median(&pull_s),
         pull_b,
         true,
     );
     row(
         "full refresh of the same data (the baseline)",
         full_t,
+        median(&full_s),
         full_b,
         false,
     );

@@ -82,6 +82,8 @@ pub struct DirectLink<'a> {
     pub sent: u64,
     /// Reply bytes of the last exchange.
     pub received: u64,
+    /// Time the last exchange spent in `direct::sync` (the server's whole part).
+    pub server_time: Duration,
 }
 
 impl<'a> DirectLink<'a> {
@@ -94,6 +96,7 @@ impl<'a> DirectLink<'a> {
             pos: 0,
             sent: 0,
             received: 0,
+            server_time: Duration::ZERO,
         }
     }
 }
@@ -107,6 +110,7 @@ impl Transport for DirectLink<'_> {
     async fn finish(&mut self) -> Result<(), LinkError> {
         let request = std::mem::take(&mut self.request);
         self.sent = request.len() as u64;
+        let started = Instant::now();
         self.reply = direct::sync(
             self.store,
             LoadedSchema::example().hash(),
@@ -115,6 +119,7 @@ impl Transport for DirectLink<'_> {
             &request,
         )
         .map_err(|e| LinkError(e.to_string()))?;
+        self.server_time = started.elapsed();
         self.received = self.reply.len() as u64;
         self.pos = 0;
         Ok(())
