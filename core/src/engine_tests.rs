@@ -695,3 +695,61 @@ fn a_mapping_onto_a_taken_server_id_is_refused() {
     ));
     assert_eq!(snapshot(&s), before);
 }
+
+#[test]
+fn full_reply_without_echo_keeps_the_records_it_created() {
+    // The server does not send back the records this sync created: a first (full) reply to a
+    // push is the mappings, the reset, and other devices' records only.
+    let (mut s, c, a, b) = offline();
+    let mut t = ScriptLink::default();
+    let out = send(&mut s, &mut t, Mode::Delta);
+    assert!(out.full);
+    let other = company("Other");
+    t.reply = reply(
+        out.batch_id,
+        &[
+            Reply::Mapping(Mapping {
+                table: CO,
+                local: c,
+                server: ServerId(135),
+            }),
+            Reply::Mapping(Mapping {
+                table: CT,
+                local: a,
+                server: ServerId(500),
+            }),
+            Reply::Mapping(Mapping {
+                table: CT,
+                local: b,
+                server: ServerId(501),
+            }),
+            Reply::Reset,
+            Reply::Upsert(Upsert {
+                table: CO,
+                id: ServerId(7),
+                parent: None,
+                modified_at: Hlc::new(900, 0, 3),
+                body: &other,
+            }),
+        ],
+    );
+    let r = receive(&mut s, &mut t, &out).unwrap();
+    assert!(r.full);
+    assert_eq!((r.mapped, r.upserts), (3, 1));
+    for (table, local, server) in [(CO, c, 135), (CT, a, 500), (CT, b, 501)] {
+        let rec = get(&mut s, table, local).expect("a confirmed record survives the sweep");
+        assert_eq!(rec.server, Some(ServerId(server)));
+        assert!(!rec.meta.is_pending());
+    }
+    assert_eq!(name_of(&mut s, CO, c), "ACME");
+    assert_eq!(name_of(&mut s, CT, b), "Bob");
+    let o = block_on(s.by_server(CO, ServerId(7))).unwrap().unwrap();
+    assert_eq!(name_of(&mut s, CO, o.local), "Other");
+    // A second full refresh that no longer lists them does sweep them.
+    let mut t = ScriptLink::default();
+    let out = send(&mut s, &mut t, Mode::Full);
+    t.reply = reply(out.batch_id, &[Reply::Reset]);
+    receive(&mut s, &mut t, &out).unwrap();
+    assert!(get(&mut s, CO, c).is_none());
+    assert!(get(&mut s, CT, a).is_none());
+}

@@ -38,20 +38,21 @@ const fn varint_len(mut v: usize) -> usize {
 /// The kind of the open batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Head {
-    Changes(TableId, Op),
+    Changes(TableId, Op, bool),
     Mappings(TableId),
     Upserts(TableId),
     Removes(TableId),
 }
 
 impl Head {
-    /// Bytes of the batch message before its items: variant, table, op, items length.
+    /// Bytes of the batch message before its items: variant, table, op and key kind, items
+    /// length.
     const fn overhead(self, items: usize) -> usize {
-        let op = match self {
-            Head::Changes(..) => 1,
+        let op_and_key_kind = match self {
+            Head::Changes(..) => 2,
             _ => 0,
         };
-        1 + 1 + op + varint_len(items)
+        1 + 1 + op_and_key_kind + varint_len(items)
     }
 }
 
@@ -96,10 +97,11 @@ impl<const N: usize> Packer<N> {
     }
 
     /// Adds a request change. `Ok(None)`: added to the open batch. `Ok(Some(frame))`: the open
-    /// batch was closed first (full, or of another table or op); send `frame` and call again
+    /// batch was closed first (full, or of another table, op or key kind); send `frame` and call again
     /// with the same change. `Err`: the change does not fit in a frame even alone.
     pub fn change(&mut self, c: &Change<'_>) -> Result<Option<&[u8]>, EncodeError> {
-        let head = Head::Changes(c.table, c.op);
+        let local = matches!(c.key, crate::id::RecordRef::Local(_));
+        let head = Head::Changes(c.table, c.op, local);
         self.push(head, |chain| chain.change_item(c))
     }
 
@@ -126,8 +128,13 @@ impl<const N: usize> Packer<N> {
         };
         let items = &self.items[..self.len];
         let frame = match head {
-            Head::Changes(table, op) => encode(
-                &Request::Changes(ChangeBatch { table, op, items }),
+            Head::Changes(table, op, local) => encode(
+                &Request::Changes(ChangeBatch {
+                    table,
+                    op,
+                    local,
+                    items,
+                }),
                 &mut self.frame,
             ),
             Head::Mappings(table) => encode(

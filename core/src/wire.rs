@@ -259,8 +259,11 @@ pub enum Reply<'a> {
 pub struct ChangeBatch<'a> {
     /// Table of every record.
     pub table: TableId,
-    /// What happened to every record (an add is keyed by local id, others by server id).
+    /// What happened to every record.
     pub op: Op,
+    /// Whether every key is a local id (an add; a delete of a record never synced) rather
+    /// than a server id.
+    pub local: bool,
     /// The encoded items, back to back.
     #[serde(borrow)]
     pub items: &'a [u8],
@@ -311,7 +314,8 @@ pub enum ParentItem {
 /// the same batch (from 0 for the first), zigzag-encoded by postcard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeItem<'a> {
-    /// Key delta: the key is a local id for an add (it must fit 32 bits), a server id otherwise.
+    /// Key delta: the key is a local id (it must fit 32 bits) when the batch says so, a server
+    /// id otherwise.
     pub key: i64,
     /// The parent, for a detail.
     pub parent: ParentItem,
@@ -416,9 +420,10 @@ impl Chain {
         it: ChangeItem<'b>,
     ) -> Result<Change<'b>, MessageError> {
         let key = undelta(&mut self.id, it.key);
-        let key = match b.op {
-            Op::Add => RecordRef::Local(local_id(key)?),
-            Op::Update | Op::Delete => RecordRef::Server(ServerId(key)),
+        let key = if b.local {
+            RecordRef::Local(local_id(key)?)
+        } else {
+            RecordRef::Server(ServerId(key))
         };
         Ok(Change {
             table: b.table,

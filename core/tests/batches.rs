@@ -14,6 +14,8 @@ const N: usize = DEFAULT_MAX_FRAME;
 struct C {
     table: u8,
     op: Op,
+    /// Keyed by local id (an add, or a delete of a record never synced).
+    local: bool,
     key: u64,
     parent: Option<(bool, u64)>,
     wall: u64,
@@ -23,9 +25,10 @@ struct C {
 
 impl C {
     fn change(&self) -> Change<'_> {
-        let key = match self.op {
-            Op::Add => RecordRef::Local(LocalId(self.key as u32)),
-            _ => RecordRef::Server(ServerId(self.key)),
+        let key = if self.local {
+            RecordRef::Local(LocalId(self.key as u32))
+        } else {
+            RecordRef::Server(ServerId(self.key))
         };
         Change {
             table: TableId(self.table),
@@ -64,15 +67,14 @@ fn changes() -> impl Strategy<Value = Vec<C>> {
         proptest::collection::vec(any::<u8>(), 0..300),
     )
         .prop_map(|(table, op, key, parent, wall, counter, body)| {
-            let key = if op == Op::Add {
-                key as u32 as u64
-            } else {
-                key
-            };
+            // Adds are keyed by local id, updates by server id, deletes by either.
+            let local = op == Op::Add || (op == Op::Delete && key % 2 == 0);
+            let key = if local { key as u32 as u64 } else { key };
             let parent = parent.map(|(s, p)| (s, if s { p } else { p as u32 as u64 }));
             C {
                 table,
                 op,
+                local,
                 key,
                 parent,
                 wall,
@@ -255,6 +257,7 @@ fn local_id_overflow_is_an_error() {
     let b = Request::Changes(ChangeBatch {
         table: TableId(0),
         op: Op::Add,
+        local: true,
         items,
     });
     let got: Vec<_> = b.items().collect();

@@ -40,16 +40,21 @@ store_test! {
         assert_eq!(s.count("contact"), 600);
         for (d, r) in results {
             assert_eq!(r.mappings.len(), 150);
-            // Each reply holds exactly the device's own records.
-            assert_eq!(r.upserts.len(), 150);
+            // Each reply maps the device's records and sends none back (they are its own),
+            // nor any other device's (other scopes).
+            assert!(r.upserts.is_empty(), "{:?}", r.upserts);
+            // A full refresh then holds exactly the device's own records.
+            let full = s.sync(&d, hello(2, None, Mode::Full), &[]).await;
+            assert_eq!(full.upserts.len(), 150);
             let schema = ferrysync_server::LoadedSchema::example();
-            assert!(r
+            assert!(full
                 .upserts
                 .iter()
                 .all(|u| texts(&schema, u.table, &u.body)[0] == d.scope));
         }
+        // Six pushes and six full refreshes.
         let (_, m) = s.get("/metrics").await;
-        assert!(m.contains("ferrysync_syncs_total 6\n"), "{m}");
+        assert!(m.contains("ferrysync_syncs_total 12\n"), "{m}");
         s.stop().await;
     }
 }

@@ -4,8 +4,8 @@
 //! nothing, and retries landing on the other instance create nothing twice.
 
 use crate::common::*;
-use ferrysync_core::wire::Mode;
-use ferrysync_core::Hlc;
+use ferrysync_core::wire::{Mode, Op};
+use ferrysync_core::{Hlc, RecordRef, TableId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -57,13 +57,42 @@ impl Phone {
     async fn sync(&mut self, s: &TestServer, changes: &[Chg]) -> OwnedReply {
         self.batch += 1;
         let r = self.post(s, Mode::Delta, changes).await;
-        self.apply(&r);
+        self.apply(changes, &r);
         r
     }
 
-    fn apply(&mut self, r: &OwnedReply) {
+    /// Applies a reply as a device does: after a reset only what follows, then its own
+    /// accepted changes (the server does not send back what a sync wrote), then the records
+    /// the reply carries (the winners of changes that lost last-write-wins, other devices').
+    fn apply(&mut self, sent: &[Chg], r: &OwnedReply) {
         if r.reset {
             self.records.clear();
+        }
+        let server_of = |x: RecordRef, t: TableId| match x {
+            RecordRef::Server(id) => Some(id.0),
+            RecordRef::Local(l) => r
+                .mappings
+                .iter()
+                .find(|m| m.table == t && m.local == l)
+                .map(|m| m.server.0),
+        };
+        for c in sent {
+            if r.rejected
+                .iter()
+                .any(|x| x.table == c.table && x.key == c.key)
+            {
+                continue;
+            }
+            let Some(id) = server_of(c.key, c.table) else {
+                continue;
+            };
+            if c.op == Op::Delete {
+                self.records.remove(&(c.table.0, id));
+                continue;
+            }
+            let parent = c.parent.and_then(|p| server_of(p, COMPANY));
+            self.records
+                .insert((c.table.0, id), (parent, c.body.clone()));
         }
         for u in &r.upserts {
             self.records
@@ -155,7 +184,7 @@ store_test! {
                             let again = p.post(here, Mode::Delta, &changes).await;
                             assert_eq!(lost.mappings, again.mappings, "retry on another instance");
                             assert!(again.rejected.is_empty(), "{:?}", again.rejected);
-                            p.apply(&again);
+                            p.apply(&changes, &again);
                             mine.push(again.mapped(COMPANY, c));
                         } else {
                             let reply = p.sync(here, &changes).await;
@@ -188,7 +217,7 @@ store_test! {
             fresh.batch = 1_001;
             let full = fresh.post(if i % 2 == 0 { &b } else { &a }, Mode::Full, &[]).await;
             assert!(full.reset);
-            fresh.apply(&full);
+            fresh.apply(&[], &full);
             let differ: Vec<_> = p
                 .records
                 .iter()

@@ -31,7 +31,8 @@ store_test! {
             "ferrysync_syncs_total 1",
             "ferrysync_records_applied_total 1",
             "ferrysync_mappings_total 1",
-            "ferrysync_reply_records_total 1",
+            // The reply does not send back the record the sync wrote.
+            "ferrysync_reply_records_total 0",
             "ferrysync_rejections_total{reason=\"parent_missing\"} 0",
             "ferrysync_errors_total{status=\"401\",code=\"unauthorized\"} 1",
             "ferrysync_sync_duration_seconds_count 1",

@@ -92,7 +92,15 @@ store_test! {
         let name = s.one_text("SELECT name FROM company WHERE id = ?1", &[c7 as i64]);
         assert_eq!(name, "Initech");
 
-        // The reply is the device's data: a full refresh of its scope, with server ids.
+        // The reply is a full refresh of the device's scope without what it just sent: the
+        // mappings deliver those records (nothing else is in the scope yet).
+        assert!(r.reset);
+        assert!(r.upserts.is_empty(), "{:?}", r.upserts);
+        assert!(r.removes.is_empty());
+        assert_eq!(r.done.count as usize, 7 + 1);
+
+        // A later full refresh holds them all, with server ids and the foreign keys rewritten.
+        let r = s.sync(&dev, hello(43, None, Mode::Full), &[]).await;
         assert!(r.reset);
         assert_eq!(r.ids(COMPANY), {
             let mut v = vec![c5, c6, c7];
@@ -100,10 +108,13 @@ store_test! {
             v
         });
         assert_eq!(r.ids(CONTACT).len(), 4);
-        let ann = r.upsert(CONTACT, r.mapped(CONTACT, 1)).unwrap();
+        let ann = r
+            .upserts
+            .iter()
+            .find(|u| u.table == CONTACT && u.body == text3(CONTACT, "Ann", "ann@acme", "1"))
+            .unwrap();
         assert_eq!(ann.parent, Some(c5));
-        assert_eq!(ann.body, text3(CONTACT, "Ann", "ann@acme", "1"));
-        assert_eq!(r.done.count as usize, 7 + 1 + 7);
+        assert_eq!(r.done.count as usize, 1 + 7);
         s.stop().await;
     }
 }
@@ -145,6 +156,41 @@ store_test! {
         assert_eq!(s.dump(), dump);
         // The device gets the same data back.
         assert_eq!(first.upserts, second.upserts);
+        s.stop().await;
+    }
+}
+
+store_test! {
+    /// A full refresh does not send back what the sync wrote, so a retried add whose record
+    /// another device deleted meanwhile gets its mapping and a `Remove`: the device must not
+    /// keep a record the server no longer has.
+    #[tokio::test]
+    async fn a_retried_add_of_a_record_deleted_since_is_mapped_then_removed() {
+        let s = TestServer::start().await;
+        let (a, b) = (s.device("north"), s.device("north"));
+        let changes = vec![
+            add(COMPANY, 5, None, at(a.id, 0), text3(COMPANY, "ACME", "Lyon", "1")),
+            add(COMPANY, 6, None, at(a.id, 0), text3(COMPANY, "Keep", "Lyon", "2")),
+        ];
+        // The reply to this first sync is lost.
+        let lost = s.sync(&a, hello(1, None, Mode::Full), &changes).await;
+        let (acme, keep) = (lost.mapped(COMPANY, 5), lost.mapped(COMPANY, 6));
+        assert!(lost.upserts.is_empty() && lost.removes.is_empty());
+        // Another device deletes ACME.
+        let rb = s.sync(&b, hello(1, None, Mode::Full), &[]).await;
+        assert_eq!(rb.ids(COMPANY).len(), 2);
+        let del = delete(COMPANY, server_id(acme), at(b.id, 9));
+        s.sync(&b, hello(2, Some(rb.done.cursor), Mode::Delta), &[del])
+            .await;
+        // The retry: both mappings again; ACME is removed. The retry wrote nothing (same
+        // stamps), so Keep is sent as the server holds it.
+        let r = s.sync(&a, hello(1, None, Mode::Full), &changes).await;
+        assert_eq!(r.mappings, lost.mappings);
+        assert!(r.reset);
+        let removed: Vec<u64> = r.removes.iter().map(|x| x.id.0).collect();
+        assert_eq!(removed, vec![acme]);
+        assert_eq!(r.upsert(COMPANY, keep).unwrap().body, changes[1].body);
+        assert_eq!(r.ids(COMPANY), vec![keep]);
         s.stop().await;
     }
 }
