@@ -8,9 +8,7 @@
 //!
 //! Rules applied to the reply (`sent` is the highest edit number the request carried):
 //! - `Mapping`: the local record gets its server id (nothing else changes: details point at
-//!   their parent's local id, which stays). In a full refresh the mapping also counts as the
-//!   record's delivery: the server does not send back what a sync wrote (a record that is
-//!   not in the device's scope after the sync gets a `Remove`).
+//!   their parent's local id, which stays).
 //! - `Rejected`: the change goes to the rejected log with its body. A refused add is removed
 //!   (with its descendants); a refused update or delete is marked clean and the next sync asks
 //!   for a full refresh, which brings the server's version back. A record edited again since
@@ -22,7 +20,8 @@
 //! - `Remove`: drops the record and its descendants; a local change still pending on any of
 //!   them goes to the rejected log (`Deleted` or `ParentMissing`), never silently away.
 //! - `Done`: every record sent (edit number ≤ `sent`) is confirmed: clean, or gone for good if
-//!   it was a delete; the cursor is stored; the transaction commits.
+//!   it was a delete; the cursor is stored; the transaction commits. The server does not send
+//!   back what the sync wrote, so in a full refresh a confirmed record counts as delivered.
 
 use crate::body;
 use crate::frame::{FrameDecoder, FrameEncoder, FrameError};
@@ -292,8 +291,6 @@ pub async fn sync<S: LocalStore, T: Transport, const N: usize>(
 struct Apply<'s, 'a, const N: usize> {
     schema: &'s Schema<'a>,
     sent: u32,
-    /// The request asked for a full refresh: its reply has a `Reset` after the mappings.
-    full: bool,
     needs_full: bool,
     /// The last parent looked up by server id: details mostly arrive grouped by parent.
     parent_hit: Option<(TableId, ServerId, LocalId)>,
@@ -313,7 +310,6 @@ async fn apply_reply<S: LocalStore, T: Transport, const N: usize>(
     let mut ap = Apply::<N> {
         schema,
         sent: out.sent,
-        full: out.full,
         needs_full: false,
         parent_hit: None,
         clock: Clock::resume(state.clock),
@@ -403,12 +399,6 @@ impl<const N: usize> Apply<'_, '_, N> {
                 {
                     rec.server = Some(m.server);
                     rec.meta.is_from_server = true;
-                    if self.full {
-                        // The server does not send back the records this sync created: in a
-                        // full refresh the mapping is their delivery (the `Reset` that follows
-                        // moves the refresh mark to this value).
-                        rec.mark = self.state.refresh.wrapping_add(1);
-                    }
                     store.put(&rec, None).await.map_err(SyncError::Store)?;
                     self.report.mapped += 1;
                 }
@@ -628,10 +618,10 @@ impl<const N: usize> Apply<'_, '_, N> {
                         continue;
                     }
                     rec.meta.confirm(self.sent);
-                    if self.full {
-                        // The server holds this very version and does not send it back: in
-                        // a full refresh its confirmation is its delivery (one that left the
-                        // scope got a `Remove` instead).
+                    if self.report.full {
+                        // The server holds this very version and does not send it back: in a
+                        // full refresh its confirmation is its delivery (the server removes
+                        // one it no longer has, a retried add deleted since, in the reply).
                         rec.mark = self.state.refresh;
                     }
                     store.put(&rec, None).await.map_err(SyncError::Store)?;

@@ -69,7 +69,8 @@ impl ReplyFramer<'_> {
 
 /// Writes a whole reply through `put`, frame by frame: `Accepted`, the mappings, the
 /// rejections, the records of `device`'s scope from one snapshot (full or delta, as `hello`
-/// asks), then `Done`. Records travel in batch frames.
+/// asks) but for the records this sync wrote (the device holds them), then `Done`. Records
+/// travel in batch frames.
 pub fn write_reply(
     store: &dyn ServerStore,
     device: &Device,
@@ -103,7 +104,7 @@ pub fn write_reply(
         cursor: hello.cursor,
         extra: &outcome.losers,
     };
-    let cursor = store.read_reply(&plan, &mut |item| {
+    let cursor = store.read_sync_reply(&plan, outcome.written, &mut |item| {
         count = count.saturating_add(1);
         match item {
             ReplyItem::Reset => w.send(&Reply::Reset),

@@ -298,7 +298,9 @@ async fn a_sync_killed_at_any_step_loses_nothing_and_the_next_converges() {
         cut += 16;
         assert!(cut < 64 * 1024, "reply never ends");
     }
-    assert!(cut > 100, "the reply was only {cut} bytes");
+    // The reply is `Accepted`, the mappings (one batch), a reset and `Done`: the records the
+    // sync wrote are not sent back.
+    assert!(cut >= 48, "the reply was only {cut} bytes");
     // Mid-apply: fail each write of the apply in turn until the apply has fewer writes.
     let mut n = 0;
     while killed_sync(Kill::Write(n)).await {

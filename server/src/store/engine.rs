@@ -528,8 +528,9 @@ impl<T: SyncTx> Apply<'_, T> {
             local: local.0,
         };
         let id = self.tx.insert_mapped(ti, &row)?;
-        if at != c.modified_at {
-            // Stored with another clock than the device holds: the reply sends it.
+        if (at.wall_ms, at.counter) != (c.modified_at.wall_ms, c.modified_at.counter) {
+            // Stored with another clock than the device holds (clamped): the reply sends it.
+            // The device id is always the server's stamp (batched changes do not carry it).
             self.out.losers.push((c.table, ServerId(id as u64)));
         }
         self.bounds[ti] = self.bounds[ti].widen(local.0);
@@ -612,8 +613,9 @@ impl<T: SyncTx> Apply<'_, T> {
             Arg::I(id),
         ]);
         self.tx.update(c.table.0 as usize, &args)?;
-        if at != c.modified_at {
-            // Stored with another clock than the device holds: the reply sends it.
+        if (at.wall_ms, at.counter) != (c.modified_at.wall_ms, c.modified_at.counter) {
+            // Stored with another clock than the device holds (clamped): the reply sends it.
+            // The device id is always the server's stamp (batched changes do not carry it).
             self.out.losers.push((c.table, ServerId(id as u64)));
         }
         self.remember_meta(c.table, id, Some(RowMeta { at, parent, ..meta }));
