@@ -242,43 +242,55 @@ impl<const N: usize> FrameDecoder<N> {
             self.reset_next = false;
             self.last_msg = None;
         }
-        for (i, &b) in input.iter().enumerate() {
-            if b == 0 {
-                if self.discarding {
-                    self.discarding = false;
-                    self.in_frame = false;
-                    self.len = 0;
-                    continue;
+        let mut i = 0;
+        while i < input.len() {
+            // The bytes up to the next delimiter are copied as one run.
+            let rest = &input[i..];
+            let run = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            if run > 0 {
+                if !self.discarding {
+                    // A byte is kept only while the frame has room for it and the delimiter.
+                    let room = (N - 1).saturating_sub(self.len);
+                    if run > room {
+                        // Skip to the next delimiter.
+                        self.discarding = true;
+                        self.len = 0;
+                        self.frames = self.frames.wrapping_add(1);
+                        return Fed {
+                            consumed: i + room + 1,
+                            result: Err(FrameError::TooLarge),
+                        };
+                    }
+                    self.buf[self.len..self.len + run].copy_from_slice(&rest[..run]);
+                    self.len += run;
+                    self.in_frame = true;
                 }
-                if self.len == 0 {
-                    // Empty frame: a bare delimiter, allowed as padding or to resynchronise.
-                    continue;
+                i += run;
+                if i == input.len() {
+                    break;
                 }
-                self.reset_next = true;
-                self.in_frame = false;
-                self.frames = self.frames.wrapping_add(1);
-                let n = self.len;
-                return Fed {
-                    consumed: i + 1,
-                    result: decode_frame(&mut self.buf[..n], &mut self.last_msg).map(Some),
-                };
             }
+            // `input[i]` is a delimiter.
             if self.discarding {
+                self.discarding = false;
+                self.in_frame = false;
+                self.len = 0;
+                i += 1;
                 continue;
             }
-            if self.len + 1 >= N {
-                // No room for this byte and the delimiter: skip to the next delimiter.
-                self.discarding = true;
-                self.len = 0;
-                self.frames = self.frames.wrapping_add(1);
-                return Fed {
-                    consumed: i + 1,
-                    result: Err(FrameError::TooLarge),
-                };
+            if self.len == 0 {
+                // Empty frame: a bare delimiter, allowed as padding or to resynchronise.
+                i += 1;
+                continue;
             }
-            self.buf[self.len] = b;
-            self.len += 1;
-            self.in_frame = true;
+            self.reset_next = true;
+            self.in_frame = false;
+            self.frames = self.frames.wrapping_add(1);
+            let n = self.len;
+            return Fed {
+                consumed: i + 1,
+                result: decode_frame(&mut self.buf[..n], &mut self.last_msg).map(Some),
+            };
         }
         Fed {
             consumed: input.len(),
