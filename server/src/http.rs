@@ -16,14 +16,20 @@ use bytes::Bytes;
 use ferrysync_core::frame::FrameError;
 use ferrysync_core::stream::StreamError;
 use ferrysync_core::wire::Hello;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+    RETRY_AFTER,
+};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -339,6 +345,7 @@ async fn sync(
     req: HttpRequest<IncomingBody>,
     started: Instant,
 ) -> Result<Response<ReplyBody>, ApiError> {
+    let gzip = accepts_gzip(req.headers());
     let ct = req
         .headers()
         .get(CONTENT_TYPE)
@@ -414,7 +421,7 @@ async fn sync(
         rejected = rejected.len(),
         "batch committed"
     );
-    Ok(reply(server, slot, device, hello, outcome, started))
+    Ok(reply(server, slot, device, hello, outcome, started, gzip))
 }
 
 fn body_too_large(server: &Server) -> ApiError {
@@ -573,22 +580,51 @@ async fn receive(
     }
 }
 
-/// Writes reply frames into chunks sent to the response body.
+/// Writes reply frames into chunks sent to the response body, gzipped when the client
+/// accepts it.
 struct ReplyWriter {
     chunk: Vec<u8>,
+    gzip: Option<GzEncoder<Vec<u8>>>,
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
 }
 
 impl ReplyWriter {
+    fn new(gzip: bool, tx: mpsc::Sender<Result<Bytes, io::Error>>) -> Self {
+        ReplyWriter {
+            chunk: Vec::with_capacity(CHUNK + MAX_FRAME),
+            gzip: gzip.then(|| GzEncoder::new(Vec::with_capacity(CHUNK), Compression::fast())),
+            tx,
+        }
+    }
+
     fn put(&mut self, frame: &[u8]) -> Result<(), StoreError> {
-        self.chunk.extend_from_slice(frame);
-        if self.chunk.len() >= CHUNK {
-            self.flush()?;
+        match &mut self.gzip {
+            Some(z) => {
+                z.write_all(frame).map_err(gzip_failed)?;
+                if z.get_ref().len() >= CHUNK {
+                    self.chunk = std::mem::take(z.get_mut());
+                    self.send()?;
+                }
+            }
+            None => {
+                self.chunk.extend_from_slice(frame);
+                if self.chunk.len() >= CHUNK {
+                    self.send()?;
+                }
+            }
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StoreError> {
+    /// Sends what is left, and ends the gzip stream.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        if let Some(z) = self.gzip.take() {
+            self.chunk = z.finish().map_err(gzip_failed)?;
+        }
+        self.send()
+    }
+
+    fn send(&mut self) -> Result<(), StoreError> {
         if self.chunk.is_empty() {
             return Ok(());
         }
@@ -599,6 +635,25 @@ impl ReplyWriter {
     }
 }
 
+/// Compressing into memory does not fail; should it, the reply is cut like any other failure.
+fn gzip_failed(e: io::Error) -> StoreError {
+    StoreError::Corrupt(format!("gzip of the reply failed: {e}"))
+}
+
+/// Whether the request's `Accept-Encoding` lists gzip (without `q=0`).
+fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"))
+                && !parts.any(|p| p.replace(' ', "") == "q=0")
+        })
+}
+
 fn reply(
     server: &Arc<Server>,
     slot: SyncSlot,
@@ -606,6 +661,7 @@ fn reply(
     hello: Hello,
     outcome: SyncOutcome,
     started: Instant,
+    gzip: bool,
 ) -> Response<ReplyBody> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let server2 = server.clone();
@@ -614,10 +670,7 @@ fn reply(
         let _span = span.enter();
         let _slot = slot;
         let server = server2;
-        let mut w = ReplyWriter {
-            chunk: Vec::with_capacity(CHUNK + MAX_FRAME),
-            tx,
-        };
+        let mut w = ReplyWriter::new(gzip, tx);
         let result = crate::direct::write_reply(
             server.store.as_ref(),
             &device,
@@ -627,7 +680,7 @@ fn reply(
             &mut |m| w.put(m),
         )
         .and_then(|stats| {
-            w.flush()?;
+            w.finish()?;
             Ok(stats)
         });
         match result {
@@ -654,5 +707,9 @@ fn reply(
     let mut resp = Response::new(ReplyBody::stream(rx));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_V1));
+    if gzip {
+        resp.headers_mut()
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     resp
 }

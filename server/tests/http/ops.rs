@@ -44,3 +44,62 @@ store_test! {
         s.stop().await;
     }
 }
+
+store_test! {
+    /// A client that accepts gzip (a phone on a cellular link) gets the same reply gzipped;
+    /// others, or one that refuses gzip with `q=0`, get it plain.
+    #[tokio::test]
+    async fn replies_are_gzipped_for_clients_that_accept_it() {
+        use std::io::Read;
+        let s = TestServer::start().await;
+        let a = s.device("north");
+        let changes: Vec<Chg> = (1..=300)
+            .map(|i| {
+                let name = format!("Company {i}");
+                let body = text3(COMPANY, &name, "Lyon", "+33 4 72 00 00 00");
+                add(COMPANY, i, None, at(a.id, 0), body)
+            })
+            .collect();
+        s.sync(&a, hello(1, None, Mode::Full), &changes).await;
+        let auth = format!("Bearer {}", a.token);
+        let post = |encoding: Option<&'static str>| {
+            let auth = auth.clone();
+            let req = encode_request(hello(2, None, Mode::Full), &[]);
+            let s = &s;
+            async move {
+                let mut h = vec![
+                    ("content-type", ferrysync_server::CONTENT_TYPE_V1),
+                    ("authorization", auth.as_str()),
+                ];
+                h.extend(encoding.map(|e| ("accept-encoding", e)));
+                let r = s.request("POST", "/v1/sync", &h, full(req)).await.unwrap();
+                s.wait_idle().await;
+                r
+            }
+        };
+        let (status, headers, plain) = post(None).await;
+        assert_eq!(status, hyper::StatusCode::OK);
+        assert!(headers.get("content-encoding").is_none());
+        let (_, headers, zipped) = post(Some("br;q=1.0, gzip")).await;
+        assert_eq!(headers.get("content-encoding").unwrap(), "gzip");
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&zipped[..])
+            .read_to_end(&mut inflated)
+            .unwrap();
+        let (p, g) = (
+            decode_reply(2, &plain).unwrap(),
+            decode_reply(2, &inflated).unwrap(),
+        );
+        assert_eq!(p.upserts.len(), 300);
+        assert_eq!(p.upserts, g.upserts);
+        assert!(
+            zipped.len() * 2 < plain.len(),
+            "gzip {} of {} bytes",
+            zipped.len(),
+            plain.len()
+        );
+        let (_, headers, _) = post(Some("gzip;q=0")).await;
+        assert!(headers.get("content-encoding").is_none());
+        s.stop().await;
+    }
+}
