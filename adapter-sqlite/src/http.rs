@@ -10,7 +10,7 @@ use std::fmt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Content type of protocol v1 bodies.
+/// Content type of sync bodies (the framing; the protocol version travels in `Hello`).
 pub const CONTENT_TYPE: &str = "application/vnd.ferrysync.v1";
 
 /// Request bytes are gathered into chunks of about this size before they go on the wire.

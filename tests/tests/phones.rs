@@ -16,7 +16,10 @@ async fn server_view(server: &TestServer, token: &str, name: &str) -> ferrysync_
     let mut fresh = server.phone(name);
     // Fresh phones pull with gzipped replies, as phones on cellular links do.
     let mut link = HttpTransport::new(&server.url(), token).gzip(true);
-    fresh.sync(&mut link, Mode::Delta).await.expect("gzipped sync");
+    fresh
+        .sync(&mut link, Mode::Delta)
+        .await
+        .expect("gzipped sync");
     view(&mut fresh)
 }
 
