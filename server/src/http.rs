@@ -385,13 +385,20 @@ async fn sync(
         Some(d) => d,
     };
     tracing::Span::current().record("device", device.id);
-    let Ok(permit) = server.syncs.clone().try_acquire_owned() else {
+    // Wait in the semaphore's fair queue for a slot, up to `queue_wait`.
+    let slot = tokio::time::timeout(
+        server.config.queue_wait,
+        server.syncs.clone().acquire_owned(),
+    )
+    .await;
+    let Ok(Ok(permit)) = slot else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             format!(
-                "more than {} syncs running; retry later",
-                server.config.max_concurrent_syncs
+                "{} syncs running and none finished within {} ms; retry later",
+                server.config.max_concurrent_syncs,
+                server.config.queue_wait.as_millis()
             ),
         ));
     };

@@ -57,8 +57,12 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Most frames in one request (413 beyond).
     pub max_frames: u32,
-    /// Syncs running at once (503 with `Retry-After` beyond).
+    /// Syncs running at once; more wait for a slot (see `queue_wait`).
     pub max_concurrent_syncs: usize,
+    /// How long a sync waits for a free slot before a 503 with `Retry-After`. Waiting in a
+    /// fair queue keeps throughput up when many devices sync at once; immediate 503s would turn
+    /// into retry storms.
+    pub queue_wait: Duration,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u32,
     /// Incoming clocks are clamped to server time plus this.
@@ -78,6 +82,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024 * 1024,
             max_frames: 200_000,
             max_concurrent_syncs: 16,
+            queue_wait: Duration::from_secs(5),
             retry_after_secs: 1,
             max_skew_ms: 5 * 60 * 1000,
             tombstone_retention_ms: 90 * 24 * 3600 * 1000,

@@ -30,9 +30,12 @@ pub struct ServeArgs {
     /// Most frames in one request.
     #[arg(long, default_value_t = Config::default().max_frames)]
     max_frames: u32,
-    /// Syncs allowed to run at once; more get 503.
+    /// Syncs allowed to run at once; more wait in a queue.
     #[arg(long, default_value_t = Config::default().max_concurrent_syncs)]
     max_concurrent_syncs: usize,
+    /// How long a sync may wait for a free slot, in ms, before a 503.
+    #[arg(long, default_value_t = Config::default().queue_wait.as_millis() as u64)]
+    queue_wait_ms: u64,
     /// Allowed clock skew of devices, in ms (later clocks are clamped).
     #[arg(long, default_value_t = Config::default().max_skew_ms)]
     max_skew_ms: u64,
@@ -84,6 +87,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         max_body_bytes: args.max_body_bytes,
         max_frames: args.max_frames,
         max_concurrent_syncs: args.max_concurrent_syncs.max(1),
+        queue_wait: Duration::from_millis(args.queue_wait_ms),
         max_skew_ms: args.max_skew_ms,
         tombstone_retention_ms: args.tombstone_days.saturating_mul(24 * 3600 * 1000),
         ..Config::default()

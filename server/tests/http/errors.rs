@@ -365,10 +365,53 @@ store_test! {
 }
 
 store_test! {
+    /// With every slot taken, a sync waits in the queue and runs when a slot frees.
     #[tokio::test]
-    async fn too_many_syncs_at_once_is_503_with_retry_after() {
+    async fn a_sync_waits_for_a_free_slot() {
         let (s, dev) = seeded(Config {
             max_concurrent_syncs: 1,
+            queue_wait: std::time::Duration::from_secs(30),
+            ..Config::default()
+        })
+        .await;
+        let body = encode_request(hello(2, None, Mode::Full), &batch(2, &dev));
+        let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
+        let split = body.len() - 10;
+        let (head, tail) = (
+            Bytes::copy_from_slice(&body[..split]),
+            Bytes::copy_from_slice(&body[split..]),
+        );
+        let slow = s.post_sync_body(Some(&dev.token), chan.boxed());
+        let other = async {
+            tx.send_data(head).await.unwrap();
+            s.wait_in_flight(1).await;
+            // The slow sync holds the only slot: this one queues until it ends.
+            let queued = s.post_sync(
+                Some(&dev.token),
+                encode_request(hello(3, None, Mode::Full), &[]),
+            );
+            let release = async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                tx.send_data(tail).await.unwrap();
+                drop(tx);
+            };
+            let (a, ()) = tokio::join!(queued, release);
+            a
+        };
+        let (slow, queued) = tokio::join!(slow, other);
+        assert_eq!(slow.status.as_u16(), 200, "{}", slow.text());
+        assert_eq!(queued.status.as_u16(), 200, "{}", queued.text());
+        decode_reply(3, &queued.body).unwrap();
+        s.stop().await;
+    }
+}
+
+store_test! {
+    #[tokio::test]
+    async fn a_sync_that_waits_too_long_for_a_slot_is_503_with_retry_after() {
+        let (s, dev) = seeded(Config {
+            max_concurrent_syncs: 1,
+            queue_wait: std::time::Duration::from_millis(200),
             retry_after_secs: 3,
             ..Config::default()
         })
