@@ -1,6 +1,6 @@
 //! Push of 1,000 companies + 10,000 contacts (issue 7's workload, `workload/mod.rs`) in one
 //! sync, over real HTTP on 127.0.0.1, against a bare rusqlite bulk insert of the same rows in
-//! one transaction (same pragmas: WAL, `synchronous = FULL`), in the same run. The reconcile
+//! one transaction (same pragmas as the server's writer), in the same run. The reconcile
 //! alone, without HTTP, is the `reconcile` bench.
 //!
 //! Each sync goes to a fresh server database (setup not timed) and is timed from the first
@@ -30,6 +30,7 @@ async fn one_sync() -> Duration {
     let s = TestServer::start().await;
     let dev = s.device("bench");
     let body = workload::request(&workload::changes(COMPANIES, CONTACTS, dev.id, now()));
+    workload::settle();
     let started = Instant::now();
     let a = s.post_sync(Some(&dev.token), body).await;
     let took = started.elapsed();

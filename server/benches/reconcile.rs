@@ -1,10 +1,11 @@
 //! Server reconcile of a first push without HTTP, beside a bare rusqlite bulk insert of the
-//! same rows in one transaction (same pragmas: WAL, `synchronous = FULL`, foreign keys), in
-//! the same run. The workload is issue 7's (see `workload/mod.rs`): `n` companies and `m`
+//! same rows in one transaction (same pragmas as the server's writer: WAL, `synchronous =
+//! FULL`, foreign keys, 64 MiB page cache), in the same run. The workload is issue 7's (see `workload/mod.rs`): `n` companies and `m`
 //! contacts, contact `j` under company `j % n`.
 //!
 //! Three things are timed, each on a fresh database (opening it and adding the device are not
-//! timed):
+//! timed, and each run starts after a `sync` so it does not pay for the writeback of the run
+//! before it):
 //! - `reconcile`: [`ServerStore::sync`] of the already decoded changes: id mapping, foreign
 //!   keys rewritten through the map, last-write-wins, scope checks, commit. This is the figure
 //!   the issue's target (≤ 2.5× the bulk insert) is about.
@@ -14,7 +15,7 @@
 //!
 //! `cargo bench -p ferrysync-server --bench reconcile` runs criterion on the default size
 //! (1,000 + 10,000), then prints a summary: for each of the three sizes the medians of runs
-//! taken in turns (reconcile, direct, bulk, reconcile, ...) and the ratios to the bulk insert.
+//! taken in turns (each side first in its turn) and the ratios to the bulk insert.
 //! `FERRYSYNC_BENCH_PROFILE=reconcile` (or `direct`, `bulk`) runs only that, in a loop of
 //! `FERRYSYNC_BENCH_LOOPS` (default 20), on size `FERRYSYNC_BENCH_SIZE` (0, 1 or 2; default
 //! 1), for a profiler.
@@ -81,6 +82,7 @@ impl Push {
             .into_iter()
             .map(Incoming::Change)
             .chain(std::iter::once(Incoming::Commit));
+        settle();
         let started = Instant::now();
         let out = store.sync(&device, params(), &mut source).unwrap();
         let took = started.elapsed();
@@ -93,6 +95,7 @@ impl Push {
     fn direct(&self) -> Duration {
         let (_dir, store, device) = fresh_store();
         let hash = LoadedSchema::example().hash();
+        settle();
         let started = Instant::now();
         let reply = direct::sync(&store, hash, &device, params(), &self.request).unwrap();
         let took = started.elapsed();
@@ -132,7 +135,7 @@ fn ms(d: Duration) -> f64 {
 /// Medians of runs taken in turns, per size, and their ratios to the bulk insert.
 fn summary() {
     println!(
-        "\nsummary: first push, medians of runs taken in turns (reconcile, direct, bulk, ...)\n\
+        "\nsummary: first push, medians of runs taken in turns (each side first in its turn)\n\
          {:>16} {:>6} {:>14} {:>12} {:>12} {:>13} {:>10} {:>10}",
         "companies+contacts",
         "runs",
@@ -145,12 +148,17 @@ fn summary() {
     );
     for (n, m) in SIZES {
         let push = Push::new(n, m);
-        let runs = if n + m > 50_000 { 5 } else { 11 };
+        let runs = if n + m > 50_000 { 6 } else { 15 };
         let (mut r, mut d, mut b) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..runs {
-            r.push(push.reconcile());
-            d.push(push.direct());
-            b.push(push.bulk());
+        for round in 0..runs {
+            // Each side goes first, second and third in turn.
+            for k in 0..3 {
+                match (round + k) % 3 {
+                    0 => r.push(push.reconcile()),
+                    1 => d.push(push.direct()),
+                    _ => b.push(push.bulk()),
+                }
+            }
         }
         let (r, d, b) = (median(r), median(d), median(b));
         println!(

@@ -148,7 +148,7 @@ pub struct SyncOutcome {
     pub rejected: Vec<OwnedRejected>,
     /// Records the reply carries whatever its cursor and [`SyncOutcome::written`] say: those
     /// whose incoming update lost last-write-wins (the reply carries the winner), those stored
-    /// with another clock than the device sent (clamped, or another device's id), and retried
+    /// with another clock than the device sent (clamped to the allowed skew), and retried
     /// adds of records deleted since (the reply removes them).
     pub losers: Vec<(TableId, ServerId)>,
     /// Changes that were written (adds, winning updates, deletes).

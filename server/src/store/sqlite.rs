@@ -38,13 +38,16 @@ use std::time::Duration;
 
 /// Readers kept open for reuse.
 const READER_POOL: usize = 8;
+/// Page cache of the writer connection, KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// Most rows one multi-row insert writes. A sync holds new records (and their `_idmap` rows)
-/// back and writes them this many at a time: one statement, one pass over the pages and the
-/// indexes per batch instead of per row.
-const BATCH: usize = 64;
-/// Row counts of the multi-row inserts, largest first: `BATCH` and the powers of two below,
-/// so any number of held rows is written in few statements of few distinct shapes.
-const BATCH_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+/// back and writes them this many at a time: one statement per batch instead of per row.
+/// Measured (callgrind, first push of 100+1,000 and 1,000+10,000 to a fresh store): 16 beats
+/// 8, 32 and 64, whose longer statements cost more to prepare than they save in execution.
+const BATCH: usize = 16;
+/// Row counts of the multi-row inserts, largest first, so any number of held rows is written
+/// in few statements of few distinct shapes.
+const BATCH_SIZES: [usize; 3] = [BATCH, 4, 1];
 
 const SYSTEM_DDL: &str = "
 CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -187,6 +190,9 @@ impl SqliteStore {
 
     fn open_inner(path: &Path, schema: Option<LoadedSchema>) -> Result<Self, StoreError> {
         let conn = open_conn(path)?;
+        // The writer's page cache: up to 64 MiB (default 2 MiB), so a large sync does not
+        // spill dirty pages to the WAL before its commit (100,000 records: about 20 % faster).
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         conn.execute_batch(SYSTEM_DDL)?;
         let mut sql = Vec::new();
         let mut batch = BatchSql::new(&Schema { tables: &[] });
