@@ -46,7 +46,7 @@ fn main() {
     let mut t = Tables {
         time: Table::new(
             "Items 1–2: server reconcile and phone apply vs a bare rusqlite bulk insert \
-             (medians, side by side)",
+             (medians of runs taken in turns; ratio: median of the turns' ratios)",
             &[
                 "size",
                 "measure",
@@ -153,7 +153,7 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
 
     // 1. Server reconcile, in process.
     let mut push_reply = Vec::new();
-    let (sync_t, bulk_t) = side_by_side(
+    let sync_t = side_by_side(
         runs,
         || {
             let d = tempfile::tempdir().expect("tempdir");
@@ -166,8 +166,8 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
         },
         || bare_bulk_insert(scratch.path(), w),
     );
-    let target_row = |t: &mut Table, what: &str, a: Duration, b: Duration, target: Option<f64>| {
-        let r = ratio(a, b);
+    let target_row = |t: &mut Table, what: &str, p: Pair, target: Option<f64>| {
+        let (a, b, r) = (p.a, p.b, p.ratio);
         t.row(vec![
             size.to_string(),
             what.to_owned(),
@@ -183,12 +183,11 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
         &mut t.time,
         "first push, `direct::sync` (decode, reconcile, commit, reply)",
         sync_t,
-        bulk_t,
         Some(2.5),
     );
 
     // 1b. The same push over HTTP, each to a fresh server.
-    let (http_t, bulk_t) = side_by_side(
+    let http_t = side_by_side(
         runs,
         || rt.block_on(http_push(&request, push_reply.len())),
         || bare_bulk_insert(scratch.path(), w),
@@ -197,7 +196,6 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
         &mut t.time,
         "first push over HTTP (127.0.0.1, to the last reply byte)",
         http_t,
-        bulk_t,
         Some(2.5),
     );
 
@@ -209,7 +207,7 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
     let mut empty = SqliteStore::open_in_memory(EXAMPLE).expect("store");
     let pull_request = request_of(&mut empty, Mode::Delta);
     let pull_reply = direct::sync(&db, hash(), &fresh, params(), &pull_request).expect("pull");
-    let (apply_t, bulk_t) = side_by_side(
+    let apply_t = side_by_side(
         runs,
         || apply_full(&pull_reply, records),
         || bare_bulk_insert(scratch.path(), w),
@@ -218,11 +216,10 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
         &mut t.time,
         "phone applies a full refresh (engine + `SqliteStore` file)",
         apply_t,
-        bulk_t,
         Some(1.5),
     );
     // The server's side of that pull alone: reading N + M records into a full reply.
-    let (pull_t, bulk_t) = side_by_side(
+    let pull_t = side_by_side(
         runs,
         || {
             let dev = another_device(&db);
@@ -238,7 +235,6 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
         &mut t.time,
         "server side of a fresh-device pull, `direct::sync` (full reply)",
         pull_t,
-        bulk_t,
         None,
     );
     drop(db);

@@ -236,27 +236,44 @@ pub fn settle() {
     let _ = std::process::Command::new("sync").status();
 }
 
-/// Runs `a` and `b` in turns, `runs` times each, each after [`settle`]; their medians.
+/// Medians of runs taken in turns, and the median of each turn's ratio `a / b` (a turn's two
+/// runs see the same machine load, so this ratio moves less than the ratio of the medians).
+#[derive(Clone, Copy, Debug)]
+pub struct Pair {
+    pub a: Duration,
+    pub b: Duration,
+    pub ratio: f64,
+}
+
+/// Runs `a` and `b` in turns, `runs` times each, each after [`settle`].
 pub fn side_by_side(
     runs: usize,
     mut a: impl FnMut() -> Duration,
     mut b: impl FnMut() -> Duration,
-) -> (Duration, Duration) {
-    let (mut va, mut vb) = (Vec::new(), Vec::new());
+) -> Pair {
+    let (mut va, mut vb, mut vr) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         settle();
-        va.push(a());
+        let ta = a();
         settle();
-        vb.push(b());
+        let tb = b();
+        va.push(ta);
+        vb.push(tb);
+        vr.push(ratio(ta, tb));
     }
-    (median(&va), median(&vb))
+    vr.sort_by(f64::total_cmp);
+    Pair {
+        a: median(&va),
+        b: median(&vb),
+        ratio: vr[vr.len() / 2],
+    }
 }
 
 /// Timed runs per size: fewer on the large workload.
 pub fn runs(size: Size) -> usize {
     match size.name {
-        "small" => 7,
-        "default" => 5,
+        "small" => 9,
+        "default" => 7,
         _ => 3,
     }
 }
