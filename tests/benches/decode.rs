@@ -1,6 +1,6 @@
 //! Issue 7, item 7: decoder throughput. `FrameDecoder` plus `RequestCheck` (the server's side)
-//! and `ReplyCheck` (the device's side) over a real request and a real reply byte stream of
-//! the workload, fed in 16 KiB chunks as they arrive from a socket, beside a memcpy-class read
+//! and `ReplyCheck` (the device's side) over the workload's real push request and a fresh
+//! device's real full-pull reply, fed in 16 KiB chunks as they arrive from a socket, beside a memcpy-class read
 //! of the same bytes in the same chunks (copy into a buffer and sum the bytes).
 //!
 //! `cargo bench -p ferrysync-tests --bench decode`: criterion's figures (MB/s), then a
@@ -105,12 +105,17 @@ fn main() {
         let request = request_of(phone.store(), Mode::Delta);
         let dir = tempfile::tempdir().expect("tempdir");
         let (db, dev) = server_db(dir.path(), "server.db");
-        let reply = direct::sync(&db, hash, &dev, params(), &request).expect("sync");
-        // A fresh device's first request has batch id 1.
+        direct::sync(&db, hash, &dev, params(), &request).expect("push");
+        // A fresh device's pull: every record, the biggest reply a device reads. Its first
+        // request has batch id 1.
+        let fresh = another_device(&db);
+        let mut empty = SqliteStore::open_in_memory(EXAMPLE).expect("store");
+        let pull = request_of(&mut empty, Mode::Delta);
+        let reply = direct::sync(&db, hash, &fresh, params(), &pull).expect("pull");
         let streams: [(&str, &[u8], bool); 2] = [
-            ("request (server side: `RequestCheck`)", &request, true),
+            ("push request (server side: `RequestCheck`)", &request, true),
             (
-                "reply to the first push (device side: `ReplyCheck`)",
+                "fresh-device pull reply (device side: `ReplyCheck`)",
                 &reply,
                 false,
             ),

@@ -260,7 +260,7 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
     wire("JSON of the same records", json.len(), None);
     wire("push request (N + M adds)", request.len(), Some(1.25));
     wire(
-        "reply to the first push (N + M mappings + N + M records)",
+        "reply to the first push (its N + M id mappings)",
         push_reply.len(),
         None,
     );
