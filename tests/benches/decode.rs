@@ -1,7 +1,7 @@
 //! Issue 7, item 7: decoder throughput. `FrameDecoder` plus `RequestCheck` (the server's side)
 //! and `ReplyCheck` (the device's side) over the workload's real push request and a fresh
-//! device's real full-pull reply, fed in 16 KiB chunks as they arrive from a socket, beside a memcpy-class read
-//! of the same bytes in the same chunks (copy into a buffer and sum the bytes).
+//! device's real full-pull reply, fed in 16 KiB chunks as they arrive from a socket, beside a
+//! memcpy-class read of the same bytes in the same chunks (copy into a buffer and sum them).
 //!
 //! `cargo bench -p ferrysync-tests --bench decode`: criterion's figures (MB/s), then a
 //! markdown table of medians measured in turns in the same run.

@@ -437,6 +437,7 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
 /// whether those bytes were sent (a push) or received (a pull).
 const POUCH_PUSH: (f64, f64, bool) = (3.6, 4.1e6, true);
 const POUCH_PULL: (f64, f64, bool) = (2.6, 5.3e6, false);
+const POUCH_PULL_GZ: f64 = 1.6e6;
 const POUCH_INC_PUSH: f64 = 0.06;
 
 async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
@@ -445,6 +446,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
     let mut pull = Vec::new();
     let mut inc = Vec::new();
     let mut inc_pull = Vec::new();
+    let mut gz_pull = Vec::new();
+    let mut gz_pull_b = (0, 0);
     let (mut first_b, mut pull_b, mut inc_b, mut inc_pull_b) = ((0, 0), (0, 0), (0, 0), (0, 0));
     let renamed = w.renamed_count();
     for _ in 0..runs {
@@ -468,6 +471,22 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         pull.push(started.elapsed());
         assert_eq!(r.upserts as usize, w.records());
         pull_b = (l2.bytes_sent, l2.bytes_received);
+
+        // The same pull with gzip: a phone that asks for it (timed), and the raw bytes of a
+        // gzipped reply as they travel (a raw client, nothing inflated).
+        let (t3, t4) = (s.enrol("bench"), s.enrol("bench"));
+        let mut p3 = s.phone("p3");
+        let mut l3 = HttpTransport::new(&s.url(), &t3).gzip(true);
+        settle();
+        let started = Instant::now();
+        let r = p3.sync(&mut l3, Mode::Delta).await.expect("gzip pull");
+        gz_pull.push(started.elapsed());
+        assert_eq!(r.upserts as usize, w.records());
+        let mut empty = SqliteStore::open_in_memory(EXAMPLE).expect("store");
+        gz_pull_b = (
+            l3.bytes_sent,
+            raw_gzip_pull(&s.url(), &t4, request_of(&mut empty, Mode::Delta)).await,
+        );
 
         w.rename(&mut p1, &locals).expect("rename");
         settle();
@@ -541,6 +560,13 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         "2.6 s, 5.3 MB (1.6 MB gzip)",
     );
     row(
+        "fresh-device pull, HTTP gzip (`HttpTransport::gzip`; bytes as they travel)",
+        median(&gz_pull),
+        gz_pull_b,
+        Some((POUCH_PULL.0, POUCH_PULL_GZ, false)),
+        "2.6 s, 1.6 MB gzip",
+    );
+    row(
         &format!("1 % incremental push ({renamed} renames)"),
         median(&inc),
         inc_b,
@@ -554,4 +580,37 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         None,
         "",
     );
+}
+
+/// A fresh device's pull asking for gzip, by a client that does not inflate: the reply's
+/// bytes as they travel.
+async fn raw_gzip_pull(url: &str, token: &str, request: Vec<u8>) -> u64 {
+    let client = reqwest::Client::builder()
+        .gzip(false)
+        .build()
+        .expect("client");
+    let mut resp = client
+        .post(format!("{url}/v1/sync"))
+        .bearer_auth(token)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            ferrysync_sqlite::CONTENT_TYPE,
+        )
+        .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+        .body(request)
+        .send()
+        .await
+        .expect("post");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(
+        resp.headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+    let mut n = 0;
+    while let Some(chunk) = resp.chunk().await.expect("chunk") {
+        n += chunk.len() as u64;
+    }
+    n
 }
