@@ -9,8 +9,9 @@
 //! 3. bytes on the wire per record, push and replies, vs the bare postcard bodies and JSON, and
 //!    what gzip would make of them;
 //! 4. a delta sync after the 1 % update vs a full refresh of the same data (in process);
-//! 5. end to end over HTTP: a phone's first sync of N + M new records, a fresh phone's pull,
-//!    then 1 % incremental syncs, beside the PouchDB reference.
+//! 5. end to end over HTTP: a phone's first sync of N + M new records, a fresh phone's pull
+//!    (plain, then with HTTP gzip, its bytes counted as they travel), then 1 % incremental
+//!    syncs, beside the PouchDB reference.
 //!
 //! `cargo bench -p ferrysync-tests --bench sync`; `FERRYSYNC_BENCH_SIZES=small,default,large`
 //! (default: `default`). Prints markdown tables at the end.
