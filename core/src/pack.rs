@@ -16,6 +16,7 @@ use crate::wire::{
     Chain, Change, ChangeBatch, Mapping, MappingBatch, Op, Remove, RemoveBatch, Reply, Request,
     Upsert, UpsertBatch,
 };
+use core::fmt;
 use serde::Serialize;
 
 /// Whether a message of `msg` bytes makes a frame of at most `n` bytes: 4 bytes of CRC, COBS
@@ -72,6 +73,24 @@ impl<const N: usize> Default for Packer<N> {
     }
 }
 
+/// Why [`Packer::reply`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmitError<E> {
+    /// A message does not fit in a frame.
+    Encode(EncodeError),
+    /// The frame sink failed.
+    Emit(E),
+}
+
+impl<E: fmt::Display> fmt::Display for EmitError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EmitError::Encode(e) => e.fmt(f),
+            EmitError::Emit(e) => e.fmt(f),
+        }
+    }
+}
+
 enum Step {
     Added,
     Flush,
@@ -118,6 +137,35 @@ impl<const N: usize> Packer<N> {
     /// Adds a reply remove; returns as [`change`](Self::change) does.
     pub fn remove(&mut self, r: &Remove) -> Result<Option<&[u8]>, EncodeError> {
         self.push(Head::Removes(r.table), |chain| chain.remove_item(r))
+    }
+
+    /// Frames a reply message through `emit`: a record (mapping, upsert, remove) joins the
+    /// open batch, whose frame `emit` gets when it is full; any other message closes the open
+    /// batch and gets a frame of its own. Call [`flush`](Self::flush) after the last message
+    /// (a reply ends with `Done`, which flushes).
+    pub fn reply<E>(
+        &mut self,
+        msg: &Reply<'_>,
+        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), EmitError<E>> {
+        loop {
+            let full = match msg {
+                Reply::Mapping(m) => self.mapping(m),
+                Reply::Upsert(u) => self.upsert(u),
+                Reply::Remove(r) => self.remove(r),
+                _ => break,
+            }
+            .map_err(EmitError::Encode)?;
+            match full {
+                Some(frame) => emit(frame).map_err(EmitError::Emit)?,
+                None => return Ok(()),
+            }
+        }
+        if let Some(frame) = self.flush().map_err(EmitError::Encode)? {
+            emit(frame).map_err(EmitError::Emit)?;
+        }
+        let frame = encode(msg, &mut self.frame).map_err(EmitError::Encode)?;
+        emit(frame).map_err(EmitError::Emit)
     }
 
     /// Closes the open batch: its frame, or `None` if it is empty. Call before a frame that is

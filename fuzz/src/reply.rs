@@ -221,24 +221,11 @@ pub fn reply_bytes(batch: u64, msgs: &[Reply<'_>], cursor: u64) -> Vec<u8> {
     // Records batched as the server sends them, other messages in frames of their own.
     let mut pack = Box::new(ferrysync_core::pack::Packer::<N>::new());
     for m in msgs {
-        let packed = loop {
-            let r = match m {
-                Reply::Mapping(x) => pack.mapping(x),
-                Reply::Upsert(x) => pack.upsert(x),
-                Reply::Remove(x) => pack.remove(x),
-                _ => break false,
-            };
-            match r.expect("a seed record fits a frame") {
-                Some(f) => out.extend_from_slice(f),
-                None => break true,
-            }
-        };
-        if !packed {
-            if let Some(f) = pack.flush().expect("a batch fits its frame") {
-                out.extend_from_slice(f);
-            }
-            out.extend(spec::frame(m));
-        }
+        pack.reply(m, &mut |f| {
+            out.extend_from_slice(f);
+            Ok::<(), ()>(())
+        })
+        .expect("a seed message fits a frame");
     }
     if let Some(f) = pack.flush().expect("a batch fits its frame") {
         out.extend_from_slice(f);

@@ -425,22 +425,14 @@ impl ReplySpec {
                 }),
             };
             if self.batched {
-                let packed = loop {
-                    let r = match &msg {
-                        Reply::Mapping(m) => pack.mapping(m),
-                        Reply::Upsert(u) => pack.upsert(u),
-                        Reply::Remove(r) => pack.remove(r),
-                        _ => break false,
-                    };
-                    match r {
-                        Ok(Some(f)) => frames.push(f.to_vec()),
-                        Ok(None) => break true,
-                        Err(_) => break false,
-                    }
-                };
-                if packed {
+                let packed = pack.reply(&msg, &mut |f| {
+                    frames.push(f.to_vec());
+                    Ok::<(), ()>(())
+                });
+                if packed.is_ok() {
                     continue;
                 }
+                // Too large for a frame: sent alone (and refused as too large).
                 frames.extend(flush(&mut pack));
             }
             frames.push(frame(&msg));

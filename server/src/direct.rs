@@ -7,8 +7,8 @@ use crate::store::{
     SyncOutcome, SyncParams,
 };
 use crate::MAX_FRAME;
-use ferrysync_core::frame::{FrameDecoder, FrameEncoder, FrameError};
-use ferrysync_core::pack::Packer;
+use ferrysync_core::frame::{FrameDecoder, FrameError};
+use ferrysync_core::pack::{EmitError, Packer};
 use ferrysync_core::stream::{RequestCheck, StreamError};
 use ferrysync_core::wire::{
     peek_protocol, Accepted, Done, Hello, Rejected, Reply, Request, PROTOCOL_VERSION,
@@ -29,41 +29,25 @@ pub struct ReplyStats {
 /// Frames a reply: records are packed into batch frames, other messages get their own.
 struct ReplyFramer<'p> {
     pack: Box<Packer<MAX_FRAME>>,
-    enc: Box<FrameEncoder<MAX_FRAME>>,
     put: &'p mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
     stats: ReplyStats,
-}
-
-fn too_large(e: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("reply frame does not fit {MAX_FRAME} bytes: {e}"))
 }
 
 impl ReplyFramer<'_> {
     /// Sends `msg`: into the open batch when it is a record, in a frame of its own otherwise.
     fn send(&mut self, msg: &Reply<'_>) -> Result<(), StoreError> {
-        loop {
-            let full = match msg {
-                Reply::Mapping(m) => self.pack.mapping(m),
-                Reply::Upsert(u) => self.pack.upsert(u),
-                Reply::Remove(r) => self.pack.remove(r),
-                _ => break,
-            }
-            .map_err(too_large)?;
-            match full {
-                Some(frame) => {
-                    self.stats.frames = self.stats.frames.saturating_add(1);
-                    (self.put)(frame)?;
+        let (put, stats) = (&mut self.put, &mut self.stats);
+        self.pack
+            .reply(msg, &mut |frame| {
+                stats.frames = stats.frames.saturating_add(1);
+                put(frame)
+            })
+            .map_err(|e| match e {
+                EmitError::Encode(e) => {
+                    StoreError::Corrupt(format!("reply frame does not fit {MAX_FRAME} bytes: {e}"))
                 }
-                None => return Ok(()),
-            }
-        }
-        if let Some(frame) = self.pack.flush().map_err(too_large)? {
-            self.stats.frames = self.stats.frames.saturating_add(1);
-            (self.put)(frame)?;
-        }
-        let frame = self.enc.encode(msg).map_err(too_large)?;
-        self.stats.frames = self.stats.frames.saturating_add(1);
-        (self.put)(frame)
+                EmitError::Emit(e) => e,
+            })
     }
 }
 
@@ -81,7 +65,6 @@ pub fn write_reply(
 ) -> Result<ReplyStats, StoreError> {
     let mut w = ReplyFramer {
         pack: Box::new(Packer::new()),
-        enc: Box::new(FrameEncoder::new()),
         put,
         stats: ReplyStats::default(),
     };
