@@ -163,28 +163,29 @@ fn receive(
     block_on(receive_reply::<_, _, N>(&EXAMPLE, s, t, out))
 }
 
+/// The mappings of the first push of `offline()`: ids 135 (company), 500, 501.
+fn first_mappings(c: LocalId, a: LocalId, b: LocalId) -> [Reply<'static>; 3] {
+    let m = |table, local, server| {
+        Reply::Mapping(Mapping {
+            table,
+            local,
+            server: ServerId(server),
+        })
+    };
+    [m(CO, c, 135), m(CT, a, 500), m(CT, b, 501)]
+}
+
 /// The server's answer to the first push of `offline()`: ids 135 (company), 500, 501.
 fn first_reply(batch: u64, c: LocalId, a: LocalId, b: LocalId) -> Vec<u8> {
     let (cb, ab, bb) = (company("ACME"), contact("Ann"), contact("Bob"));
     let at = Hlc::new(1000, 0, 9);
+    let [mc, ma, mb] = first_mappings(c, a, b);
     reply(
         batch,
         &[
-            Reply::Mapping(Mapping {
-                table: CO,
-                local: c,
-                server: ServerId(135),
-            }),
-            Reply::Mapping(Mapping {
-                table: CT,
-                local: a,
-                server: ServerId(500),
-            }),
-            Reply::Mapping(Mapping {
-                table: CT,
-                local: b,
-                server: ServerId(501),
-            }),
+            mc,
+            ma,
+            mb,
             Reply::Upsert(Upsert {
                 table: CO,
                 id: ServerId(135),
@@ -705,24 +706,13 @@ fn full_reply_without_echo_keeps_the_records_it_created() {
     let out = send(&mut s, &mut t, Mode::Delta);
     assert!(out.full);
     let other = company("Other");
+    let [mc, ma, mb] = first_mappings(c, a, b);
     t.reply = reply(
         out.batch_id,
         &[
-            Reply::Mapping(Mapping {
-                table: CO,
-                local: c,
-                server: ServerId(135),
-            }),
-            Reply::Mapping(Mapping {
-                table: CT,
-                local: a,
-                server: ServerId(500),
-            }),
-            Reply::Mapping(Mapping {
-                table: CT,
-                local: b,
-                server: ServerId(501),
-            }),
+            mc,
+            ma,
+            mb,
             Reply::Reset,
             Reply::Upsert(Upsert {
                 table: CO,
