@@ -7,6 +7,25 @@ use ferrysync_server::{Config, CONTENT_TYPE_V1};
 use http_body_util::BodyExt;
 use std::io;
 
+/// A request body that arrives in two parts: the test sends `head`, then `tail`, through
+/// `tx`; until the tail arrives the sync holds its slot.
+fn split_body(
+    body: &[u8],
+    at: usize,
+) -> (
+    http_body_util::channel::Sender<Bytes, io::Error>,
+    ReqBody,
+    Bytes,
+    Bytes,
+) {
+    let (tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
+    let (head, tail) = (
+        Bytes::copy_from_slice(&body[..at]),
+        Bytes::copy_from_slice(&body[at..]),
+    );
+    (tx, chan.boxed(), head, tail)
+}
+
 /// A server with some data, and a device of its scope.
 async fn seeded(config: Config) -> (TestServer, Dev) {
     let s = TestServer::with_config(config).await;
@@ -375,13 +394,8 @@ store_test! {
         })
         .await;
         let body = encode_request(hello(2, None, Mode::Full), &batch(2, &dev));
-        let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
-        let split = body.len() - 10;
-        let (head, tail) = (
-            Bytes::copy_from_slice(&body[..split]),
-            Bytes::copy_from_slice(&body[split..]),
-        );
-        let slow = s.post_sync_body(Some(&dev.token), chan.boxed());
+        let (mut tx, chan, head, tail) = split_body(&body, body.len() - 10);
+        let slow = s.post_sync_body(Some(&dev.token), chan);
         let other = async {
             tx.send_data(head).await.unwrap();
             s.wait_in_flight(1).await;
@@ -418,13 +432,8 @@ store_test! {
         .await;
         let changes = batch(2, &dev);
         let body = encode_request(hello(2, None, Mode::Full), &changes);
-        let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
-        let split = body.len() - 10;
-        let (head, tail) = (
-            Bytes::copy_from_slice(&body[..split]),
-            Bytes::copy_from_slice(&body[split..]),
-        );
-        let slow = s.post_sync_body(Some(&dev.token), chan.boxed());
+        let (mut tx, chan, head, tail) = split_body(&body, body.len() - 10);
+        let slow = s.post_sync_body(Some(&dev.token), chan);
         let other = async {
             tx.send_data(head).await.unwrap();
             s.wait_in_flight(1).await;
@@ -460,14 +469,9 @@ store_test! {
     async fn shutdown_lets_a_sync_in_flight_finish() {
         let (s, dev) = seeded(Config::default()).await;
         let body = encode_request(hello(2, None, Mode::Full), &batch(5, &dev));
-        let (mut tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
-        let split = body.len() / 2;
-        let (head, tail) = (
-            Bytes::copy_from_slice(&body[..split]),
-            Bytes::copy_from_slice(&body[split..]),
-        );
+        let (mut tx, chan, head, tail) = split_body(&body, body.len() / 2);
         let addr = s.addr;
-        let slow = s.post_sync_body(Some(&dev.token), chan.boxed());
+        let slow = s.post_sync_body(Some(&dev.token), chan);
         let stopper = async {
             tx.send_data(head).await.unwrap();
             s.wait_in_flight(1).await;
