@@ -1,7 +1,9 @@
 //! The HTTP server: `POST /v1/sync`, `GET /healthz`, `GET /metrics`.
 //!
-//! A sync streams both ways. The request body is decoded frame by frame as hyper delivers it
-//! (one frame of buffer) and checked by [`RequestReader`], and its changes go through a bounded
+//! A sync streams both ways. The request body is inflated as it arrives when it says
+//! `Content-Encoding: gzip` (the body limit counts both the bytes as they travel and the
+//! inflated bytes; a bad gzip stream is 400 `bad_gzip`, another encoding 415), decoded frame
+//! by frame (one frame of buffer) and checked by [`RequestReader`], and its changes go through a bounded
 //! channel to a blocking task that applies them inside one database transaction. Only when the
 //! body ended well (an `End` with the right count, nothing after it) is the transaction
 //! committed; any error rolls it back and is answered with a status and a JSON body
@@ -16,7 +18,7 @@ use bytes::Bytes;
 use ferrysync_core::frame::FrameError;
 use ferrysync_core::stream::StreamError;
 use ferrysync_core::wire::Hello;
-use flate2::write::GzEncoder;
+use flate2::write::{GzDecoder, GzEncoder};
 use flate2::Compression;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
@@ -358,6 +360,7 @@ async fn sync(
             format!("content type must be {CONTENT_TYPE_V1}, got {ct:?}"),
         ));
     }
+    let gzipped = request_gzip(req.headers())?;
     let Some(token) = bearer(&req) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -415,7 +418,7 @@ async fn sync(
     if declared.is_some_and(|n| n > server.config.max_body_bytes) {
         return Err(body_too_large(server));
     }
-    let (hello, outcome) = receive(server, &device, req.into_body()).await?;
+    let (hello, outcome) = receive(server, &device, req.into_body(), gzipped).await?;
     let rejected: Vec<_> = outcome.rejected.iter().map(|r| r.reason).collect();
     server
         .metrics
@@ -508,16 +511,175 @@ impl DbTask {
     }
 }
 
-/// Reads and applies the request body; returns its hello and the committed outcome.
+/// Why [`Inflated`] refused the request's bytes.
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    /// More bytes than `max_body_bytes` after inflating.
+    TooLarge,
+    /// The frame reader refused them.
+    Read(ReadError),
+}
+
+/// The request's bytes after inflating, on their way to the frame reader; counts them against
+/// the body limit (a few kB of gzip can inflate to gigabytes). Refuses every write after the
+/// first refusal.
+struct Inflated {
+    reader: RequestReader,
+    changes: Vec<OwnedChange>,
+    bytes: u64,
+    limit: u64,
+    refused: Option<Refused>,
+}
+
+impl Write for Inflated {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.refused.is_some() {
+            return Err(io::Error::other("request refused"));
+        }
+        self.bytes += buf.len() as u64;
+        let result = if self.bytes > self.limit {
+            Err(Refused::TooLarge)
+        } else {
+            self.reader
+                .push(buf, &mut self.changes)
+                .map_err(Refused::Read)
+        };
+        match result {
+            Ok(()) => Ok(buf.len()),
+            Err(r) => {
+                self.refused = Some(r);
+                Err(io::Error::other("request refused"))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Input given to the gzip decoder in one step: with zlib's worst ratio (about 1:1032) at
+/// most ~1 MB comes out of it before the changes it completes go to the database.
+const INFLATE_STEP: usize = 1024;
+
+/// The request body's decoder: plain, or gzip inflated as it arrives (one gzip member).
+enum BodyDecoder {
+    Plain(Inflated),
+    Gzip(Box<GzDecoder<Inflated>>),
+}
+
+impl BodyDecoder {
+    fn sink(&mut self) -> &mut Inflated {
+        match self {
+            BodyDecoder::Plain(s) => s,
+            BodyDecoder::Gzip(z) => z.get_mut(),
+        }
+    }
+
+    fn hello(&self) -> Option<Hello> {
+        match self {
+            BodyDecoder::Plain(s) => s.reader.hello(),
+            BodyDecoder::Gzip(z) => z.get_ref().reader.hello(),
+        }
+    }
+
+    /// Feeds the start of `data` (bytes as they came on the wire); returns how many were used.
+    fn feed(&mut self, data: &[u8], server: &Server) -> Result<usize, ApiError> {
+        let result = match self {
+            BodyDecoder::Plain(s) => s.write_all(data).map(|()| data.len()),
+            BodyDecoder::Gzip(z) => {
+                let step = &data[..data.len().min(INFLATE_STEP)];
+                match z.write(step) {
+                    // Only after the end of the gzip member (see GzDecoder's write).
+                    Ok(0) => Err(io::Error::other("bytes after the end of the gzip stream")),
+                    other => other,
+                }
+            }
+        };
+        result.map_err(|e| self.refusal(&e, server))
+    }
+
+    /// Ends the body: checks the end of the gzip stream (its CRC and length), then the frames.
+    fn finish(&mut self, server: &Server) -> Result<(), ApiError> {
+        if let BodyDecoder::Gzip(z) = self {
+            if let Err(e) = z.try_finish() {
+                return Err(self.refusal(&e, server));
+            }
+        }
+        self.sink()
+            .reader
+            .finish()
+            .map(|_| ())
+            .map_err(ApiError::read)
+    }
+
+    fn refusal(&mut self, e: &io::Error, server: &Server) -> ApiError {
+        match self.sink().refused {
+            Some(Refused::Read(r)) => ApiError::read(r),
+            Some(Refused::TooLarge) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "request body over the limit of {} bytes once inflated",
+                    server.config.max_body_bytes
+                ),
+            ),
+            None => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_gzip",
+                format!("the request body is not a valid gzip stream: {e}"),
+            ),
+        }
+    }
+}
+
+/// Whether the request body is gzipped: `Content-Encoding` absent or `identity` (plain), or
+/// `gzip` (or its old name `x-gzip`); anything else is 415.
+fn request_gzip(headers: &hyper::HeaderMap) -> Result<bool, ApiError> {
+    let codings: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .flat_map(|v| v.split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(false),
+        [c] if c == "gzip" || c == "x-gzip" => Ok(true),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "request content encoding {:?} is not supported: send gzip, or no Content-Encoding",
+                codings.join(", ")
+            ),
+        )),
+    }
+}
+
+/// Reads and applies the request body (inflating it when `gzip`); returns its hello and the
+/// committed outcome.
 async fn receive(
     server: &Server,
     device: &Device,
     mut body: IncomingBody,
+    gzip: bool,
 ) -> Result<(Hello, SyncOutcome), ApiError> {
     let cfg = &server.config;
-    let mut reader = RequestReader::new(server.schema.hash(), cfg.max_frames);
+    let sink = Inflated {
+        reader: RequestReader::new(server.schema.hash(), cfg.max_frames),
+        changes: Vec::new(),
+        bytes: 0,
+        limit: cfg.max_body_bytes,
+        refused: None,
+    };
+    let mut dec = if gzip {
+        BodyDecoder::Gzip(Box::new(GzDecoder::new(sink)))
+    } else {
+        BodyDecoder::Plain(sink)
+    };
     let mut db: Option<DbTask> = None;
-    let mut pending: Vec<OwnedChange> = Vec::new();
     let mut received: u64 = 0;
     let read = async {
         loop {
@@ -545,31 +707,36 @@ async fn receive(
             if received > cfg.max_body_bytes {
                 return Err(body_too_large(server));
             }
-            let mut batch = Vec::new();
-            reader.push(&data, &mut batch).map_err(ApiError::read)?;
-            pending.append(&mut batch);
-            if db.is_none() && (received > SPOOL_BYTES || pending.len() > SPOOL_CHANGES) {
-                db = Some(DbTask::start(server, device));
-            }
-            if let Some(db) = &db {
-                if !pending.is_empty()
-                    && db
-                        .tx
-                        .send(ToDb::Changes(std::mem::take(&mut pending)))
-                        .await
-                        .is_err()
+            let mut data = &data[..];
+            while !data.is_empty() {
+                let used = dec.feed(data, server)?;
+                data = &data[used..];
+                let sink = dec.sink();
+                if db.is_none() && (sink.bytes > SPOOL_BYTES || sink.changes.len() > SPOOL_CHANGES)
                 {
-                    // The database task ended early; `finish` reports why.
-                    return Ok(());
+                    db = Some(DbTask::start(server, device));
+                }
+                if let Some(db) = &db {
+                    if !sink.changes.is_empty()
+                        && db
+                            .tx
+                            .send(ToDb::Changes(std::mem::take(&mut sink.changes)))
+                            .await
+                            .is_err()
+                    {
+                        // The database task ended early; `finish` reports why.
+                        return Ok(());
+                    }
                 }
             }
         }
-        reader.finish().map(|_| ()).map_err(ApiError::read)
+        dec.finish(server)
     }
     .await;
-    match (read, db, reader.hello()) {
+    match (read, db, dec.hello()) {
         (Ok(()), db, Some(hello)) => {
             let db = db.unwrap_or_else(|| DbTask::start(server, device));
+            let pending = std::mem::take(&mut dec.sink().changes);
             // A send error means the task ended early; `finish` reports why.
             if !pending.is_empty() {
                 let _ = db.tx.send(ToDb::Changes(pending)).await;
