@@ -224,3 +224,82 @@ fn two_devices_from_the_shell() {
     let e = fails(d, &s(&a(&["update", "company", "999", "city=x"])));
     assert!(e.contains("no active record"), "{e}");
 }
+
+/// `ferrysync serve` on a free port in `dir`; returns it (killed when dropped) and its URL.
+fn serve(dir: &Path) -> (Serve, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
+        .current_dir(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let serve = Serve(child);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    (serve, url)
+}
+
+/// The numbers in `sent N changes (B bytes, G gzipped)`: (B, G), G absent without gzip.
+fn sent_bytes(out: &str) -> (u64, Option<u64>) {
+    let inner = out
+        .split_once("changes (")
+        .and_then(|(_, r)| r.split_once(')'))
+        .unwrap_or_else(|| panic!("{out}"))
+        .0;
+    let mut parts = inner.split(", ");
+    let n =
+        |p: Option<&str>, unit: &str| -> Option<u64> { p?.strip_suffix(unit)?.trim().parse().ok() };
+    let bytes = n(parts.next(), "bytes").unwrap_or_else(|| panic!("{out}"));
+    (bytes, n(parts.next(), "gzipped"))
+}
+
+#[test]
+fn sync_gzips_both_ways_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ta, tb) = (token(d, "lyon"), token(d, "lyon"));
+    let (_serve, url) = serve(d);
+    let acme = ok(
+        d,
+        &s(&dev(
+            "a.db",
+            &url,
+            &ta,
+            &["add", "company", "name=ACME", "city=Lyon", "phone=1"],
+        )),
+    );
+    let parent = format!("company_id={}", acme.trim());
+    for i in 0..20 {
+        let name = format!("name=Contact {i}");
+        ok(
+            d,
+            &s(&dev(
+                "a.db",
+                &url,
+                &ta,
+                &["add", "contact", &parent, &name, "email=x@acme", "phone=2"],
+            )),
+        );
+    }
+    // The default: the request goes gzipped, and says how small it was.
+    let out = ok(d, &s(&dev("a.db", &url, &ta, &["sync"])));
+    assert!(out.contains("sent 21 changes"), "{out}");
+    let (bytes, zipped) = sent_bytes(&out);
+    let zipped = zipped.unwrap_or_else(|| panic!("no gzipped count: {out}"));
+    assert!(zipped < bytes, "{out}");
+    // `--no-gzip`: plain both ways, the same data arrives.
+    let out = ok(d, &s(&dev("b.db", &url, &tb, &["sync", "--no-gzip"])));
+    assert!(out.contains("received 21 records"), "{out}");
+    assert_eq!(sent_bytes(&out).1, None, "{out}");
+    let listed = ok(d, &s(&dev("b.db", &url, &tb, &["list", "contact"])));
+    assert!(listed.contains("Contact 19"), "{listed}");
+}
