@@ -2,12 +2,15 @@
 //!
 //! - a full refresh of N companies + M contacts (contact j under company j % N) applied by the
 //!   sync engine to an empty `SqliteStore` on a file, beside a bare rusqlite bulk insert of the
-//!   same rows in one transaction with the same pragmas (WAL, `synchronous = FULL`), and beside
+//!   same rows in one transaction with the same pragmas (WAL, `synchronous = FULL`, foreign keys;
+//!   the contact table has its parent index, as in the repo harness), and beside
 //!   the same bulk insert into the store's own tables (sync columns and indexes: what the
 //!   tables themselves cost, a row per statement as the bare insert does);
 //! - on a phone that holds the data set already, a delta reply that renames 1 % of the
 //!   contacts (every contact with j % 100 == 0) beside a full refresh of the same data set:
-//!   apply time and reply bytes.
+//!   apply time and reply bytes;
+//! - on such a phone, the phone's side of a 1 % delta push: the engine sends the renamed
+//!   contacts and applies the server's reply confirming them (no server in the timing).
 //!
 //! `cargo bench -p ferrysync-sqlite --bench apply`; `FERRYSYNC_BENCH_SIZES=small,default,large`
 //! picks the sizes (small = 100 + 1,000, default = 1,000 + 10,000, large = 10,000 + 100,000;
@@ -17,18 +20,19 @@
 //! each side.
 //!
 //! To profile one side (e.g. under `valgrind --tool=callgrind`, which counts instructions
-//! reliably on a busy machine), `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|full` runs just
+//! reliably on a busy machine), `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|full|push` runs just
 //! that side once per size, prints its time, and skips the rest.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::engine::{self, Outgoing};
 use ferrysync_core::frame::FrameEncoder;
-use ferrysync_core::id::{ServerId, TableId};
+use ferrysync_core::id::{LocalId, ServerId, TableId};
 use ferrysync_core::mem::ScriptLink;
 use ferrysync_core::pack::Packer;
 use ferrysync_core::schema::EXAMPLE;
-use ferrysync_core::wire::{Accepted, Done, Reply, Upsert};
+use ferrysync_core::track;
+use ferrysync_core::wire::{Accepted, Done, Mode, Reply, Upsert};
 use ferrysync_core::Hlc;
 use ferrysync_sqlite::{rusqlite, SqliteStore};
 use std::path::Path;
@@ -250,7 +254,9 @@ fn engine_full(dir: &Path, bytes: &[u8]) -> Duration {
     apply(&mut store, bytes, 1, true)
 }
 
-/// Bare bulk insert of the same rows into plain tables, same pragmas, one transaction.
+/// Bare bulk insert of the same rows into plain tables, same pragmas, one transaction: the
+/// baseline of issue 7 (`bare_bulk_insert` of the repo harness: the contact's `company_id`
+/// has a foreign key and an index, as a phone app's own tables would).
 fn bare_insert(dir: &Path, rows: &Rows) -> Duration {
     let mut conn = rusqlite::Connection::open(dir.join("bare.db")).expect("open bare");
     let _: String = conn
@@ -258,8 +264,12 @@ fn bare_insert(dir: &Path, rows: &Rows) -> Duration {
         .expect("WAL");
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
          CREATE TABLE company (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL, phone TEXT NOT NULL);
-         CREATE TABLE contact (id INTEGER PRIMARY KEY, company_id INTEGER, name TEXT NOT NULL, email TEXT NOT NULL, phone TEXT NOT NULL);",
+         CREATE TABLE contact (id INTEGER PRIMARY KEY,
+                               company_id INTEGER NOT NULL REFERENCES company(id),
+                               name TEXT NOT NULL, email TEXT NOT NULL, phone TEXT NOT NULL);
+         CREATE INDEX contact_company ON contact (company_id);",
     )
     .expect("bare tables");
     settle();
@@ -336,6 +346,54 @@ fn synced_phone(dir: &Path, first: &[u8]) -> SqliteStore {
     store
 }
 
+/// Renames 1 % of the contacts on a phone that applied the first full refresh (one app
+/// transaction each, as an app would); returns how many. Untimed: the setup of [`push`].
+fn rename(phone: &mut SqliteStore, w: &Workload) -> u32 {
+    let n = w.rows.companies.len();
+    let mut buf = [0u8; 256];
+    let mut renamed = 0;
+    for (j, (_, f)) in w.updated.contacts.iter().enumerate() {
+        if j % 100 != 0 {
+            continue;
+        }
+        let values = f.each_ref().map(|f| Value::Text(f));
+        let body = body::encode(&EXAMPLE.tables[1], &values, &mut buf).expect("body fits");
+        // The first full refresh gave local ids in arrival order: companies, then contacts.
+        let local = LocalId((n + j + 1) as u32);
+        pollster::block_on(track::update(
+            &EXAMPLE,
+            phone,
+            TableId(1),
+            local,
+            body,
+            3_000,
+        ))
+        .expect("rename");
+        renamed += 1;
+    }
+    renamed
+}
+
+/// The phone's side of a 1 % delta push of `renamed` changes ([`rename`]): the engine builds
+/// and sends the request and applies the server's reply (`Accepted`, `Done`: every change
+/// confirmed). No server: its time is not the phone's.
+fn push(phone: &mut SqliteStore, renamed: u32) -> Duration {
+    let reply = ReplyWriter::new(2, false, Hlc::new(3_000, 0, 0)).finish(u64::MAX / 2);
+    let mut link = ScriptLink::replying(reply);
+    settle();
+    let start = Instant::now();
+    let report = pollster::block_on(engine::sync::<_, _, N>(
+        &EXAMPLE,
+        phone,
+        &mut link,
+        Mode::Delta,
+    ))
+    .expect("the push applies");
+    let took = start.elapsed();
+    assert_eq!(report.sent, renamed, "the push sent every rename");
+    took
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -354,6 +412,8 @@ struct Workload {
     rows: Rows,
     /// Full refresh of the original data (batch 1).
     first: Vec<u8>,
+    /// The data after the 1 % update.
+    updated: Rows,
     /// Delta after the 1 % update (batch 2).
     delta: Vec<u8>,
     /// Full refresh of the updated data (batch 2).
@@ -370,6 +430,7 @@ fn workload(size: &'static Size) -> Workload {
         size,
         rows,
         first,
+        updated,
         delta,
         full_again,
     }
@@ -385,7 +446,7 @@ fn summary(w: &Workload) {
         w.rows.contacts.len()
     );
     let (mut engine, mut bare, mut floor) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut delta, mut full) = (Vec::new(), Vec::new());
+    let (mut delta, mut full, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..w.size.rounds {
         // Each side goes first in turn.
         for side in (0..3).map(|i| (i + round) % 3) {
@@ -403,9 +464,14 @@ fn summary(w: &Workload) {
         let dir = tempdir();
         let mut phone = synced_phone(dir.path(), &w.first);
         full.push(apply(&mut phone, &w.full_again, 2, true));
+        drop(phone);
+        let dir = tempdir();
+        let mut phone = synced_phone(dir.path(), &w.first);
+        let renamed = rename(&mut phone, w);
+        pushed.push(push(&mut phone, renamed));
     }
     let (engine, bare, floor) = (median(engine), median(bare), median(floor));
-    let (delta, full) = (median(delta), median(full));
+    let (delta, full, pushed) = (median(delta), median(full), median(pushed));
     println!(
         "summary: apply full refresh {label}: engine + SqliteStore {:.1} ms, bare rusqlite bulk \
          insert {:.1} ms, ratio {:.2}x (target <= 1.5x); bare insert into the store's tables \
@@ -431,6 +497,14 @@ fn summary(w: &Workload) {
         w.full_again.len() as f64 / w.delta.len() as f64,
         ms(engine) / ms(delta),
     );
+    println!(
+        "summary: delta 1 % push on a synced phone {label} (the phone's side: request of {} \
+         renames, reply confirming them; no server): {:.2} ms, {:.1}x cheaper than the full \
+         refresh above (target >= 20x)",
+        w.rows.contacts.len().div_ceil(100),
+        ms(pushed),
+        ms(full) / ms(pushed),
+    );
 }
 
 /// Criterion over `iters` runs of `run` (each one times itself, setup excluded).
@@ -452,6 +526,11 @@ fn only(w: &Workload, side: &str) {
         "engine" => measured(|| engine_full(dir.path(), &w.first)),
         "bare" => measured(|| bare_insert(dir.path(), &w.rows)),
         "floor" => measured(|| bare_insert_store_tables(dir.path(), &w.rows)),
+        "push" => {
+            let mut phone = synced_phone(dir.path(), &w.first);
+            let renamed = rename(&mut phone, w);
+            measured(|| push(&mut phone, renamed))
+        }
         "delta" | "full" => {
             let mut phone = synced_phone(dir.path(), &w.first);
             let (reply, full) = if side == "delta" {
@@ -461,7 +540,9 @@ fn only(w: &Workload, side: &str) {
             };
             measured(|| apply(&mut phone, reply, 2, full))
         }
-        _ => panic!("FERRYSYNC_BENCH_ONLY={side}: expected engine, bare, floor, delta or full"),
+        _ => {
+            panic!("FERRYSYNC_BENCH_ONLY={side}: expected engine, bare, floor, delta, full or push")
+        }
     };
     println!("only {side} {}: {:.2} ms", w.size.name, ms(took));
 }
