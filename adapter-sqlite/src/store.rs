@@ -21,10 +21,12 @@
 //! for that. The index lives from `begin` to `commit` or `rollback`; its size is that of the
 //! records the transaction touched (or of the table, once read whole).
 //!
-//! Inside a transaction, `put`s with a body are gathered and written by one multi-row
-//! `INSERT` per 32 records (one statement per record costs more than the row itself); the
-//! store writes what it gathered before any other statement, so every read still sees the
-//! transaction's own writes. A body that does not fit the schema still fails its own `put`;
+//! Inside a transaction, `put`s with a body are gathered (up to 256) and written by one
+//! multi-row `INSERT` per 32 records (one statement per record costs more than the row
+//! itself); a record whose metadata is a clean server version's (`SyncMeta::from_server`, what
+//! a reply brings) is written by a statement that has those flags as literals, so each row
+//! binds four parameters fewer. The store writes what it gathered before any other
+//! statement, so every read still sees the transaction's own writes. A body that does not fit the schema still fails its own `put`;
 //! an SQLite error of a gathered write surfaces at the call that writes it, after which the
 //! transaction only accepts `rollback` ([`StoreError::TransactionFailed`]).
 
@@ -128,15 +130,11 @@ struct TableSql {
     all_servers: String,
     by_server: String,
     body: String,
-    insert: String,
-    /// `insert` for [`BATCH_ROWS`] rows at once; row `r` takes parameters `r * params + 1..`.
-    insert_many: String,
-    /// `insert` and `insert_many` for records known to exist with the same server id and
-    /// parent: the update leaves those columns (and so their index entries) alone.
-    insert_same_keys: String,
-    insert_many_same_keys: String,
-    /// Parameters per row of `insert` (`HEADER_PARAMS` + fields; a master skips `?3`).
-    params: usize,
+    /// The upsert of one row and of [`BATCH_ROWS`] rows of each [`RowKind`] (indexed by
+    /// [`RowKind::index`]); row `r` takes parameters `r * kind.params() + 1..`.
+    upserts: [[String; 2]; RowKind::COUNT],
+    /// Fields of the table: a row binds `kind.header_params() + fields` parameters.
+    fields: usize,
     update_header: String,
     remove: String,
     next_all: String,
@@ -207,30 +205,49 @@ impl TableSql {
             ));
         }
         let n_fields = fields.len();
-        let params = HEADER_PARAMS + n_fields;
         let all_cols = if n_fields == 0 {
             header.clone()
         } else {
             format!("{header}, {field_cols}")
         };
-        // Placeholders are numbered and all header values are always bound; a master has no
-        // parent column, so its rows just never name their third parameter.
+        // Placeholders are numbered and all header values a kind binds are always bound; a
+        // master has no parent column, so its rows just never name their third parameter.
         let insert_cols = if def.parent_field.is_some() {
             all_cols.clone()
         } else {
             all_cols.replacen("NULL, ", "", 1)
         };
-        let row_vals = |base: usize| {
-            let vals: Vec<String> = (1..=params)
-                .filter(|i| def.parent_field.is_some() || *i != 3)
-                .map(|i| format!("?{}", base + i))
-                .collect();
+        let row_vals = |kind: RowKind, base: usize| {
+            let p = |i: usize| format!("?{}", base + i);
+            let mut vals: Vec<String> = if kind.from_server {
+                // `SyncMeta::from_server`: from the server, clean, active, no local edit.
+                [
+                    p(1),
+                    p(2),
+                    p(3),
+                    "1".into(),
+                    "0".into(),
+                    "1".into(),
+                    "0".into(),
+                ]
+                .into_iter()
+                .chain((4..=7).map(p))
+                .collect()
+            } else {
+                (1..=HEADER_PARAMS).map(p).collect()
+            };
+            if def.parent_field.is_none() {
+                vals.remove(2);
+            }
+            vals.extend((1..=n_fields).map(|i| p(kind.header_params() + i)));
             format!("({})", vals.join(", "))
         };
-        let upsert = |rows: usize, same_keys: bool| {
-            let values: Vec<String> = (0..rows).map(|r| row_vals(r * params)).collect();
+        let upsert = |kind: RowKind, rows: usize| {
+            let per_row = kind.header_params() + n_fields;
+            let values: Vec<String> = (0..rows).map(|r| row_vals(kind, r * per_row)).collect();
             let keep = |c: &&str| {
-                *c != "id" && !(same_keys && (*c == "server_id" || Some(*c) == def.parent_field))
+                *c != "id"
+                    && !(kind.same_keys && (*c == "server_id" || Some(*c) == def.parent_field))
             };
             format!(
                 "INSERT INTO {name} ({insert_cols}) VALUES {} ON CONFLICT(id) DO UPDATE SET {}",
@@ -260,11 +277,8 @@ impl TableSql {
                 "SELECT {} FROM {name} WHERE id = ?1",
                 if n_fields == 0 { "NULL" } else { &field_cols }
             ),
-            insert: upsert(1, false),
-            insert_many: upsert(BATCH_ROWS, false),
-            insert_same_keys: upsert(1, true),
-            insert_many_same_keys: upsert(BATCH_ROWS, true),
-            params,
+            upserts: RowKind::ALL.map(|k| [upsert(k, 1), upsert(k, BATCH_ROWS)]),
+            fields: n_fields,
             update_header: format!(
                 "UPDATE {name} SET server_id = ?2, {parent_set}is_from_server = ?4, is_modified = ?5, \
                  is_active = ?6, edits = ?7, modified_wall = ?8, modified_counter = ?9, \
@@ -287,8 +301,64 @@ impl TableSql {
     }
 }
 
-/// Rows a transaction's `put`s gather before one multi-row `INSERT` writes them.
+/// Rows one multi-row `INSERT` writes.
 const BATCH_ROWS: usize = 32;
+
+/// Rows a transaction's `put`s gather before they are written, [`BATCH_ROWS`] per statement:
+/// one statement-cache lookup per flush (it hashes the long SQL text) instead of per statement.
+const FLUSH_ROWS: usize = 8 * BATCH_ROWS;
+
+/// Which upsert statement writes a gathered row, and so which header values it binds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RowKind {
+    /// Known to exist already with the same server id and parent (or not at all): the update
+    /// leaves those columns (and so their index entries) alone.
+    same_keys: bool,
+    /// Its metadata is [`SyncMeta::from_server`]'s: the flags and edit count are literals of
+    /// the statement instead of four parameters per row.
+    from_server: bool,
+}
+
+impl RowKind {
+    const COUNT: usize = 4;
+    const ALL: [RowKind; Self::COUNT] = [
+        RowKind {
+            same_keys: false,
+            from_server: false,
+        },
+        RowKind {
+            same_keys: false,
+            from_server: true,
+        },
+        RowKind {
+            same_keys: true,
+            from_server: false,
+        },
+        RowKind {
+            same_keys: true,
+            from_server: true,
+        },
+    ];
+
+    fn index(self) -> usize {
+        usize::from(self.same_keys) * 2 + usize::from(self.from_server)
+    }
+
+    /// Header parameters of a row (`?1..`): the id, server id, parent and mark always; the
+    /// flags and edit count only when they are not literals.
+    fn header_params(self) -> usize {
+        if self.from_server {
+            FROM_SERVER_PARAMS
+        } else {
+            HEADER_PARAMS
+        }
+    }
+
+    /// Whether `meta` is what [`SyncMeta::from_server`] gives (any clock).
+    fn is_from_server(meta: &SyncMeta) -> bool {
+        meta.is_from_server && !meta.is_modified && meta.is_active && meta.edits == 0
+    }
+}
 
 /// One `by_server` query costs about as much as reading this many rows in a scan.
 const LOOKUPS_PER_ROW_READ: u64 = 5;
@@ -296,9 +366,8 @@ const LOOKUPS_PER_ROW_READ: u64 = 5;
 /// Records of one table put in the open transaction and not yet written to SQLite.
 struct Batch {
     table: TableId,
-    /// Every row is known to exist already with the same server id and parent (or not at
-    /// all): the `*_same_keys` statements write them.
-    same_keys: bool,
+    /// How every row of the batch is written.
+    kind: RowKind,
     /// Header, and the range of its body's fields in `fields`.
     rows: Vec<(Record, Range<usize>)>,
     /// Body fields, decoded (and so checked) when put.
@@ -365,7 +434,12 @@ impl Batch {
         row: &(Record, Range<usize>),
     ) -> rusqlite::Result<()> {
         let (rec, fields) = row;
-        bind_header(stmt, base, rec)?;
+        if self.kind.from_server {
+            bind_from_server(stmt, base, rec)?;
+        } else {
+            bind_header(stmt, base, rec)?;
+        }
+        let base = base + self.kind.header_params();
         for (i, slot) in self.fields[fields.clone()].iter().enumerate() {
             let v = match slot {
                 Slot::Null => ValueRef::Null,
@@ -374,7 +448,7 @@ impl Batch {
                 Slot::Text(r) => ValueRef::Text(&self.bytes[r.clone()]),
                 Slot::Blob(r) => ValueRef::Blob(&self.bytes[r.clone()]),
             };
-            stmt.raw_bind_parameter(base + HEADER_PARAMS + 1 + i, ToSqlOutput::Borrowed(v))?;
+            stmt.raw_bind_parameter(base + 1 + i, ToSqlOutput::Borrowed(v))?;
         }
         Ok(())
     }
@@ -516,6 +590,27 @@ fn query_header(
 /// Parameters `?1..?11` of the insert and header-update statements: the header.
 const HEADER_PARAMS: usize = 11;
 
+/// Parameters `?1..?7` of the upserts of [`RowKind::from_server`] rows: the id, server id,
+/// parent, clock and mark.
+const FROM_SERVER_PARAMS: usize = 7;
+
+/// Binds the header of `rec` (whose metadata is [`SyncMeta::from_server`]'s) to parameters
+/// `base + 1..=base + FROM_SERVER_PARAMS`.
+fn bind_from_server(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    rec: &Record,
+) -> rusqlite::Result<()> {
+    let at = &rec.meta.modified_at;
+    stmt.raw_bind_parameter(base + 1, i64::from(rec.local.0))?;
+    stmt.raw_bind_parameter(base + 2, rec.server.map(|s| s.0 as i64))?;
+    stmt.raw_bind_parameter(base + 3, rec.parent.map(|p| i64::from(p.0)))?;
+    stmt.raw_bind_parameter(base + 4, at.wall_ms as i64)?;
+    stmt.raw_bind_parameter(base + 5, i64::from(at.counter))?;
+    stmt.raw_bind_parameter(base + 6, i64::from(at.device))?;
+    stmt.raw_bind_parameter(base + 7, i64::from(rec.mark))
+}
+
 /// Binds `rec`'s header to parameters `base + 1..=base + HEADER_PARAMS`.
 fn bind_header(
     stmt: &mut rusqlite::Statement<'_>,
@@ -646,7 +741,7 @@ impl SqliteStore {
         }
         conn.execute_batch("COMMIT")?;
         // Every statement of every table stays prepared (the default cache holds 16).
-        conn.set_prepared_statement_cache_capacity(16 * tables.len() + 16);
+        conn.set_prepared_statement_cache_capacity(32 * tables.len() + 16);
         Ok(SqliteStore {
             conn,
             schema,
@@ -655,8 +750,8 @@ impl SqliteStore {
             in_tx: false,
             batch: Batch {
                 table: TableId(0),
-                same_keys: false,
-                rows: Vec::with_capacity(BATCH_ROWS),
+                kind: RowKind::default(),
+                rows: Vec::with_capacity(FLUSH_ROWS),
                 fields: Vec::new(),
                 bytes: Vec::new(),
             },
@@ -698,28 +793,20 @@ impl SqliteStore {
     fn write_batch(&self) -> Result<(), StoreError> {
         let b = &self.batch;
         let sql = self.sql(b.table)?;
+        let [one, many] = &sql.upserts[b.kind.index()];
+        let per_row = b.kind.header_params() + sql.fields;
         let mut chunks = b.rows.chunks_exact(BATCH_ROWS);
         if chunks.len() > 0 {
-            let many = if b.same_keys {
-                &sql.insert_many_same_keys
-            } else {
-                &sql.insert_many
-            };
             let mut stmt = self.conn.prepare_cached(many)?;
             for chunk in &mut chunks {
                 for (r, row) in chunk.iter().enumerate() {
-                    b.bind(&mut stmt, r * sql.params, row)?;
+                    b.bind(&mut stmt, r * per_row, row)?;
                 }
                 stmt.raw_execute()?;
             }
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let one = if b.same_keys {
-                &sql.insert_same_keys
-            } else {
-                &sql.insert
-            };
             let mut stmt = self.conn.prepare_cached(one)?;
             for row in rest {
                 b.bind(&mut stmt, 0, row)?;
@@ -907,7 +994,7 @@ impl LocalStore for SqliteStore {
         }
         ix.lookups_left = ix.lookups_left.saturating_sub(1);
         let load_all = ix.lookups_left == 0;
-        if load_all || !self.batch.same_keys {
+        if load_all || !self.batch.kind.same_keys {
             // A gathered row may have taken this server id from a stored record. Rows that
             // keep their server id (`same_keys`) cannot change the answer for an id outside
             // `known`, so they may wait, and keep their batch (a delta, a full refresh on a
@@ -956,10 +1043,14 @@ impl LocalStore for SqliteStore {
                             .is_some_and(|old| old.local == rec.local && old.parent == rec.parent)
                     })
                 });
-                if self.batch.table != rec.table || self.batch.same_keys != same_keys {
+                let kind = RowKind {
+                    same_keys,
+                    from_server: RowKind::is_from_server(&rec.meta),
+                };
+                if self.batch.table != rec.table || self.batch.kind != kind {
                     self.flush()?;
                     self.batch.table = rec.table;
-                    self.batch.same_keys = same_keys;
+                    self.batch.kind = kind;
                 }
                 if self.failed {
                     return Err(StoreError::TransactionFailed);
@@ -973,12 +1064,14 @@ impl LocalStore for SqliteStore {
                 if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
                     ix.learn(rec);
                 }
-                if self.batch.rows.len() >= BATCH_ROWS {
+                if self.batch.rows.len() >= FLUSH_ROWS {
                     self.flush()?;
                 }
             }
             Some(body) => {
-                let mut stmt = self.conn.prepare_cached(&self.sql(rec.table)?.insert)?;
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&self.sql(rec.table)?.upserts[RowKind::default().index()][0])?;
                 bind_row(&mut stmt, 0, def, rec, body)?;
                 stmt.raw_execute()?;
             }
