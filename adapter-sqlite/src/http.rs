@@ -21,7 +21,10 @@ pub const CONTENT_TYPE: &str = "application/vnd.ferrysync.v1";
 /// Request bytes are gathered into chunks of about this size before they go on the wire.
 const CHUNK: usize = 16 * 1024;
 
-/// gzip level of requests unless [`HttpTransport::gzip_level`] says otherwise.
+/// gzip level of requests unless [`HttpTransport::gzip_level`] says otherwise: zlib's default.
+/// A first push of 11,000 records (871 kB) became 237 kB at 6 against 338 kB at 1, for 36 ms of
+/// compression against 9 ms on the bench machine; 9 gained nothing. gzip is for slow links,
+/// where 100 kB takes longer than the extra CPU even on a phone's slower core.
 const DEFAULT_GZIP_LEVEL: u32 = 6;
 
 /// Why an HTTP exchange failed.
