@@ -19,7 +19,14 @@
 //! as many server ids as the table may hold (a full refresh on a synced phone) reads the
 //! table's server ids in one scan instead, and is complete from then on; a delta asks too few
 //! for that. The index lives from `begin` to `commit` or `rollback`; its size is that of the
-//! records the transaction touched (or of the table, once read whole).
+//! records the transaction touched (or of the table, once read whole). Records the
+//! transaction reads (`get`, `next`) are learned too, so a `put` that keeps a record's server
+//! id and parent (the engine confirming a sent change, an app's edit) writes only the other
+//! columns and leaves the server-id and parent index entries alone.
+//!
+//! A table that held no row when the transaction first asked about it (a fresh device's first
+//! full refresh) holds only what the transaction put: when every record put carries the
+//! refresh's mark, `sweep` has nothing to remove and skips its scan of the table.
 //!
 //! Inside a transaction, `put`s with a body are gathered (up to 256) and written by one
 //! multi-row `INSERT` per 32 records (one statement per record costs more than the row
@@ -136,6 +143,9 @@ struct TableSql {
     /// Fields of the table: a row binds `kind.header_params() + fields` parameters.
     fields: usize,
     update_header: String,
+    /// `update_header` for a record known to keep its server id and parent: the update
+    /// leaves those columns (and their index entries) alone.
+    update_meta: String,
     remove: String,
     next_all: String,
     next_pending: String,
@@ -283,6 +293,11 @@ impl TableSql {
                 "UPDATE {name} SET server_id = ?2, {parent_set}is_from_server = ?4, is_modified = ?5, \
                  is_active = ?6, edits = ?7, modified_wall = ?8, modified_counter = ?9, \
                  modified_device = ?10, refresh_mark = ?11 WHERE id = ?1"
+            ),
+            update_meta: format!(
+                "UPDATE {name} SET is_from_server = ?4, is_modified = ?5, is_active = ?6, \
+                 edits = ?7, modified_wall = ?8, modified_counter = ?9, modified_device = ?10, \
+                 refresh_mark = ?11 WHERE id = ?1"
             ),
             remove: format!("DELETE FROM {name} WHERE id = ?1"),
             next_all: format!("SELECT {header} FROM {name} WHERE id > ?1 ORDER BY id LIMIT 1"),
@@ -467,9 +482,20 @@ struct ServerIndex {
     checked: bool,
     /// SQL lookups left before the whole table is read into `known` (see `by_server`).
     lookups_left: u64,
+    /// The table held no row when `checked` was decided (a fresh device's first sync).
+    empty: bool,
 }
 
 impl ServerIndex {
+    /// Whether `rec` is known to be stored with this very server id and parent.
+    fn holds_keys(&self, rec: &Record) -> bool {
+        rec.server.is_some_and(|s| {
+            self.known
+                .get(&s.0)
+                .is_some_and(|old| old.local == rec.local && old.parent == rec.parent)
+        })
+    }
+
     fn forget_local(&mut self, local: LocalId) {
         if let Some(s) = self.by_local.remove(&local.0) {
             self.known.remove(&s);
@@ -492,6 +518,36 @@ impl ServerIndex {
     }
 }
 
+/// The marks of the records a transaction put into one table (see `sweep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Marks {
+    /// It put none.
+    None,
+    /// Every record it put had this mark.
+    All(u32),
+    /// Records with different marks.
+    Mixed,
+}
+
+impl Marks {
+    fn add(&mut self, mark: u32) {
+        *self = match *self {
+            Marks::None => Marks::All(mark),
+            Marks::All(m) if m == mark => Marks::All(m),
+            _ => Marks::Mixed,
+        };
+    }
+
+    /// Whether every record put carries `mark`.
+    fn all_are(self, mark: u32) -> bool {
+        match self {
+            Marks::None => true,
+            Marks::All(m) => m == mark,
+            Marks::Mixed => false,
+        }
+    }
+}
+
 /// A device store on one SQLite file (or in memory).
 pub struct SqliteStore {
     conn: Connection,
@@ -505,6 +561,8 @@ pub struct SqliteStore {
     batch: Batch,
     /// A batch of this transaction failed to write: only `rollback` is accepted.
     failed: bool,
+    /// Per table, the marks of the records this transaction put (see `sweep`).
+    marks: Vec<Marks>,
 }
 
 const STATE_DDL: &str = "
@@ -756,6 +814,7 @@ impl SqliteStore {
                 bytes: Vec::new(),
             },
             failed: false,
+            marks: Vec::new(),
         })
     }
 
@@ -832,9 +891,19 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Inside a transaction, notes a record just read from SQLite (everything gathered was
+    /// written before the read, so it is the stored state): a `put` of it that keeps its
+    /// server id and parent then leaves those columns and their index entries alone.
+    fn learn_read(&mut self, table: TableId, rec: Option<&Record>) {
+        if let (Some(rec), Some(ix)) = (rec, self.index.get_mut(table.0 as usize)) {
+            ix.learn(rec);
+        }
+    }
+
     /// Forgets the transaction's index and unwritten puts.
     fn end_tx(&mut self) {
         self.index.clear();
+        self.marks.clear();
         self.batch.clear();
         self.in_tx = false;
         self.failed = false;
@@ -881,6 +950,8 @@ impl LocalStore for SqliteStore {
         self.index.clear();
         self.index
             .resize_with(self.tables.len(), ServerIndex::default);
+        self.marks.clear();
+        self.marks.resize(self.tables.len(), Marks::None);
         self.in_tx = true;
         self.failed = false;
         Ok(())
@@ -921,7 +992,9 @@ impl LocalStore for SqliteStore {
     async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, StoreError> {
         self.flush()?;
         let sql = &self.sql(table)?.get;
-        query_header(&self.conn, table, sql, [i64::from(local.0)])
+        let found = query_header(&self.conn, table, sql, [i64::from(local.0)])?;
+        self.learn_read(table, found.as_ref());
+        Ok(found)
     }
 
     async fn get_body(
@@ -984,6 +1057,7 @@ impl LocalStore for SqliteStore {
                 .prepare_cached(&sql.has_server)?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             ix.complete = !held;
+            ix.empty = max_id == 0;
             // One lookup costs about as much as reading five rows in one scan, and the table
             // has at most `max_id` rows: after that many lookups, read them all (a full
             // refresh on a synced phone asks for every record; a delta asks for few).
@@ -1032,17 +1106,17 @@ impl LocalStore for SqliteStore {
         } else {
             rec
         };
+        if let Some(marks) = self.marks.get_mut(rec.table.0 as usize) {
+            marks.add(rec.mark);
+        }
         match body {
             Some(body) if self.in_tx => {
                 // Gathered for a multi-row insert, decoded now so a bad body fails this call.
                 // Known to be stored (or gathered) with the same server id and parent?
-                let same_keys = rec.server.is_some_and(|s| {
-                    self.index.get(rec.table.0 as usize).is_some_and(|ix| {
-                        ix.known
-                            .get(&s.0)
-                            .is_some_and(|old| old.local == rec.local && old.parent == rec.parent)
-                    })
-                });
+                let same_keys = self
+                    .index
+                    .get(rec.table.0 as usize)
+                    .is_some_and(|ix| ix.holds_keys(rec));
                 let kind = RowKind {
                     same_keys,
                     from_server: RowKind::is_from_server(&rec.meta),
@@ -1077,9 +1151,18 @@ impl LocalStore for SqliteStore {
             }
             None => {
                 self.flush()?;
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(&self.sql(rec.table)?.update_header)?;
+                let sql = self.sql(rec.table)?;
+                // Same server id and parent as stored (the engine confirming or marking a
+                // record it just read): only the metadata columns change.
+                let same_keys = self
+                    .index
+                    .get(rec.table.0 as usize)
+                    .is_some_and(|ix| ix.holds_keys(rec));
+                let mut stmt = self.conn.prepare_cached(if same_keys {
+                    &sql.update_meta
+                } else {
+                    &sql.update_header
+                })?;
                 bind_header(&mut stmt, 0, rec)?;
                 if stmt.raw_execute()? == 0 {
                     return Err(StoreError::Corrupt(format!(
@@ -1114,7 +1197,7 @@ impl LocalStore for SqliteStore {
         self.flush()?;
         let after = after.map_or(-1, |a| i64::from(a.0));
         let sql = self.sql(table)?;
-        match filter {
+        let found = match filter {
             Filter::All => query_header(&self.conn, table, &sql.next_all, [after]),
             Filter::Pending => query_header(&self.conn, table, &sql.next_pending, [after]),
             Filter::Children(p) => query_header(
@@ -1123,7 +1206,9 @@ impl LocalStore for SqliteStore {
                 &sql.next_children,
                 [after, i64::from(p.0)],
             ),
-        }
+        }?;
+        self.learn_read(table, found.as_ref());
+        Ok(found)
     }
 
     async fn push_rejected(&mut self, e: &RejectedEntry, body: &[u8]) -> Result<(), StoreError> {
@@ -1203,6 +1288,14 @@ impl LocalStore for SqliteStore {
 
     async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), StoreError> {
         self.flush()?;
+        // A table that held no row when this transaction first asked about it (a fresh
+        // device's first full refresh) holds only records the transaction put: if all of them
+        // carry `mark`, there is nothing to sweep, and the scan of the table is saved.
+        let t = table.0 as usize;
+        let fresh = self.index.get(t).is_some_and(|ix| ix.checked && ix.empty);
+        if fresh && self.marks.get(t).is_some_and(|m| m.all_are(mark)) {
+            return Ok(());
+        }
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.sweep)?;
         stmt.execute([i64::from(mark)])?;
         if let Some(ix) = self.index.get_mut(table.0 as usize) {
