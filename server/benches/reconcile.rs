@@ -17,7 +17,7 @@
 //! `cargo bench -p ferrysync-server --bench reconcile` runs criterion on the default size
 //! (1,000 + 10,000), then prints a summary: for each of the three sizes the medians of runs
 //! taken in turns (each side first in its turn) and the ratios to the bulk insert.
-//! `FERRYSYNC_BENCH_PROFILE=reconcile` (or `direct`, `bulk`) runs only that, in a loop of
+//! `FERRYSYNC_BENCH_PROFILE=reconcile` (or `direct`, `bulk`, `delta`: a 1 % update push) runs only that, in a loop of
 //! `FERRYSYNC_BENCH_LOOPS` (default 20), on size `FERRYSYNC_BENCH_SIZE` (0, 1 or 2; default
 //! 1), for a profiler.
 
@@ -26,9 +26,10 @@ mod workload;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use ferrysync_core::frame::FrameDecoder;
-use ferrysync_core::wire::Reply;
+use ferrysync_core::wire::{Mode, Op, Reply};
+use ferrysync_core::{Hlc, RecordRef, ServerId, TableId};
 use ferrysync_server::direct;
-use ferrysync_server::store::{Device, Incoming, OwnedChange, SyncParams};
+use ferrysync_server::store::{Device, Incoming, OwnedChange, ReplyPlan, SyncParams};
 use ferrysync_server::{LoadedSchema, ServerStore, SqliteStore, MAX_FRAME};
 use std::time::{Duration, Instant};
 use workload::*;
@@ -200,6 +201,83 @@ fn summary() {
     }
 }
 
+/// A 1 % delta push on a store that holds the first push: every contact `j` with
+/// `j % 100 == 0` renamed by the device that added it, as updates keyed by server id. Times
+/// the reconcile (with its commit) and the reply read apart, per run.
+fn delta(n: u32, m: u32, loops: usize) {
+    let (_dir, store, device) = fresh_store();
+    let wall = ferrysync_server::now_ms();
+    let first = changes(n, m, device.id, wall);
+    let mut source = first
+        .into_iter()
+        .map(Incoming::Change)
+        .chain(std::iter::once(Incoming::Commit));
+    let out = store.sync(&device, params(), &mut source).unwrap();
+    let server_of = |t: TableId, local: u32| {
+        out.mappings
+            .iter()
+            .find(|x| x.table == t && x.local.0 == local)
+            .map(|x| x.server)
+            .unwrap()
+    };
+    let renamed: Vec<(ServerId, ServerId, u32)> = (0..m)
+        .step_by(100)
+        .map(|j| {
+            let c = server_of(CONTACT, j + 1);
+            let p = server_of(COMPANY, company_of(j, n) + 1);
+            (c, p, j)
+        })
+        .collect();
+    let mut cursor = out.written.upto;
+    let (mut applied, mut replied) = (Vec::new(), Vec::new());
+    for round in 0..loops {
+        let at = Hlc::new(wall + 1 + round as u64, 0, device.id);
+        let mut source = renamed
+            .iter()
+            .map(|&(c, p, j)| {
+                let [mut name, email, phone] = contact(j);
+                name.push_str(&format!(" v{round}"));
+                Incoming::Change(OwnedChange {
+                    table: CONTACT,
+                    op: Op::Update,
+                    key: RecordRef::Server(c),
+                    parent: Some(RecordRef::Server(p)),
+                    modified_at: at,
+                    body: body(CONTACT, &[name, email, phone]),
+                })
+            })
+            .chain(std::iter::once(Incoming::Commit));
+        settle();
+        let started = Instant::now();
+        let out = store.sync(&device, params(), &mut source).unwrap();
+        let synced = started.elapsed();
+        assert_eq!(out.applied as usize, renamed.len());
+        let plan = ReplyPlan {
+            scope: &device.scope,
+            mode: Mode::Delta,
+            cursor: Some(cursor),
+            extra: &out.losers,
+        };
+        let mut items = 0;
+        let started = Instant::now();
+        cursor = store
+            .read_sync_reply(&plan, out.written, &mut |_| {
+                items += 1;
+                Ok(())
+            })
+            .unwrap();
+        replied.push(started.elapsed());
+        applied.push(synced);
+        assert_eq!(items, 0, "the sync's own rows are not sent back");
+    }
+    println!(
+        "delta {n}+{m}: {} updates, {loops} runs; medians: reconcile + commit {:.3} ms, reply read {:.3} ms",
+        renamed.len(),
+        ms(median(applied)),
+        ms(median(replied)),
+    );
+}
+
 /// A loop of one kind of run, for a profiler.
 fn profile(kind: &str) {
     let loops: usize = std::env::var("FERRYSYNC_BENCH_LOOPS")
@@ -211,6 +289,10 @@ fn profile(kind: &str) {
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(1);
     let (n, m) = SIZES[size.min(SIZES.len() - 1)];
+    if kind == "delta" {
+        delta(n, m, loops);
+        return;
+    }
     let push = Push::new(n, m);
     let total: Duration = (0..loops)
         .map(|_| match kind {

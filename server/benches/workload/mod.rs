@@ -44,7 +44,7 @@ pub fn company_of(j: u32, n: u32) -> u32 {
     j % n
 }
 
-fn body(t: TableId, f: &[String; 3]) -> Vec<u8> {
+pub fn body(t: TableId, f: &[String; 3]) -> Vec<u8> {
     let schema = LoadedSchema::example().schema();
     let mut buf = [0u8; 1024];
     let values = [Value::Text(&f[0]), Value::Text(&f[1]), Value::Text(&f[2])];

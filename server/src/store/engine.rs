@@ -135,8 +135,9 @@ pub(crate) trait SyncTx {
     /// server id. A store may hold the rows back and write them in batches, as long as every
     /// later call of this trait sees them (and [`SyncTx::finish`] writes them).
     fn insert_mapped(&mut self, ti: usize, row: &NewRow<'_>) -> Result<i64, StoreError>;
-    /// Updates a record (`TableSql::update` arguments).
-    fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError>;
+    /// Updates a record: `TableSql::update` with its arguments, or `TableSql::update_fields`
+    /// (the arguments without the foreign key) when `keep_parent`.
+    fn update(&mut self, ti: usize, keep_parent: bool, args: &[Arg<'_>]) -> Result<(), StoreError>;
     /// The live record's meta.
     fn row_meta(&mut self, ti: usize, id: i64) -> Result<Option<RowMeta>, StoreError>;
     /// The scope of a tombstone.
@@ -602,7 +603,9 @@ impl<T: SyncTx> Apply<'_, T> {
         }
         let seq = self.next_seq();
         let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::V(*v)).collect();
-        if t.parent.is_some() {
+        // Most updates keep their parent: then the foreign key is not written again.
+        let keep_parent = parent == meta.parent;
+        if t.parent.is_some() && !keep_parent {
             args.push(parent.map_or(Arg::Null, Arg::I));
         }
         args.extend([
@@ -612,7 +615,7 @@ impl<T: SyncTx> Apply<'_, T> {
             Arg::I(i64::from(at.device)),
             Arg::I(id),
         ]);
-        self.tx.update(c.table.0 as usize, &args)?;
+        self.tx.update(c.table.0 as usize, keep_parent, &args)?;
         if (at.wall_ms, at.counter) != (c.modified_at.wall_ms, c.modified_at.counter) {
             // Stored with another clock than the device holds (clamped): the reply sends it.
             // The device id is always the server's stamp (batched changes do not carry it).

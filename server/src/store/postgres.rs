@@ -533,8 +533,13 @@ impl SyncTx for PgTx<'_, '_> {
         Ok(self.tx.query_one(&st, &params)?.try_get(0)?)
     }
 
-    fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError> {
-        let st = self.stmt(&self.sql[ti].update)?;
+    fn update(&mut self, ti: usize, keep_parent: bool, args: &[Arg<'_>]) -> Result<(), StoreError> {
+        let sql = &self.sql[ti];
+        let st = self.stmt(if keep_parent {
+            &sql.update_fields
+        } else {
+            &sql.update
+        })?;
         self.tx.execute(&st, &args_of(args))?;
         Ok(())
     }
@@ -835,6 +840,14 @@ mod tests {
         with_db(|url| {
             let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
             crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);
+        });
+    }
+
+    #[test]
+    fn updates_keep_or_move_the_parent() {
+        with_db(|url| {
+            let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
+            crate::store::testkit::updates_keep_or_move_the_parent(&store);
         });
     }
 

@@ -49,12 +49,16 @@ pub(crate) const POSTGRES: Dialect = Dialect {
 ///
 /// Parameter order: `insert` binds the fields, the foreign key (detail tables), then
 /// `_scope, _seq, _wall, _counter, _device` and returns `id`; `update` binds the fields, the
-/// foreign key, then `_seq, _wall, _counter, _device, id`; `meta` returns
+/// foreign key, then `_seq, _wall, _counter, _device, id`; `update_fields` the same without
+/// the foreign key; `meta` returns
 /// `_scope, _wall, _counter, _device, fk-or-NULL` of an id; the reply selects return
 /// `id, fk-or-NULL, _wall, _counter, _device` then the fields in schema order.
 pub(crate) struct TableSql {
     pub insert: String,
     pub update: String,
+    /// `update` that leaves the foreign key as it is: a detail's update that keeps its parent
+    /// does not touch the foreign key's index nor check the constraint again.
+    pub update_fields: String,
     pub meta: String,
     pub delete: String,
     /// `(child table index, SELECT id FROM child WHERE fk = param 1)`.
@@ -163,15 +167,21 @@ fn table_sql(d: &Dialect, schema: &Schema<'static>, ti: usize) -> TableSql {
         .enumerate()
         .map(|(i, c)| format!("{c} = {}", p(i + 1)))
         .collect();
-    let update = format!(
-        "UPDATE {name} SET {}, _seq = {}, _wall = {}, _counter = {}, _device = {} WHERE id = {}",
-        sets.join(", "),
-        p(n + 1),
-        p(n + 2),
-        p(n + 3),
-        p(n + 4),
-        p(n + 5)
-    );
+    let update_of = |sets: &[String]| {
+        let n = sets.len();
+        format!(
+            "UPDATE {name} SET {}_seq = {}, _wall = {}, _counter = {}, _device = {} WHERE id = {}",
+            sets.iter().map(|s| format!("{s}, ")).collect::<String>(),
+            p(n + 1),
+            p(n + 2),
+            p(n + 3),
+            p(n + 4),
+            p(n + 5)
+        )
+    };
+    let update = update_of(&sets);
+    // The foreign key is the last of `cols`.
+    let update_fields = update_of(&sets[..t.fields.len()]);
     let fk_or_null = fk.clone().unwrap_or_else(|| d.null_integer.into());
     let meta = format!(
         "SELECT _scope, _wall, _counter, _device, {fk_or_null} FROM {name} WHERE id = {}",
@@ -201,6 +211,7 @@ fn table_sql(d: &Dialect, schema: &Schema<'static>, ti: usize) -> TableSql {
     TableSql {
         insert,
         update,
+        update_fields,
         meta,
         delete,
         children,
@@ -268,6 +279,13 @@ mod tests {
         let (l, p) = (schema_sql(&SQLITE, &s), schema_sql(&POSTGRES, &s));
         assert!(l[1].update.ends_with("WHERE id = ?9"), "{}", l[1].update);
         assert!(p[1].update.ends_with("WHERE id = $9"), "{}", p[1].update);
+        assert!(
+            l[1].update_fields.ends_with("_device = ?7 WHERE id = ?8")
+                && !l[1].update_fields.contains("company_id"),
+            "{}",
+            l[1].update_fields
+        );
+        assert_eq!(l[0].update_fields, l[0].update);
         assert_eq!(l[0].children.len(), 1);
         assert_eq!(
             p[0].children[0].1,

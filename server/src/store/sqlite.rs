@@ -551,10 +551,15 @@ impl SyncTx for LiteTx<'_> {
         Ok(id)
     }
 
-    fn update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<(), StoreError> {
+    fn update(&mut self, ti: usize, keep_parent: bool, args: &[Arg<'_>]) -> Result<(), StoreError> {
         self.flush()?;
+        let sql = &self.sql[ti];
         self.conn
-            .prepare_cached(&self.sql[ti].update)?
+            .prepare_cached(if keep_parent {
+                &sql.update_fields
+            } else {
+                &sql.update
+            })?
             .execute(params_from_iter(args.iter()))?;
         Ok(())
     }
@@ -819,6 +824,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
         crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);
+    }
+
+    #[test]
+    fn updates_keep_or_move_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        crate::store::testkit::updates_keep_or_move_the_parent(&store);
     }
 
     #[test]

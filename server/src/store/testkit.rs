@@ -351,3 +351,79 @@ pub(crate) fn sync_reply_leaves_out_what_the_sync_wrote(store: &dyn ServerStore)
         ]
     );
 }
+
+/// Updates of a detail that name its parent again, name none, or name another one: the
+/// foreign key stays, stays, then moves, and the fields change every time.
+pub(crate) fn updates_keep_or_move_the_parent(store: &dyn ServerStore) {
+    let dev = store.add_device("north", &[11; 32], 1).unwrap();
+    let at = |ms: u64| Hlc::new(ms, 0, dev.id);
+    let change =
+        |t: u8, op: Op, key: RecordRef, parent: Option<RecordRef>, ms: u64, body| OwnedChange {
+            table: TableId(t),
+            op,
+            key,
+            parent,
+            modified_at: at(ms),
+            body,
+        };
+    let local = |l: u32| RecordRef::Local(LocalId(l));
+    let changes = |list: Vec<OwnedChange>| {
+        list.into_iter()
+            .map(Incoming::Change)
+            .chain(std::iter::once(Incoming::Commit))
+            .collect::<Vec<_>>()
+            .into_iter()
+    };
+    let out = store
+        .sync(
+            &dev,
+            params(),
+            &mut changes(vec![
+                change(0, Op::Add, local(1), None, 990_000, company("A")),
+                change(0, Op::Add, local(2), None, 990_000, company("B")),
+                change(1, Op::Add, local(1), Some(local(1)), 990_000, contact("x")),
+            ]),
+        )
+        .unwrap();
+    let server = |t: u8, l: u32| {
+        let m = out
+            .mappings
+            .iter()
+            .find(|m| m.table.0 == t && m.local.0 == l);
+        RecordRef::Server(m.unwrap().server)
+    };
+    let (a, b, x) = (server(0, 1), server(0, 2), server(1, 1));
+    let parent_of_x = || {
+        let plan = ReplyPlan {
+            scope: "north",
+            mode: Mode::Full,
+            cursor: None,
+            extra: &[],
+        };
+        let mut found = None;
+        store
+            .read_reply(&plan, &mut |i| {
+                if let ReplyItem::Upsert(u) = i {
+                    if RecordRef::Server(u.id) == x && u.table.0 == 1 {
+                        found = Some((u.parent.map(RecordRef::Server), u.body.to_vec()));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        found.unwrap()
+    };
+    let steps = [
+        (Some(a), contact("x1"), a),
+        (None, contact("x2"), a),
+        (Some(b), contact("x3"), b),
+        (None, contact("x4"), b),
+    ];
+    for (k, (parent, body, want)) in steps.into_iter().enumerate() {
+        let ms = 991_000 + k as u64;
+        let upd = change(1, Op::Update, x, parent, ms, body.clone());
+        let out = store.sync(&dev, params(), &mut changes(vec![upd])).unwrap();
+        assert_eq!((out.applied, out.rejected.len()), (1, 0), "step {k}");
+        assert_eq!(parent_of_x(), (Some(want), body), "step {k}");
+    }
+}
