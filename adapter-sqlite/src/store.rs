@@ -255,10 +255,18 @@ impl TableSql {
         let upsert = |kind: RowKind, rows: usize| {
             let per_row = kind.header_params() + n_fields;
             let values: Vec<String> = (0..rows).map(|r| row_vals(kind, r * per_row)).collect();
+            let same_keys = kind.write == Write::SameKeys;
             let keep = |c: &&str| {
-                *c != "id"
-                    && !(kind.same_keys && (*c == "server_id" || Some(*c) == def.parent_field))
+                *c != "id" && !(same_keys && (*c == "server_id" || Some(*c) == def.parent_field))
             };
+            if kind.write == Write::New {
+                // Nothing to update, and `OR FAIL` spares SQLite the statement journal a
+                // multi-row statement that may abort keeps (a failure fails the transaction).
+                return format!(
+                    "INSERT OR FAIL INTO {name} ({insert_cols}) VALUES {}",
+                    values.join(", ")
+                );
+            }
             format!(
                 "INSERT INTO {name} ({insert_cols}) VALUES {} ON CONFLICT(id) DO UPDATE SET {}",
                 values.join(", "),
@@ -323,40 +331,46 @@ const BATCH_ROWS: usize = 32;
 /// one statement-cache lookup per flush (it hashes the long SQL text) instead of per statement.
 const FLUSH_ROWS: usize = 8 * BATCH_ROWS;
 
+/// What is known of a gathered row's record in SQLite, which picks its statement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Write {
+    /// Nothing: insert, or update every column.
+    #[default]
+    Upsert,
+    /// It exists already with the same server id and parent (or not at all): the update
+    /// leaves those columns (and so their index entries) alone.
+    SameKeys,
+    /// It does not exist: a plain insert.
+    New,
+}
+
 /// Which upsert statement writes a gathered row, and so which header values it binds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct RowKind {
-    /// Known to exist already with the same server id and parent (or not at all): the update
-    /// leaves those columns (and so their index entries) alone.
-    same_keys: bool,
+    /// What is known of the record.
+    write: Write,
     /// Its metadata is [`SyncMeta::from_server`]'s: the flags and edit count are literals of
     /// the statement instead of four parameters per row.
     from_server: bool,
 }
 
 impl RowKind {
-    const COUNT: usize = 4;
+    const COUNT: usize = 6;
     const ALL: [RowKind; Self::COUNT] = [
-        RowKind {
-            same_keys: false,
-            from_server: false,
-        },
-        RowKind {
-            same_keys: false,
-            from_server: true,
-        },
-        RowKind {
-            same_keys: true,
-            from_server: false,
-        },
-        RowKind {
-            same_keys: true,
-            from_server: true,
-        },
+        RowKind::of(Write::Upsert, false),
+        RowKind::of(Write::Upsert, true),
+        RowKind::of(Write::SameKeys, false),
+        RowKind::of(Write::SameKeys, true),
+        RowKind::of(Write::New, false),
+        RowKind::of(Write::New, true),
     ];
 
+    const fn of(write: Write, from_server: bool) -> Self {
+        RowKind { write, from_server }
+    }
+
     fn index(self) -> usize {
-        usize::from(self.same_keys) * 2 + usize::from(self.from_server)
+        self.write as usize * 2 + usize::from(self.from_server)
     }
 
     /// Header parameters of a row (`?1..`): the id, server id, parent and mark always; the
@@ -518,10 +532,20 @@ impl ServerIndex {
     }
 }
 
+/// What a transaction put into one table.
+#[derive(Clone, Copy, Debug, Default)]
+struct Puts {
+    /// The marks of the records (see `sweep`).
+    marks: Marks,
+    /// The highest local id (0: none).
+    max_local: u32,
+}
+
 /// The marks of the records a transaction put into one table (see `sweep`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Marks {
     /// It put none.
+    #[default]
     None,
     /// Every record it put had this mark.
     All(u32),
@@ -561,8 +585,8 @@ pub struct SqliteStore {
     batch: Batch,
     /// A batch of this transaction failed to write: only `rollback` is accepted.
     failed: bool,
-    /// Per table, the marks of the records this transaction put (see `sweep`).
-    marks: Vec<Marks>,
+    /// Per table, what this transaction put (see `put` and `sweep`).
+    puts: Vec<Puts>,
 }
 
 const STATE_DDL: &str = "
@@ -814,7 +838,7 @@ impl SqliteStore {
                 bytes: Vec::new(),
             },
             failed: false,
-            marks: Vec::new(),
+            puts: Vec::new(),
         })
     }
 
@@ -903,7 +927,7 @@ impl SqliteStore {
     /// Forgets the transaction's index and unwritten puts.
     fn end_tx(&mut self) {
         self.index.clear();
-        self.marks.clear();
+        self.puts.clear();
         self.batch.clear();
         self.in_tx = false;
         self.failed = false;
@@ -950,8 +974,8 @@ impl LocalStore for SqliteStore {
         self.index.clear();
         self.index
             .resize_with(self.tables.len(), ServerIndex::default);
-        self.marks.clear();
-        self.marks.resize(self.tables.len(), Marks::None);
+        self.puts.clear();
+        self.puts.resize(self.tables.len(), Puts::default());
         self.in_tx = true;
         self.failed = false;
         Ok(())
@@ -1068,9 +1092,10 @@ impl LocalStore for SqliteStore {
         }
         ix.lookups_left = ix.lookups_left.saturating_sub(1);
         let load_all = ix.lookups_left == 0;
-        if load_all || !self.batch.kind.same_keys {
+        if load_all || self.batch.kind.write == Write::Upsert {
             // A gathered row may have taken this server id from a stored record. Rows that
-            // keep their server id (`same_keys`) cannot change the answer for an id outside
+            // keep their server id (`SameKeys`) or are new (`New`: they take no id a stored
+            // record holds, or their write fails) cannot change the answer for an id outside
             // `known`, so they may wait, and keep their batch (a delta, a full refresh on a
             // synced phone before the load). Reading the whole table needs them written.
             self.flush()?;
@@ -1106,19 +1131,27 @@ impl LocalStore for SqliteStore {
         } else {
             rec
         };
-        if let Some(marks) = self.marks.get_mut(rec.table.0 as usize) {
-            marks.add(rec.mark);
-        }
+        let t = rec.table.0 as usize;
+        // Above every local id this transaction put into the table so far?
+        let beyond = self.puts.get_mut(t).is_some_and(|p| {
+            p.marks.add(rec.mark);
+            let beyond = rec.local.0 > p.max_local;
+            p.max_local = p.max_local.max(rec.local.0);
+            beyond
+        });
         match body {
             Some(body) if self.in_tx => {
                 // Gathered for a multi-row insert, decoded now so a bad body fails this call.
-                // Known to be stored (or gathered) with the same server id and parent?
-                let same_keys = self
-                    .index
-                    .get(rec.table.0 as usize)
-                    .is_some_and(|ix| ix.holds_keys(rec));
+                let write = match self.index.get(t) {
+                    // Known to be stored (or gathered) with the same server id and parent.
+                    Some(ix) if ix.holds_keys(rec) => Write::SameKeys,
+                    // The table held no row when the transaction first asked, so it holds
+                    // only what the transaction put, all of it below this local id.
+                    Some(ix) if ix.checked && ix.empty && beyond => Write::New,
+                    _ => Write::Upsert,
+                };
                 let kind = RowKind {
-                    same_keys,
+                    write,
                     from_server: RowKind::is_from_server(&rec.meta),
                 };
                 if self.batch.table != rec.table || self.batch.kind != kind {
@@ -1293,7 +1326,7 @@ impl LocalStore for SqliteStore {
         // carry `mark`, there is nothing to sweep, and the scan of the table is saved.
         let t = table.0 as usize;
         let fresh = self.index.get(t).is_some_and(|ix| ix.checked && ix.empty);
-        if fresh && self.marks.get(t).is_some_and(|m| m.all_are(mark)) {
+        if fresh && self.puts.get(t).is_some_and(|p| p.marks.all_are(mark)) {
             return Ok(());
         }
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.sweep)?;
@@ -1309,5 +1342,142 @@ impl LocalStore for SqliteStore {
         self.flush()?;
         self.conn.execute_batch("DELETE FROM _fs_rejected")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The paths a fresh table takes (new rows written by plain inserts, the sweep skipped),
+    //! checked against what SQLite holds.
+    use super::*;
+    use ferrysync_core::schema::EXAMPLE;
+    use pollster::block_on;
+
+    fn company(name: &str) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        let values = [Value::Text(name), Value::Text("Lyon"), Value::Text("+33")];
+        body::encode(&EXAMPLE.tables[0], &values, &mut buf)
+            .expect("a test body fits")
+            .to_vec()
+    }
+
+    fn record(local: u32, server: u64, mark: u32) -> Record {
+        Record {
+            table: TableId(0),
+            local: LocalId(local),
+            server: Some(ServerId(server)),
+            parent: None,
+            meta: SyncMeta::from_server(Hlc::new(1, 0, 0)),
+            mark,
+        }
+    }
+
+    fn names(s: &SqliteStore) -> Vec<(i64, i64, String)> {
+        let mut stmt = s
+            .connection()
+            .prepare("SELECT id, refresh_mark, name FROM company ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    /// A first full refresh into an empty table: more rows than one flush (written by plain
+    /// multi-row inserts), a record put again below the highest local id (an upsert), and a
+    /// sweep that has nothing to remove; then a second refresh whose sweep does remove.
+    #[test]
+    fn a_fresh_table_takes_plain_inserts_and_a_sweep_keeps_its_refresh() {
+        block_on(async {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            s.begin().await.expect("begin");
+            assert_eq!(
+                s.by_server(TableId(0), ServerId(1)).await.expect("ask"),
+                None
+            );
+            let n = 2 * FLUSH_ROWS as u32 + 7;
+            for i in 1..=n {
+                s.put(
+                    &record(i, u64::from(i), 1),
+                    Some(&company(&format!("c{i}"))),
+                )
+                .await
+                .expect("put");
+            }
+            // Again, below the highest local id: written over, not inserted twice.
+            s.put(&record(5, 5, 1), Some(&company("five")))
+                .await
+                .expect("put");
+            let found = s.by_server(TableId(0), ServerId(5)).await.expect("ask");
+            assert_eq!(found.map(|r| r.local), Some(LocalId(5)));
+            s.sweep(TableId(0), 1).await.expect("sweep");
+            s.commit(&DeviceState::default()).await.expect("commit");
+            let rows = names(&s);
+            assert_eq!(rows.len(), n as usize);
+            assert_eq!(rows[4], (5, 1, "five".to_owned()));
+            assert_eq!(rows[9], (10, 1, "c10".to_owned()));
+
+            // A later refresh (mark 2) delivers two records: the sweep removes the others.
+            s.begin().await.expect("begin");
+            for i in [3, 8] {
+                let rec = s.by_server(TableId(0), ServerId(i)).await.expect("ask");
+                let rec = Record {
+                    mark: 2,
+                    ..rec.expect("held")
+                };
+                s.put(&rec, Some(&company("kept"))).await.expect("put");
+            }
+            s.sweep(TableId(0), 2).await.expect("sweep");
+            s.commit(&DeviceState::default()).await.expect("commit");
+            assert_eq!(
+                names(&s),
+                vec![(3, 2, "kept".to_owned()), (8, 2, "kept".to_owned())]
+            );
+        });
+    }
+
+    /// In a fresh table, records put with different marks are swept as usual.
+    #[test]
+    fn a_fresh_table_with_mixed_marks_is_swept() {
+        block_on(async {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            s.begin().await.expect("begin");
+            assert_eq!(
+                s.by_server(TableId(0), ServerId(1)).await.expect("ask"),
+                None
+            );
+            s.put(&record(1, 1, 1), Some(&company("old")))
+                .await
+                .expect("put");
+            s.put(&record(2, 2, 2), Some(&company("new")))
+                .await
+                .expect("put");
+            s.sweep(TableId(0), 2).await.expect("sweep");
+            s.commit(&DeviceState::default()).await.expect("commit");
+            assert_eq!(names(&s), vec![(2, 2, "new".to_owned())]);
+        });
+    }
+
+    /// A new row that takes a server id another new row holds fails the transaction (the
+    /// plain insert is refused), and the rollback leaves the table empty.
+    #[test]
+    fn a_duplicate_server_id_among_new_rows_fails_the_transaction() {
+        block_on(async {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            s.begin().await.expect("begin");
+            assert_eq!(
+                s.by_server(TableId(0), ServerId(7)).await.expect("ask"),
+                None
+            );
+            s.put(&record(1, 7, 1), Some(&company("a")))
+                .await
+                .expect("put");
+            s.put(&record(2, 7, 1), Some(&company("b")))
+                .await
+                .expect("put");
+            assert!(s.commit(&DeviceState::default()).await.is_err());
+            s.rollback().await.expect("rollback");
+            assert_eq!(names(&s), vec![]);
+        });
     }
 }
