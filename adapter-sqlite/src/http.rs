@@ -4,11 +4,12 @@
 //! pending changes from the store, and the reply is read chunk by chunk as it arrives, so
 //! neither side holds a whole batch in memory. With [`HttpTransport::gzip`] the request is
 //! gzipped as it streams (`Content-Encoding: gzip`, one compressor state, chunks of the same
-//! size) and the reply is asked for gzipped and inflated as it arrives.
+//! size) and the reply is asked for gzipped and inflated here as it arrives (at most 32 KiB
+//! out per step, whatever the ratio), so that both directions' bytes on the wire are counted.
 
 use bytes::Bytes;
 use ferrysync_core::transport::Transport;
-use flate2::write::GzEncoder;
+use flate2::write::{GzDecoder, GzEncoder};
 use flate2::Compression;
 use std::fmt;
 use std::io::Write;
@@ -100,20 +101,27 @@ pub struct HttpTransport {
     encoder: Option<GzEncoder<Vec<u8>>>,
     request: Option<JoinHandle<reqwest::Result<reqwest::Response>>>,
     response: Option<reqwest::Response>,
+    /// The reply's decompressor when it came gzipped, and its input not inflated yet.
+    inflate: Option<GzDecoder<Vec<u8>>>,
+    zipped: Bytes,
     leftover: Bytes,
     /// Protocol bytes sent in the last exchange (before gzip).
     pub bytes_sent: u64,
     /// Request body bytes that went on the wire in the last exchange: after gzip when it is
     /// on, else the same as `bytes_sent`.
     pub wire_bytes_sent: u64,
-    /// Bytes received in the last exchange.
+    /// Protocol bytes received in the last exchange (after inflating a gzipped reply).
     pub bytes_received: u64,
+    /// Reply body bytes that came over the wire in the last exchange: gzipped when the server
+    /// gzipped it, else the same as `bytes_received`.
+    pub wire_bytes_received: u64,
 }
 
-/// An HTTP client that asks for gzipped replies (and inflates them) when `gzip` is set.
-fn client(gzip: bool) -> reqwest::Client {
+/// The HTTP client: it leaves `Accept-Encoding` and inflating to the transport, which counts
+/// the reply's bytes as they travel (even when another crate turns reqwest's `gzip` on).
+fn client() -> reqwest::Client {
     reqwest::Client::builder()
-        .gzip(gzip)
+        .no_gzip()
         .build()
         // Only TLS or resolver setup can fail, and this build has neither: fall back anyway.
         .unwrap_or_default()
@@ -122,10 +130,9 @@ fn client(gzip: bool) -> reqwest::Client {
 impl HttpTransport {
     /// Gzips requests (`Content-Encoding: gzip`) and asks the server for gzipped replies:
     /// both about 3-4× smaller, worth it on a cellular link, not on a LAN. `bytes_sent` and
-    /// `bytes_received` still count protocol bytes; `wire_bytes_sent` counts the compressed
-    /// request.
+    /// `bytes_received` still count protocol bytes; `wire_bytes_sent` and
+    /// `wire_bytes_received` count the bytes as they travel.
     pub fn gzip(mut self, on: bool) -> Self {
-        self.client = client(on);
         self.gzip = on;
         self
     }
@@ -140,7 +147,7 @@ impl HttpTransport {
     /// A transport to the server at `server` (e.g. `http://127.0.0.1:7878`).
     pub fn new(server: &str, token: &str) -> Self {
         HttpTransport {
-            client: client(false),
+            client: client(),
             url: format!("{}/v1/sync", server.trim_end_matches('/')),
             token: token.to_owned(),
             upload: None,
@@ -150,10 +157,13 @@ impl HttpTransport {
             encoder: None,
             request: None,
             response: None,
+            inflate: None,
+            zipped: Bytes::new(),
             leftover: Bytes::new(),
             bytes_sent: 0,
             wire_bytes_sent: 0,
             bytes_received: 0,
+            wire_bytes_received: 0,
         }
     }
 
@@ -168,7 +178,9 @@ impl HttpTransport {
         self.buffered.clear();
         self.encoder = None;
         if self.gzip {
-            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            request = request
+                .header(reqwest::header::CONTENT_ENCODING, "gzip")
+                .header(reqwest::header::ACCEPT_ENCODING, "gzip");
             self.encoder = Some(GzEncoder::new(
                 Vec::with_capacity(CHUNK),
                 Compression::new(self.level),
@@ -176,10 +188,13 @@ impl HttpTransport {
         }
         self.request = Some(tokio::spawn(request.body(body).send()));
         self.response = None;
+        self.inflate = None;
+        self.zipped = Bytes::new();
         self.leftover = Bytes::new();
         self.bytes_sent = 0;
         self.wire_bytes_sent = 0;
         self.bytes_received = 0;
+        self.wire_bytes_received = 0;
         tx
     }
 
@@ -213,6 +228,23 @@ impl HttpTransport {
             },
             None => HttpError::Misuse("no request in flight"),
         }
+    }
+
+    /// Moves what the reply's decompressor put out into `leftover`.
+    fn take_inflated(&mut self) {
+        if let Some(z) = &mut self.inflate {
+            let out = std::mem::take(z.get_mut());
+            self.bytes_received += out.len() as u64;
+            self.leftover = Bytes::from(out);
+        }
+    }
+
+    /// A gzipped reply that does not inflate: the exchange is over, as if the link broke.
+    fn bad_reply(&mut self, e: &std::io::Error) -> HttpError {
+        self.response = None;
+        self.inflate = None;
+        self.zipped = Bytes::new();
+        HttpError::Broken(format!("the gzipped reply is corrupt: {e}"))
     }
 
     fn client_error(&self, e: &reqwest::Error) -> HttpError {
@@ -304,26 +336,68 @@ impl Transport for HttpTransport {
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }
+        let encoding = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        self.inflate = match encoding.as_deref() {
+            None | Some("identity") => None,
+            Some("gzip" | "x-gzip") if self.gzip => Some(GzDecoder::new(Vec::new())),
+            Some(other) => {
+                return Err(HttpError::Broken(format!(
+                "the reply came in content encoding {other:?}, which this client did not ask for"
+            )))
+            }
+        };
         self.response = Some(resp);
         Ok(())
     }
 
     async fn receive(&mut self, buf: &mut [u8]) -> Result<usize, HttpError> {
-        if self.leftover.is_empty() {
+        while self.leftover.is_empty() {
+            if let Some(z) = &mut self.inflate {
+                if !self.zipped.is_empty() {
+                    // One step: at most the decoder's 32 KiB buffer comes out.
+                    let used = match z.write(&self.zipped) {
+                        // Only after the end of the gzip member (see GzDecoder's write).
+                        Ok(0) => Err(std::io::Error::other(
+                            "bytes after the end of the gzip stream",
+                        )),
+                        other => other,
+                    };
+                    let used = used.map_err(|e| self.bad_reply(&e))?;
+                    let _ = self.zipped.split_to(used);
+                    self.take_inflated();
+                    continue;
+                }
+            }
             let Some(resp) = self.response.as_mut() else {
                 return Ok(0);
             };
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
-                    self.bytes_received += chunk.len() as u64;
-                    self.leftover = chunk;
+                    self.wire_bytes_received += chunk.len() as u64;
+                    if self.inflate.is_some() {
+                        self.zipped = chunk;
+                    } else {
+                        self.bytes_received += chunk.len() as u64;
+                        self.leftover = chunk;
+                    }
                 }
                 Ok(None) => {
                     self.response = None;
-                    return Ok(0);
+                    if let Some(z) = &mut self.inflate {
+                        // Checks the gzip trailer (CRC-32 and length) and flushes the rest.
+                        if let Err(e) = z.try_finish() {
+                            return Err(self.bad_reply(&e));
+                        }
+                        self.take_inflated();
+                        self.inflate = None;
+                    }
                 }
                 Err(e) => {
                     self.response = None;
+                    self.inflate = None;
                     return Err(HttpError::Broken(root_cause(&e)));
                 }
             }

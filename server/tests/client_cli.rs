@@ -296,6 +296,10 @@ fn sync_gzips_both_ways_unless_told_not_to() {
     let (bytes, zipped) = sent_bytes(&out);
     let zipped = zipped.unwrap_or_else(|| panic!("no gzipped count: {out}"));
     assert!(zipped < bytes, "{out}");
+    assert!(
+        out.contains(" gzipped), "),
+        "the reply's gzipped size too: {out}"
+    );
     // `--no-gzip`: plain both ways, the same data arrives.
     let out = ok(d, &s(&dev("b.db", &url, &tb, &["sync", "--no-gzip"])));
     assert!(out.contains("received 21 records"), "{out}");

@@ -1,5 +1,6 @@
-//! Request gzip over real HTTP on 127.0.0.1: a phone's gzipped push syncs the same as a plain
-//! one, and hostile gzip bodies are refused with a status, a code, and nothing applied.
+//! gzip over real HTTP on 127.0.0.1: a phone's gzipped push and pull sync the same as plain
+//! ones; hostile gzip requests are refused with a status, a code, and nothing applied; a phone
+//! given a bad gzipped reply applies nothing.
 
 use ferrysync_core::engine;
 use ferrysync_core::schema::EXAMPLE;
@@ -11,7 +12,7 @@ use ferrysync_tests::workload::{Size, Workload};
 use ferrysync_tests::{view, TestServer};
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use std::io::Write;
+use std::io::{Read, Write};
 
 /// 1,000 companies and 9,000 contacts: more changes than the server reads ahead of its
 /// transaction (8 Ki), so the end of the body arrives while the transaction is open.
@@ -128,6 +129,16 @@ async fn a_gzipped_push_syncs_the_same_as_a_plain_one() {
         let mut pull = HttpTransport::new(&server.url(), &token).gzip(on);
         let got = fresh.sync(&mut pull, Mode::Delta).await.unwrap();
         assert_eq!(got.upserts as usize, size.records());
+        if on {
+            assert!(
+                pull.wire_bytes_received * 2 < pull.bytes_received,
+                "gzip: {} bytes of reply on the wire for {}",
+                pull.wire_bytes_received,
+                pull.bytes_received
+            );
+        } else {
+            assert_eq!(pull.wire_bytes_received, pull.bytes_received);
+        }
         let pushed = view(&mut phone);
         assert_eq!(pushed.len(), size.records());
         assert_eq!(view(&mut fresh), pushed);
@@ -312,4 +323,81 @@ async fn unknown_content_encodings_are_415() {
     assert_eq!(status, 200);
     assert_eq!(count(&server, "company") as usize, Size::SMALL.companies);
     server.stop().await;
+}
+
+/// A one-shot fake server on 127.0.0.1: reads one request to the end of its chunked body, then
+/// answers `head` (status line and headers, without the blank line) and `body`.
+fn fake_server(head: &str, body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut answer = format!(
+        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    let task = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            let n = sock.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(&answer).unwrap();
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_gzipped_reply_fails_the_sync_and_changes_nothing() {
+    let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.ferrysync.v1";
+    let reply = gzip(b"any reply at all, it never gets that far");
+    let cases = [
+        (
+            "not gzip",
+            format!("{ok}\r\ncontent-encoding: gzip"),
+            b"plain".to_vec(),
+            "corrupt",
+        ),
+        (
+            "cut short",
+            format!("{ok}\r\ncontent-encoding: gzip"),
+            reply[..reply.len() - 4].to_vec(),
+            "corrupt",
+        ),
+        (
+            "not asked for",
+            format!("{ok}\r\ncontent-encoding: br"),
+            b"whatever".to_vec(),
+            "did not ask for",
+        ),
+    ];
+    for (case, head, body, says) in cases {
+        let mut phone = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).unwrap());
+        Workload::generate(Size {
+            name: "two",
+            companies: 1,
+            contacts: 1,
+        })
+        .fill(&mut phone)
+        .unwrap();
+        let (url, server) = fake_server(&head, body);
+        let mut link = HttpTransport::new(&url, "token").gzip(true);
+        let err = phone
+            .sync(&mut link, Mode::Delta)
+            .await
+            .map(|r| r.cursor)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{case}: {err}");
+        server.join().unwrap();
+        // Nothing applied: both records still new, waiting for the next sync.
+        let pending = phone.pending().unwrap();
+        assert_eq!(pending.len(), 2, "{case}");
+        assert!(pending.iter().all(|r| r.record.server.is_none()), "{case}");
+    }
 }

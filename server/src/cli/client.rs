@@ -341,18 +341,22 @@ where
     let report = rt
         .block_on(phone.sync(&mut link, mode))
         .map_err(|e| CliError(format!("sync failed, nothing changed on this device: {e}")))?;
-    let wire = if gzip {
-        format!(", {} gzipped", link.wire_bytes_sent)
-    } else {
-        String::new()
+    let gzipped = |wire: u64| {
+        if gzip {
+            format!(", {wire} gzipped")
+        } else {
+            String::new()
+        }
     };
     println!(
-        "sent {} changes ({} bytes{wire}), received {} records and {} removals ({} bytes){}",
+        "sent {} changes ({} bytes{}), received {} records and {} removals ({} bytes{}){}",
         report.sent,
         link.bytes_sent,
+        gzipped(link.wire_bytes_sent),
         report.upserts,
         report.removes,
         link.bytes_received,
+        gzipped(link.wire_bytes_received),
         if report.full { ", full refresh" } else { "" }
     );
     for (table, local) in unmapped.keys() {
