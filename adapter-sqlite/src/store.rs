@@ -25,8 +25,15 @@
 //! columns and leaves the server-id and parent index entries alone.
 //!
 //! A table that held no row when the transaction first asked about it (a fresh device's first
-//! full refresh) holds only what the transaction put: when every record put carries the
-//! refresh's mark, `sweep` has nothing to remove and skips its scan of the table.
+//! full refresh) holds only what the transaction put: records put above every local id the
+//! transaction put there are new, written by plain inserts, and when every record put carries
+//! the refresh's mark, `sweep` has nothing to remove and skips its scan of the table.
+//!
+//! A walk with `next` (the engine's walks over pending records, before a sync and at its
+//! end) reads 32 records per query and answers the walk's following calls from them, as long
+//! as nothing could have changed what they would find: a put or remove past the walk's
+//! position, a sweep, a change through the connection the store did not check itself, or,
+//! outside a transaction, another connection's commit (`PRAGMA data_version`) drops them.
 //!
 //! Inside a transaction, `put`s with a body are gathered (up to 256) and written by one
 //! multi-row `INSERT` per 32 records (one statement per record costs more than the row
@@ -47,6 +54,7 @@ use ferrysync_core::wire::{Op, RejectReason};
 use foldhash::HashMap;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -147,9 +155,9 @@ struct TableSql {
     /// leaves those columns (and their index entries) alone.
     update_meta: String,
     remove: String,
-    next_all: String,
-    next_pending: String,
-    next_children: String,
+    /// The next [`AHEAD_ROWS`] records after `?1` in local-id order: all of them, pending
+    /// ones, children of `?2` (see [`Ahead`]).
+    ahead: [String; 3],
     sweep: String,
 }
 
@@ -283,7 +291,18 @@ impl TableSql {
             None => String::new(),
         };
         let parent_where = def.parent_field.unwrap_or("NULL");
+        let where_pending = "(is_modified OR NOT is_active OR NOT is_from_server)";
+        let ahead = |cond: &str| {
+            format!(
+                "SELECT {header} FROM {name} WHERE {cond} id > ?1 ORDER BY id LIMIT {AHEAD_ROWS}"
+            )
+        };
         let sql = TableSql {
+            ahead: [
+                ahead(""),
+                ahead(&format!("{where_pending} AND")),
+                ahead(&format!("{parent_where} = ?2 AND")),
+            ],
             get: format!("SELECT {header} FROM {name} WHERE id = ?1"),
             has_server: format!(
                 "SELECT EXISTS (SELECT 1 FROM {name} WHERE server_id IS NOT NULL), \
@@ -308,20 +327,36 @@ impl TableSql {
                  refresh_mark = ?11 WHERE id = ?1"
             ),
             remove: format!("DELETE FROM {name} WHERE id = ?1"),
-            next_all: format!("SELECT {header} FROM {name} WHERE id > ?1 ORDER BY id LIMIT 1"),
-            next_pending: format!(
-                "SELECT {header} FROM {name} WHERE id > ?1 AND (is_modified OR NOT is_active OR NOT is_from_server) ORDER BY id LIMIT 1"
-            ),
             sweep: format!(
                 "DELETE FROM {name} WHERE server_id IS NOT NULL AND is_from_server AND is_active \
                  AND NOT is_modified AND refresh_mark != ?1"
             ),
-            next_children: format!(
-                "SELECT {header} FROM {name} WHERE {parent_where} = ?2 AND id > ?1 ORDER BY id LIMIT 1"
-            ),
         };
         Ok((sql, ddl))
     }
+}
+
+/// Records [`LocalStore::next`] reads at once (see [`Ahead`]).
+const AHEAD_ROWS: usize = 32;
+
+/// Records that a walk with [`LocalStore::next`] read ahead: the walk's next calls are
+/// answered from here, without a query, until a write could change what they would find (a
+/// put or remove of a record of the table past the walk's position, a sweep, any change
+/// through the connection the store did not make or check itself, or, outside a
+/// transaction, another connection's commit).
+#[derive(Default)]
+struct Ahead {
+    /// The walk: table, filter, and the local id its next call passes as `after`.
+    walk: Option<(TableId, Filter, LocalId)>,
+    /// The records that pass the filter after that local id, in order.
+    rows: VecDeque<Record>,
+    /// No record passes the filter after the last of `rows`.
+    end: bool,
+    /// The connection's `total_changes` when the walk was last known valid.
+    changes: u64,
+    /// Outside a transaction, `PRAGMA data_version` when the rows were read: another
+    /// connection's commit changes it (inside one, `BEGIN IMMEDIATE` keeps them out).
+    version: Option<i64>,
 }
 
 /// Rows one multi-row `INSERT` writes.
@@ -587,6 +622,8 @@ pub struct SqliteStore {
     failed: bool,
     /// Per table, what this transaction put (see `put` and `sweep`).
     puts: Vec<Puts>,
+    /// The walk `next` read ahead in the open transaction.
+    ahead: Ahead,
 }
 
 const STATE_DDL: &str = "
@@ -839,6 +876,7 @@ impl SqliteStore {
             },
             failed: false,
             puts: Vec::new(),
+            ahead: Ahead::default(),
         })
     }
 
@@ -870,6 +908,8 @@ impl SqliteStore {
         if written.is_err() {
             self.failed = true;
         }
+        // Each gathered row was checked against the walk when it was put.
+        self.ahead_keep();
         written
     }
 
@@ -924,8 +964,106 @@ impl SqliteStore {
         }
     }
 
+    /// A write to `(table, local)` is coming: a walk past it is dropped (it may change what
+    /// the walk finds next).
+    fn ahead_touch(&mut self, table: TableId, local: LocalId) {
+        if let Some((t, _, last)) = self.ahead.walk {
+            if t == table && local > last {
+                self.ahead.walk = None;
+            }
+        }
+    }
+
+    /// The store's own writes since the walk was checked left it valid.
+    fn ahead_keep(&mut self) {
+        if self.ahead.walk.is_some() {
+            self.ahead.changes = self.conn.total_changes();
+        }
+    }
+
+    /// `next` answered from the walk read ahead, if it continues that walk and nothing
+    /// changed under it.
+    fn ahead_next(
+        &mut self,
+        table: TableId,
+        after: Option<LocalId>,
+        filter: Filter,
+    ) -> Option<Option<Record>> {
+        let (t, f, last) = self.ahead.walk?;
+        if t != table || f != filter || after != Some(last) {
+            return None;
+        }
+        let changed = self.ahead.changes != self.conn.total_changes()
+            || self.ahead.version.is_some() && self.ahead.version != self.data_version().ok();
+        if changed {
+            self.ahead.walk = None;
+            return None;
+        }
+        match self.ahead.rows.pop_front() {
+            Some(rec) => {
+                self.ahead.walk = Some((table, filter, rec.local));
+                Some(Some(rec))
+            }
+            None if self.ahead.end => {
+                self.ahead.walk = None;
+                Some(None)
+            }
+            None => None,
+        }
+    }
+
+    /// Reads up to [`AHEAD_ROWS`] records of the walk from `after`; returns the first.
+    fn read_ahead(
+        &mut self,
+        table: TableId,
+        after: i64,
+        filter: Filter,
+    ) -> Result<Option<Record>, StoreError> {
+        let sql = &self.sql(table)?.ahead;
+        let mut rows = VecDeque::with_capacity(AHEAD_ROWS);
+        {
+            let (sql, parent) = match filter {
+                Filter::All => (&sql[0], None),
+                Filter::Pending => (&sql[1], None),
+                Filter::Children(p) => (&sql[2], Some(i64::from(p.0))),
+            };
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let mut found = match parent {
+                Some(p) => stmt.query([after, p])?,
+                None => stmt.query([after])?,
+            };
+            while let Some(row) = found.next()? {
+                rows.push_back(header_from(table, row)?);
+            }
+        }
+        let end = rows.len() < AHEAD_ROWS;
+        let first = rows.pop_front();
+        let version = if self.in_tx {
+            None
+        } else {
+            Some(self.data_version()?)
+        };
+        self.ahead = Ahead {
+            walk: first.map(|r| (table, filter, r.local)),
+            rows,
+            end,
+            changes: self.conn.total_changes(),
+            version,
+        };
+        Ok(first)
+    }
+
+    /// `PRAGMA data_version`: changes when another connection commits.
+    fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// Forgets the transaction's index and unwritten puts.
     fn end_tx(&mut self) {
+        self.ahead = Ahead::default();
         self.index.clear();
         self.puts.clear();
         self.batch.clear();
@@ -976,6 +1114,7 @@ impl LocalStore for SqliteStore {
             .resize_with(self.tables.len(), ServerIndex::default);
         self.puts.clear();
         self.puts.resize(self.tables.len(), Puts::default());
+        self.ahead = Ahead::default();
         self.in_tx = true;
         self.failed = false;
         Ok(())
@@ -1131,6 +1270,7 @@ impl LocalStore for SqliteStore {
         } else {
             rec
         };
+        self.ahead_touch(rec.table, rec.local);
         let t = rec.table.0 as usize;
         // Above every local id this transaction put into the table so far?
         let beyond = self.puts.get_mut(t).is_some_and(|p| {
@@ -1203,9 +1343,11 @@ impl LocalStore for SqliteStore {
                         rec.local, def.name
                     )));
                 }
+                drop(stmt);
                 if let Some(ix) = self.index.get_mut(rec.table.0 as usize) {
                     ix.learn(rec);
                 }
+                self.ahead_keep();
             }
         }
         Ok(())
@@ -1213,11 +1355,14 @@ impl LocalStore for SqliteStore {
 
     async fn remove(&mut self, table: TableId, local: LocalId) -> Result<(), StoreError> {
         self.flush()?;
+        self.ahead_touch(table, local);
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.remove)?;
         stmt.execute([i64::from(local.0)])?;
+        drop(stmt);
         if let Some(ix) = self.index.get_mut(table.0 as usize) {
             ix.forget_local(local);
         }
+        self.ahead_keep();
         Ok(())
     }
 
@@ -1228,18 +1373,10 @@ impl LocalStore for SqliteStore {
         filter: Filter,
     ) -> Result<Option<Record>, StoreError> {
         self.flush()?;
-        let after = after.map_or(-1, |a| i64::from(a.0));
-        let sql = self.sql(table)?;
-        let found = match filter {
-            Filter::All => query_header(&self.conn, table, &sql.next_all, [after]),
-            Filter::Pending => query_header(&self.conn, table, &sql.next_pending, [after]),
-            Filter::Children(p) => query_header(
-                &self.conn,
-                table,
-                &sql.next_children,
-                [after, i64::from(p.0)],
-            ),
-        }?;
+        let found = match self.ahead_next(table, after, filter) {
+            Some(found) => found,
+            None => self.read_ahead(table, after.map_or(-1, |a| i64::from(a.0)), filter)?,
+        };
         self.learn_read(table, found.as_ref());
         Ok(found)
     }
@@ -1268,6 +1405,8 @@ impl LocalStore for SqliteStore {
                 i64::from(e.at.device),
                 body,
             ])?;
+        // The rejected log holds no record a walk could find.
+        self.ahead_keep();
         Ok(())
     }
 
@@ -1321,6 +1460,7 @@ impl LocalStore for SqliteStore {
 
     async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), StoreError> {
         self.flush()?;
+        self.ahead.walk = None;
         // A table that held no row when this transaction first asked about it (a fresh
         // device's first full refresh) holds only records the transaction put: if all of them
         // carry `mark`, there is nothing to sweep, and the scan of the table is saved.
@@ -1341,6 +1481,7 @@ impl LocalStore for SqliteStore {
     async fn clear_rejected(&mut self) -> Result<(), StoreError> {
         self.flush()?;
         self.conn.execute_batch("DELETE FROM _fs_rejected")?;
+        self.ahead_keep();
         Ok(())
     }
 }
