@@ -31,6 +31,7 @@ use ferrysync_core::id::{LocalId, ServerId, TableId};
 use ferrysync_core::mem::ScriptLink;
 use ferrysync_core::pack::Packer;
 use ferrysync_core::schema::EXAMPLE;
+use ferrysync_core::store::LocalStore;
 use ferrysync_core::track;
 use ferrysync_core::wire::{Accepted, Done, Mode, Reply, Upsert};
 use ferrysync_core::Hlc;
@@ -394,6 +395,21 @@ fn push(phone: &mut SqliteStore, renamed: u32) -> Duration {
     took
 }
 
+/// The floor of any sync on `phone`: a transaction that writes only the device state (one
+/// WAL frame and the commit's fsync, `synchronous = FULL`), timed from `begin` to the end of
+/// `commit`.
+fn commit_floor(phone: &mut SqliteStore) -> Duration {
+    let state = pollster::block_on(phone.load_state()).expect("state");
+    settle();
+    let start = Instant::now();
+    pollster::block_on(async {
+        phone.begin().await?;
+        phone.commit(&state).await
+    })
+    .expect("an empty transaction commits");
+    start.elapsed()
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -447,6 +463,7 @@ fn summary(w: &Workload) {
     );
     let (mut engine, mut bare, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     let (mut delta, mut full, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor_commit = Vec::new();
     for round in 0..w.size.rounds {
         // Each side goes first in turn.
         for side in (0..3).map(|i| (i + round) % 3) {
@@ -460,6 +477,7 @@ fn summary(w: &Workload) {
         let dir = tempdir();
         let mut phone = synced_phone(dir.path(), &w.first);
         delta.push(apply(&mut phone, &w.delta, 2, false));
+        floor_commit.push(commit_floor(&mut phone));
         drop(phone);
         let dir = tempdir();
         let mut phone = synced_phone(dir.path(), &w.first);
@@ -472,6 +490,7 @@ fn summary(w: &Workload) {
     }
     let (engine, bare, floor) = (median(engine), median(bare), median(floor));
     let (delta, full, pushed) = (median(delta), median(full), median(pushed));
+    let floor_commit = median(floor_commit);
     println!(
         "summary: apply full refresh {label}: engine + SqliteStore {:.1} ms, bare rusqlite bulk \
          insert {:.1} ms, ratio {:.2}x (target <= 1.5x); bare insert into the store's tables \
@@ -504,6 +523,13 @@ fn summary(w: &Workload) {
         w.rows.contacts.len().div_ceil(100),
         ms(pushed),
         ms(full) / ms(pushed),
+    );
+    println!(
+        "summary: commit floor on a synced phone {label}: an empty sync transaction (the state \
+         row: one WAL frame, one fsync) {:.2} ms; the delta above is {:.1}x it, the push {:.1}x",
+        ms(floor_commit),
+        ms(delta) / ms(floor_commit),
+        ms(pushed) / ms(floor_commit),
     );
 }
 
