@@ -1,7 +1,7 @@
 //! Device apply on the scanner (issue 7, items 2 and 4, flash part), side by side in one run,
 //! on sequential-storage's mock NOR flash (4 MiB: 1,024 sectors of 4 KiB, 4-byte words; it
 //! counts bytes written and erases) and the scanner configuration of `examples/measure.rs`
-//! (32 sub-maps with key caches of 80 keys, four 1.5 KiB item buffers):
+//! (32 sub-maps with key caches of 80 keys, four item buffers of 2,304 B):
 //!
 //! - a full refresh of N companies + M contacts (contact j under company j % N) applied by the
 //!   sync engine to an empty `FlashStore`, beside raw sequential-storage `store_item` calls of
@@ -25,6 +25,7 @@ use ferrysync_core::id::{ServerId, TableId};
 use ferrysync_core::mem::ScriptLink;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::{Accepted, Done, Reply, Upsert};
+use ferrysync_core::workload;
 use ferrysync_core::Hlc;
 use ferrysync_flash::{store_cache, CacheSpec, FlashKey, FlashStore, MapCache, StoreCache};
 use sequential_storage::map::{MapConfig, MapStorage};
@@ -37,7 +38,7 @@ const N: usize = 1024;
 /// 4 MiB of NOR flash in 4 KiB sectors.
 type Part = MockFlashBase<1024, 4, 1024>;
 /// The scanner's store: 32 sub-maps of 32 pages, 80 keys cached in each.
-type Scanner = FlashStore<Part, StoreCache<32, 80>, 1536, 32>;
+type Scanner = FlashStore<Part, StoreCache<32, 80>, 2304, 32>;
 /// The raw map's cache (1,024 pages, 2,048 keys).
 type RawCache = MapCache<1024, 2048>;
 
@@ -95,29 +96,23 @@ struct Rows {
     contacts: Vec<(usize, [String; 3])>,
 }
 
+/// The records of the workspace's workload generator (`ferrysync_core::workload`).
 fn rows(size: &Size) -> Rows {
-    let n = size.companies;
+    let w = workload::Workload::generate(workload::Size {
+        name: size.name,
+        companies: size.companies,
+        contacts: size.contacts,
+    });
     Rows {
-        companies: (0..n)
-            .map(|i| {
-                [
-                    format!("Company {i}"),
-                    format!("City {}", i % 97),
-                    format!("+33 4 72 {i:06}"),
-                ]
-            })
+        companies: w
+            .companies
+            .into_iter()
+            .map(|c| [c.name, c.city, c.phone])
             .collect(),
-        contacts: (0..size.contacts)
-            .map(|j| {
-                (
-                    j % n,
-                    [
-                        format!("Contact {j}"),
-                        format!("contact{j}@example.com"),
-                        format!("+33 6 {j:08}"),
-                    ],
-                )
-            })
+        contacts: w
+            .contacts
+            .into_iter()
+            .map(|c| (c.company, [c.name, c.email, c.phone]))
             .collect(),
     }
 }
@@ -132,8 +127,8 @@ fn renamed(rows: &Rows) -> Rows {
             .enumerate()
             .map(|(j, (p, f))| {
                 let mut f = f.clone();
-                if j % 100 == 0 {
-                    f[0] = format!("Contact {j} (renamed)");
+                if workload::is_renamed(j) {
+                    f[0] = workload::renamed(j);
                 }
                 (*p, f)
             })

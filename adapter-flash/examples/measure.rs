@@ -6,7 +6,8 @@
 //!
 //! Runs on sequential-storage's mock flash (4 MiB: 1,024 sectors of 4 KiB, 4-byte words), which
 //! counts reads, writes and erases. The store: 32 sub-maps with a key cache of 80 keys each
-//! (2,560 keys), four 1.5 KiB item buffers.
+//! (2,560 keys), four item buffers of 2,304 B (as `HostStore`: records with a payload up to
+//! 131 B stay in their bucket, which the workload's contacts of about 100 B need).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -18,6 +19,7 @@ use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::store::{Filter, LocalStore};
 use ferrysync_core::track;
 use ferrysync_core::wire::Mode;
+use ferrysync_core::workload;
 use ferrysync_flash::{store_cache, FlashStore, MapCache, StoreCache};
 use pollster::block_on;
 use sequential_storage::mock_flash::{FlashStatsResult, MockFlashBase, WriteCountCheck};
@@ -26,35 +28,41 @@ use std::time::Instant;
 /// 4 MiB of NOR flash in 4 KiB sectors.
 type Part = MockFlashBase<1024, 4, 1024>;
 /// The scanner configuration: 32 sub-maps of 32 pages, each with a key cache of 80 keys.
-type Scanner = FlashStore<Part, StoreCache<32, 80>, 1536, 32>;
+type Scanner = FlashStore<Part, StoreCache<32, 80>, 2304, 32>;
 
 fn scanner() -> Box<Scanner> {
     let flash = Part::new(WriteCountCheck::Twice, None, false);
     Box::new(FlashStore::try_new(flash, Part::FULL_FLASH_RANGE, store_cache()).unwrap())
 }
 
+/// The body of company `i` of the workspace's workload (`ferrysync_core::workload`).
 fn company_body(i: usize) -> Vec<u8> {
-    let (a, b, c) = (
-        format!("Company {i}"),
-        format!("City {}", i % 97),
-        format!("+33 4 72 {i:06}"),
-    );
-    let mut buf = [0u8; 256];
+    let c = workload::company(i);
+    let mut buf = [0u8; workload::BODY_BUF];
     encode(
         &EXAMPLE.tables[0],
-        &[Value::Text(&a), Value::Text(&b), Value::Text(&c)],
+        &[
+            Value::Text(&c.name),
+            Value::Text(&c.city),
+            Value::Text(&c.phone),
+        ],
         &mut buf,
     )
     .unwrap()
     .to_vec()
 }
 
-fn contact_body(j: usize, name: &str) -> Vec<u8> {
-    let (b, c) = (format!("contact{j}@example.com"), format!("+33 6 {j:08}"));
-    let mut buf = [0u8; 256];
+/// The body of contact `j` of a workload of `n` companies, named `name`.
+fn contact_body(j: usize, n: usize, name: &str) -> Vec<u8> {
+    let c = workload::contact(j, n);
+    let mut buf = [0u8; workload::BODY_BUF];
     encode(
         &EXAMPLE.tables[1],
-        &[Value::Text(name), Value::Text(&b), Value::Text(&c)],
+        &[
+            Value::Text(name),
+            Value::Text(&c.email),
+            Value::Text(&c.phone),
+        ],
         &mut buf,
     )
     .unwrap()
@@ -139,7 +147,7 @@ fn run(n: usize, m: usize) -> Vec<Row> {
                 s,
                 CT,
                 Some(cos[j % n]),
-                &contact_body(j, &format!("Contact {j}")),
+                &contact_body(j, n, &workload::contact(j, n).name),
                 (n + j) as u64,
             ))
             .unwrap();
@@ -190,7 +198,8 @@ fn run(n: usize, m: usize) -> Vec<Row> {
         let mut k = 0;
         for (j, id) in ids.iter().enumerate() {
             if j % 100 == 0 {
-                server.touch(CT, *id, contact_body(j, &format!("Renamed {round} {j}")));
+                let name = format!("{} {round}", workload::renamed(j));
+                server.touch(CT, *id, contact_body(j, n, &name));
                 k += 1;
             }
         }
@@ -257,7 +266,7 @@ fn ram() {
     let store = core::mem::size_of::<Scanner>();
     println!(
         "RAM to sync, scanner config: store {store} B (of which sequential-storage caches {cache} B: 32 sub-maps of 32 pages, \
-         80 keys each; item buffers 4 x 1,536 B), sync future with 1 KiB frames {fut_size} B: total {} B",
+         80 keys each; item buffers 4 x 2,304 B), sync future with 1 KiB frames {fut_size} B: total {} B",
         store + fut_size
     );
     println!(

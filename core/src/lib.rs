@@ -24,6 +24,8 @@ pub mod stream;
 pub mod track;
 pub mod transport;
 pub mod wire;
+#[cfg(any(test, feature = "_test"))]
+pub mod workload;
 
 pub use hlc::{Clock, Hlc};
 pub use id::{LocalId, RecordRef, ServerId, TableId};

@@ -235,7 +235,7 @@ fn delta(n: u32, m: u32, loops: usize) {
         let mut source = renamed
             .iter()
             .map(|&(c, p, j)| {
-                let [mut name, email, phone] = contact(j);
+                let [mut name, email, phone] = contact(j, n);
                 name.push_str(&format!(" v{round}"));
                 Incoming::Change(OwnedChange {
                     table: CONTACT,

@@ -16,7 +16,7 @@ use ferrysync_core::stream::{ReplyCheck, RequestCheck};
 use ferrysync_core::wire::{Mode, Reply, Request};
 use ferrysync_server::{direct, LoadedSchema};
 use ferrysync_sqlite::{Phone, SqliteStore, MAX_FRAME};
-use ferrysync_tests::workload::Workload;
+use ferrysync_tests::workload::{OnPhone, Workload};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

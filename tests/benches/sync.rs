@@ -26,7 +26,7 @@ use ferrysync_core::transport::Transport;
 use ferrysync_core::wire::Mode;
 use ferrysync_server::{direct, LoadedSchema};
 use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, MAX_FRAME};
-use ferrysync_tests::workload::{Size, Workload};
+use ferrysync_tests::workload::{OnPhone, Size, Workload};
 use ferrysync_tests::TestServer;
 use pollster::block_on;
 use std::path::Path;

@@ -8,7 +8,7 @@ use ferrysync_core::transport::Transport;
 use ferrysync_core::wire::Mode;
 use ferrysync_server::Config;
 use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE, MAX_FRAME};
-use ferrysync_tests::workload::{Size, Workload};
+use ferrysync_tests::workload::{OnPhone, Size, Workload};
 use ferrysync_tests::{view, TestServer};
 use flate2::write::GzEncoder;
 use flate2::Compression;

@@ -1,6 +1,7 @@
-//! The workload of issue 7, shared by the server benches: `n` companies `{name, city, phone}`
-//! and `m` contacts `{name, email, phone}`, contact `j` under company `j % n`, all added by
-//! one device in one first push (local ids from 1, parents before children).
+//! The workload of issue 7 as the server benches use it: the records of
+//! `ferrysync_core::workload` (`n` companies `{name, city, phone}`, `m` contacts
+//! `{name, email, phone}`, contact `j` under company `j % n`), all added by one device in one
+//! first push (local ids from 1, parents before children).
 
 #![allow(dead_code)]
 
@@ -21,22 +22,17 @@ pub const COMPANY: TableId = TableId(0);
 /// The contact table of the example schema.
 pub const CONTACT: TableId = TableId(1);
 
-/// Fields of company `i` (0-based).
+/// Fields of company `i` (0-based), from the workspace's generator.
 pub fn company(i: u32) -> [String; 3] {
-    [
-        format!("Company {i}"),
-        format!("City {}", i % 50),
-        format!("+33 1 {i:08}"),
-    ]
+    let c = ferrysync_core::workload::company(i as usize);
+    [c.name, c.city, c.phone]
 }
 
-/// Fields of contact `j` (0-based).
-pub fn contact(j: u32) -> [String; 3] {
-    [
-        format!("Contact {j}"),
-        format!("contact{j}@example.com"),
-        format!("+33 6 {j:08}"),
-    ]
+/// Fields of contact `j` (0-based) of a workload of `n` companies, from the workspace's
+/// generator.
+pub fn contact(j: u32, n: u32) -> [String; 3] {
+    let c = ferrysync_core::workload::contact(j as usize, n as usize);
+    [c.name, c.email, c.phone]
 }
 
 /// The company (0-based) of contact `j`.
@@ -76,7 +72,7 @@ pub fn changes(n: u32, m: u32, device: u32, wall_ms: u64) -> Vec<OwnedChange> {
             key: RecordRef::Local(LocalId(j + 1)),
             parent: Some(RecordRef::Local(LocalId(company_of(j, n) + 1))),
             modified_at: at,
-            body: body(CONTACT, &contact(j)),
+            body: body(CONTACT, &contact(j, n)),
         });
     }
     v
@@ -133,7 +129,7 @@ impl BareRows {
         BareRows {
             companies: (0..n).map(company).collect(),
             contacts: (0..m)
-                .map(|j| (contact(j), i64::from(company_of(j, n)) + 1))
+                .map(|j| (contact(j, n), i64::from(company_of(j, n)) + 1))
                 .collect(),
         }
     }
