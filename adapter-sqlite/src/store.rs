@@ -1081,6 +1081,10 @@ impl SqliteStore {
 impl LocalStore for SqliteStore {
     type Error = StoreError;
 
+    /// Every body put is decoded into its columns; one that does not fit fails its `put`
+    /// ([`StoreError::Corrupt`]) and writes nothing.
+    const CHECKS_BODIES: bool = true;
+
     async fn load_state(&mut self) -> Result<DeviceState, StoreError> {
         self.flush()?;
         let mut stmt = self.conn.prepare_cached(
@@ -1597,6 +1601,72 @@ mod tests {
             s.commit(&DeviceState::default()).await.expect("commit");
             assert_eq!(names(&s), vec![(2, 2, "new".to_owned())]);
         });
+    }
+
+    /// The reply to batch 1 of a full refresh holding `upsert`, framed as a server sends it.
+    fn reply_with(upsert: ferrysync_core::wire::Upsert<'_>) -> Vec<u8> {
+        use ferrysync_core::frame::FrameEncoder;
+        use ferrysync_core::wire::{Accepted, Done, Reply};
+        let mut enc = FrameEncoder::<{ crate::MAX_FRAME }>::new();
+        let mut out = Vec::new();
+        let messages = [
+            Reply::Accepted(Accepted {
+                batch_id: 1,
+                server_time: 5,
+            }),
+            Reply::Reset,
+            Reply::Upsert(upsert),
+            Reply::Done(Done {
+                cursor: 9,
+                count: 2,
+            }),
+        ];
+        for m in &messages {
+            out.extend_from_slice(enc.encode(m).expect("a test message fits a frame"));
+        }
+        out
+    }
+
+    /// This store checks bodies itself (`CHECKS_BODIES`), so the engine does not: a reply
+    /// record whose body does not fit the schema is still a bad record, on the path that puts
+    /// it and on the one that skips it for a missing parent, and nothing is stored.
+    #[test]
+    fn a_bad_body_in_a_reply_is_a_bad_record() {
+        use ferrysync_core::engine::{self, Outgoing, SyncError};
+        use ferrysync_core::mem::ScriptLink;
+        use ferrysync_core::wire::Upsert;
+        let bad = [0xff, 0x01];
+        let company = Upsert {
+            table: TableId(0),
+            id: ServerId(1),
+            parent: None,
+            modified_at: Hlc::new(5, 0, 0),
+            body: &bad,
+        };
+        let orphan = Upsert {
+            table: TableId(1),
+            parent: Some(ServerId(77)),
+            ..company
+        };
+        for upsert in [company, orphan] {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            let out = Outgoing {
+                batch_id: 1,
+                sent: 0,
+                changes: 0,
+                full: true,
+            };
+            let mut link = ScriptLink::replying(reply_with(upsert));
+            let got = block_on(engine::receive_reply::<_, _, { crate::MAX_FRAME }>(
+                &EXAMPLE, &mut s, &mut link, &out,
+            ));
+            assert!(
+                matches!(got, Err(SyncError::BadRecord { frame: 2 })),
+                "{got:?}"
+            );
+            assert_eq!(names(&s), vec![]);
+            assert_eq!(block_on(s.load_state()).expect("state").cursor, None);
+        }
     }
 
     /// A new row that takes a server id another new row holds fails the transaction (the

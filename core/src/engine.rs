@@ -538,7 +538,13 @@ impl<const N: usize> Apply<'_, '_, N> {
     ) -> Res<(), S, T> {
         let bad = SyncError::BadRecord { frame: self.frame };
         let def = self.schema.table(u.table).ok_or(bad)?;
-        body::validate(def, u.body).map_err(|_| SyncError::BadRecord { frame: self.frame })?;
+        // A store that checks bodies itself refuses a bad one at `put` (below); the paths that
+        // do not put the body check it here, so a bad body fails the sync on every path.
+        let check =
+            || body::validate(def, u.body).map_err(|_| SyncError::BadRecord { frame: self.frame });
+        if !S::CHECKS_BODIES {
+            check()?;
+        }
         self.clock.observe(u.modified_at);
         let parent = match (def.parent, u.parent) {
             (Some(pt), Some(ps)) => match self.parent_hit {
@@ -551,6 +557,9 @@ impl<const N: usize> Apply<'_, '_, N> {
                     None => {
                         // The parent is not here (a server that sent children first, or a
                         // scope change): skip, and heal with a full refresh next time.
+                        if S::CHECKS_BODIES {
+                            check()?;
+                        }
                         self.needs_full = true;
                         return Ok(());
                     }
@@ -567,6 +576,9 @@ impl<const N: usize> Apply<'_, '_, N> {
         let rec = match existing {
             Some(mut rec) if rec.meta.edited_after(self.sent) => {
                 // Keep the newer local change; only note that the record is still in scope.
+                if S::CHECKS_BODIES {
+                    check()?;
+                }
                 rec.mark = self.state.refresh;
                 return store.put(&rec, None).await.map_err(SyncError::Store);
             }
@@ -589,10 +601,14 @@ impl<const N: usize> Apply<'_, '_, N> {
                 }
             }
         };
-        store
-            .put(&rec, Some(u.body))
-            .await
-            .map_err(SyncError::Store)
+        match store.put(&rec, Some(u.body)).await {
+            Ok(()) => Ok(()),
+            // The store refused the body: the same bad record as for any other store.
+            Err(e) => match check() {
+                Err(bad) if S::CHECKS_BODIES => Err(bad),
+                _ => Err(SyncError::Store(e)),
+            },
+        }
     }
 
     async fn done<S: LocalStore, T: Transport>(

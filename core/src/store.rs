@@ -121,6 +121,12 @@ pub trait LocalStore {
     /// The store's own error.
     type Error: core::fmt::Debug;
 
+    /// Whether [`put`](Self::put) decodes every body it is given against the schema and fails
+    /// on one that does not fit (a store that writes fields as columns has to decode them
+    /// anyway). The sync engine then leaves that check to `put` instead of decoding each
+    /// received body twice; it still reports a bad body as a bad record, as for any store.
+    const CHECKS_BODIES: bool = false;
+
     /// Reads the committed device state ([`DeviceState::default`] on a fresh store).
     /// Writes nothing.
     async fn load_state(&mut self) -> Result<DeviceState, Self::Error>;
@@ -155,7 +161,9 @@ pub trait LocalStore {
     ) -> Result<Option<Record>, Self::Error>;
 
     /// Inserts or replaces the record `(rec.table, rec.local)`; `body: None` keeps the stored
-    /// body (the record must exist then). Part of the open transaction.
+    /// body (the record must exist then). Part of the open transaction. A store with
+    /// [`CHECKS_BODIES`](Self::CHECKS_BODIES) fails, writing nothing, when `body` does not fit
+    /// the table.
     async fn put(&mut self, rec: &Record, body: Option<&[u8]>) -> Result<(), Self::Error>;
 
     /// Removes `(table, local)` for good (absent is not an error). Part of the open transaction.
