@@ -1,5 +1,7 @@
 //! Device apply on the phone (issue 7, items 2 and 4), side by side in one run:
 //!
+//! The data is the repo's workload (`ferrysync_core::workload`, as the other benches use).
+//!
 //! - a full refresh of N companies + M contacts (contact j under company j % N) applied by the
 //!   sync engine to an empty `SqliteStore` on a file, beside a bare rusqlite bulk insert of the
 //!   same rows in one transaction with the same pragmas (WAL, `synchronous = FULL`, foreign keys;
@@ -34,6 +36,7 @@ use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::store::LocalStore;
 use ferrysync_core::track;
 use ferrysync_core::wire::{Accepted, Done, Mode, Reply, Upsert};
+use ferrysync_core::workload;
 use ferrysync_core::Hlc;
 use ferrysync_sqlite::{rusqlite, SqliteStore};
 use std::path::Path;
@@ -90,34 +93,27 @@ struct Rows {
     contacts: Vec<(usize, [String; 3])>,
 }
 
+/// The repo's workload (`ferrysync_core::workload`, as every bench uses): realistic names,
+/// cities, phones and emails; contact j under company j % N.
 fn rows(size: &Size) -> Rows {
     let n = size.companies;
     Rows {
         companies: (0..n)
             .map(|i| {
-                [
-                    format!("Company {i}"),
-                    format!("City {}", i % 97),
-                    format!("+33 4 72 {i:06}"),
-                ]
+                let c = workload::company(i);
+                [c.name, c.city, c.phone]
             })
             .collect(),
         contacts: (0..size.contacts)
             .map(|j| {
-                (
-                    j % n,
-                    [
-                        format!("Contact {j}"),
-                        format!("contact{j}@example.com"),
-                        format!("+33 6 {j:08}"),
-                    ],
-                )
+                let c = workload::contact(j, n);
+                (c.company, [c.name, c.email, c.phone])
             })
             .collect(),
     }
 }
 
-/// The 1 % update: every contact with j % 100 == 0 renamed.
+/// The 1 % update: every contact with j % 100 == 0 renamed (`workload::renamed`).
 fn renamed(rows: &Rows) -> Rows {
     Rows {
         companies: rows.companies.clone(),
@@ -127,8 +123,8 @@ fn renamed(rows: &Rows) -> Rows {
             .enumerate()
             .map(|(j, (p, f))| {
                 let mut f = f.clone();
-                if j % 100 == 0 {
-                    f[0] = format!("Contact {j} (renamed)");
+                if workload::is_renamed(j) {
+                    f[0] = workload::renamed(j);
                 }
                 (*p, f)
             })
@@ -172,10 +168,10 @@ impl ReplyWriter {
     }
 
     fn upsert(&mut self, table: u8, id: usize, parent: Option<usize>, fields: &[String; 3]) {
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; workload::BODY_BUF];
         let values = fields.each_ref().map(|f| Value::Text(f));
         let body = body::encode(&EXAMPLE.tables[table as usize], &values, &mut buf)
-            .expect("a bench body fits 256 bytes");
+            .expect("a workload body fits BODY_BUF");
         let u = Upsert {
             table: TableId(table),
             id: ServerId(id as u64 + 1),
@@ -351,7 +347,7 @@ fn synced_phone(dir: &Path, first: &[u8]) -> SqliteStore {
 /// transaction each, as an app would); returns how many. Untimed: the setup of [`push`].
 fn rename(phone: &mut SqliteStore, w: &Workload) -> u32 {
     let n = w.rows.companies.len();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; workload::BODY_BUF];
     let mut renamed = 0;
     for (j, (_, f)) in w.updated.contacts.iter().enumerate() {
         if j % 100 != 0 {
