@@ -624,6 +624,8 @@ pub struct SqliteStore {
     puts: Vec<Puts>,
     /// The walk `next` read ahead in the open transaction.
     ahead: Ahead,
+    /// `synchronous` is NORMAL for a [`LocalStore::begin_reply`] transaction.
+    lazy: bool,
 }
 
 const STATE_DDL: &str = "
@@ -877,6 +879,7 @@ impl SqliteStore {
             failed: false,
             puts: Vec::new(),
             ahead: Ahead::default(),
+            lazy: false,
         })
     }
 
@@ -1062,6 +1065,30 @@ impl SqliteStore {
     }
 
     /// Forgets the transaction's index and unwritten puts.
+    /// Begins the transaction and its bookkeeping.
+    fn open_tx(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.index.clear();
+        self.index
+            .resize_with(self.tables.len(), ServerIndex::default);
+        self.puts.clear();
+        self.puts.resize(self.tables.len(), Puts::default());
+        self.ahead = Ahead::default();
+        self.in_tx = true;
+        self.failed = false;
+        Ok(())
+    }
+
+    /// Puts `synchronous = FULL` back after a [`LocalStore::begin_reply`] transaction: every
+    /// other commit waits for its fsync.
+    fn full_again(&mut self) -> Result<(), StoreError> {
+        if self.lazy {
+            self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+            self.lazy = false;
+        }
+        Ok(())
+    }
+
     fn end_tx(&mut self) {
         self.ahead = Ahead::default();
         self.index.clear();
@@ -1112,16 +1139,20 @@ impl LocalStore for SqliteStore {
     }
 
     async fn begin(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        self.index.clear();
-        self.index
-            .resize_with(self.tables.len(), ServerIndex::default);
-        self.puts.clear();
-        self.puts.resize(self.tables.len(), Puts::default());
-        self.ahead = Ahead::default();
-        self.in_tx = true;
-        self.failed = false;
-        Ok(())
+        self.full_again()?;
+        self.open_tx()
+    }
+
+    /// A transaction whose commit does not wait for its fsync (`synchronous = NORMAL` until it
+    /// ends; SQLite takes the setting only outside a transaction). In WAL mode the commit is
+    /// atomic either way; the next `commit` of the app, whose fsync of the log covers this
+    /// one's frames, or a checkpoint, makes it durable. A power cut before that takes the
+    /// reply back whole, which the next sync redoes ([`LocalStore::begin_reply`]). A synced
+    /// phone's delta saves the fsync it was waiting for.
+    async fn begin_reply(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        self.lazy = true;
+        self.open_tx()
     }
 
     async fn commit(&mut self, s: &DeviceState) -> Result<(), StoreError> {
@@ -1145,7 +1176,7 @@ impl LocalStore for SqliteStore {
             ])?;
         self.conn.execute_batch("COMMIT")?;
         self.end_tx();
-        Ok(())
+        self.full_again()
     }
 
     async fn rollback(&mut self) -> Result<(), StoreError> {
@@ -1153,7 +1184,7 @@ impl LocalStore for SqliteStore {
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
-        Ok(())
+        self.full_again()
     }
 
     async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, StoreError> {
@@ -1526,6 +1557,41 @@ mod tests {
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows")
+    }
+
+    fn synchronous(s: &SqliteStore) -> i64 {
+        s.connection()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("pragma")
+    }
+
+    /// A reply's transaction commits at `synchronous = NORMAL` (1), every other at FULL (2),
+    /// whether the reply committed or rolled back.
+    #[test]
+    fn only_a_reply_transaction_skips_the_fsync() {
+        block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut s = SqliteStore::open(dir.path().join("p.db"), EXAMPLE).expect("open");
+            let state = s.load_state().await.expect("state");
+            assert_eq!(synchronous(&s), 2);
+            for commit in [true, false] {
+                s.begin_reply().await.expect("begin");
+                assert_eq!(synchronous(&s), 1);
+                s.put(&record(1, 7, 0), Some(&company("ACME")))
+                    .await
+                    .expect("put");
+                if commit {
+                    s.commit(&state).await.expect("commit");
+                } else {
+                    s.rollback().await.expect("rollback");
+                }
+                assert_eq!(synchronous(&s), 2, "commit: {commit}");
+                s.begin().await.expect("begin");
+                assert_eq!(synchronous(&s), 2);
+                s.rollback().await.expect("rollback");
+            }
+            assert_eq!(names(&s).len(), 1);
+        })
     }
 
     /// A first full refresh into an empty table: more rows than one flush (written by plain

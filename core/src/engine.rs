@@ -258,7 +258,7 @@ pub async fn receive_reply<S: LocalStore, T: Transport, const N: usize>(
     transport: &mut T,
     out: &Outgoing,
 ) -> Res<SyncReport, S, T> {
-    store.begin().await.map_err(SyncError::Store)?;
+    store.begin_reply().await.map_err(SyncError::Store)?;
     let result = apply_reply::<S, T, N>(schema, store, transport, out).await;
     match result {
         Ok((report, state)) => match store.commit(&state).await {

@@ -138,6 +138,21 @@ pub trait LocalStore {
     /// after a crash inside it, either all of them or none of them survive.
     async fn commit(&mut self, state: &DeviceState) -> Result<(), Self::Error>;
 
+    /// [`begin`](Self::begin) of the transaction that applies a sync's reply, whose
+    /// [`commit`](Self::commit) a store may make durable lazily: a power cut soon after may
+    /// take that commit back, whole, but never a later commit without it (a log store that
+    /// syncs its log at the next commit does this).
+    ///
+    /// Losing it loses nothing: the device is as it was before the reply, exactly as when the
+    /// reply is lost on the network after the server committed, which the protocol already
+    /// redoes. The changes it confirmed are still pending and the next sync sends them again;
+    /// the server knows them (adds through its id map, updates by their clock, deletes by their
+    /// tombstones) and the device's old cursor gets the rest. Everything an app writes goes
+    /// through `begin`. The default is `begin`.
+    async fn begin_reply(&mut self) -> Result<(), Self::Error> {
+        self.begin().await
+    }
+
     /// Drops every write since [`begin`](Self::begin). A crash inside it leaves the same state.
     async fn rollback(&mut self) -> Result<(), Self::Error>;
 

@@ -353,3 +353,56 @@ async fn a_record_edited_while_its_sync_is_in_flight_stays_pending() {
     assert!(p.pending().unwrap().is_empty());
     server.stop().await;
 }
+
+/// The phone commits a sync's reply without waiting for its fsync
+/// (`LocalStore::commit_reply`): a power cut just after may take that commit back, whole. Its
+/// files as they were before the sync stand for that: the next sync sends the same changes
+/// again, and phone and server end as if the reply had been kept, with no duplicate.
+#[tokio::test]
+async fn a_reply_commit_lost_to_a_power_cut_is_redone_by_the_next_sync() {
+    let server = TestServer::start().await;
+    let token = server.enrol("north");
+    let mut p = offline_work(&server, &token).await;
+    let before = pending_summary(&mut p);
+    assert_eq!(before.len(), 5);
+    let path = server.db_path().with_file_name("crashy.db");
+    let wal = path.with_file_name("crashy.db-wal");
+    let saved = (std::fs::read(&path).unwrap(), std::fs::read(&wal).ok());
+
+    sync(&server, &mut p, &token).await;
+    assert!(p.pending().unwrap().is_empty());
+    let kept = view(&mut p);
+    // Only the reply's commit skips its fsync: the app's commits still wait for theirs.
+    let level: i64 = p
+        .store()
+        .connection()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(level, 2, "synchronous is FULL again after the reply");
+
+    // Power cut: the reply's commit did not reach the disk.
+    drop(p);
+    std::fs::write(&path, &saved.0).unwrap();
+    match &saved.1 {
+        Some(log) => std::fs::write(&wal, log).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(&wal);
+        }
+    }
+    let _ = std::fs::remove_file(path.with_file_name("crashy.db-shm"));
+    let mut p = Phone::open(&path, ferrysync_core::schema::EXAMPLE).unwrap();
+    assert_eq!(pending_summary(&mut p), before, "back to before the sync");
+
+    sync(&server, &mut p, &token).await;
+    assert!(p.pending().unwrap().is_empty());
+    let v = view(&mut p);
+    assert_eq!(v, kept, "the same records as the kept reply gave");
+    assert_eq!(v, server_view(&server, &token, "check").await);
+    let companies: Vec<String> =
+        server.query("SELECT name FROM company ORDER BY name", |r| r.get(0));
+    assert_eq!(companies, ["ACME", "New"], "no duplicate from the retry");
+    let contacts: Vec<String> =
+        server.query("SELECT name FROM contact ORDER BY name", |r| r.get(0));
+    assert_eq!(contacts, ["Ann", "Cid", "Dee"]);
+    server.stop().await;
+}
