@@ -273,12 +273,30 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
     wire("push request, gzip", gzip_len(&request), None);
     wire("fresh-device pull reply, gzip", gzip_len(&pull_reply), None);
     wire("JSON, gzip", gzip_len(&json), None);
+    wire(
+        "bare postcard bodies, gzip (what no gzipped sync can go below)",
+        gzip_len(&all_bodies(w)),
+        None,
+    );
 
     // 4. Delta vs full, in process, phones on files.
     delta_vs_full(w, runs, t);
 
     // 5. End to end over HTTP.
     rt.block_on(end_to_end(w, runs.min(3), t));
+}
+
+/// Every record's bare postcard body, one after the other.
+fn all_bodies(w: &Workload) -> Vec<u8> {
+    let mut buf = [0u8; ferrysync_tests::workload::BODY_BUF];
+    let mut out = Vec::new();
+    for i in 0..w.companies.len() {
+        out.extend_from_slice(w.company_body(i, &mut buf).expect("body"));
+    }
+    for j in 0..w.contacts.len() {
+        out.extend_from_slice(w.contact_body(j, None, &mut buf).expect("body"));
+    }
+    out
 }
 
 /// One push of `request` to a fresh server over HTTP; checks the reply's length.
@@ -440,6 +458,8 @@ const POUCH_PUSH: (f64, f64, bool) = (3.6, 4.1e6, true);
 const POUCH_PULL: (f64, f64, bool) = (2.6, 5.3e6, false);
 const POUCH_PULL_GZ: f64 = 1.6e6;
 const POUCH_INC_PUSH: f64 = 0.06;
+/// Incremental syncs timed per server of item 5 (each a new connection, as an app's).
+const INCREMENTAL_ROUNDS: usize = 5;
 
 async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
     let size = w.size;
@@ -499,20 +519,25 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         assert_eq!(r.mapped as usize, w.records());
         gz_first_b = (l5.wire_bytes_sent, l5.wire_bytes_received);
 
-        w.rename(&mut p1, &locals).expect("rename");
-        settle();
-        let started = Instant::now();
-        let r = p1.sync(&mut l1, Mode::Delta).await.expect("1 % push");
-        inc.push(started.elapsed());
-        assert_eq!(r.sent as usize, renamed);
-        inc_b = (l1.bytes_sent, l1.bytes_received);
+        // Incremental syncs are short: several per server, each timed.
+        for _ in 0..INCREMENTAL_ROUNDS {
+            w.rename(&mut p1, &locals).expect("rename");
+            let mut l1 = HttpTransport::new(&s.url(), &t1);
+            settle();
+            let started = Instant::now();
+            let r = p1.sync(&mut l1, Mode::Delta).await.expect("1 % push");
+            inc.push(started.elapsed());
+            assert_eq!(r.sent as usize, renamed);
+            inc_b = (l1.bytes_sent, l1.bytes_received);
 
-        settle();
-        let started = Instant::now();
-        let r = p2.sync(&mut l2, Mode::Delta).await.expect("1 % pull");
-        inc_pull.push(started.elapsed());
-        assert_eq!(r.upserts as usize, renamed);
-        inc_pull_b = (l2.bytes_sent, l2.bytes_received);
+            let mut l2 = HttpTransport::new(&s.url(), &t2);
+            settle();
+            let started = Instant::now();
+            let r = p2.sync(&mut l2, Mode::Delta).await.expect("1 % pull");
+            inc_pull.push(started.elapsed());
+            assert_eq!(r.upserts as usize, renamed);
+            inc_pull_b = (l2.bytes_sent, l2.bytes_received);
+        }
         s.stop().await;
     }
     let default = size == Size::DEFAULT;
