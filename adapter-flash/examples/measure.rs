@@ -1,13 +1,16 @@
 //! Flash cost, RAM and host time of the flash store on a scanner-sized configuration, for the
 //! workload of issue 7 at two sizes (so linearity shows: the second is 10x the first).
 //!
-//! `cargo run --release -p ferrysync-flash --example measure [N M ...]`
-//! (default: `100 1000 1000 10000`: N companies, M contacts, contact j under company j % N).
+//! `cargo run --release -p ferrysync-flash --example measure [--part MIB] [N M ...]`
+//! (default: `--part 8 100 1000 1000 10000`: N companies, M contacts, contact j under company
+//! j % N).
 //!
-//! Runs on sequential-storage's mock flash (4 MiB: 1,024 sectors of 4 KiB, 4-byte words), which
-//! counts reads, writes and erases. The store: 32 sub-maps with a key cache of 80 keys each
-//! (2,560 keys), four item buffers of 2,304 B (as `HostStore`: records with a payload up to
-//! 131 B stay in their bucket, which the workload's contacts of about 100 B need).
+//! Runs on sequential-storage's mock flash (`--part` 4, 6, 8 or 16 MiB of 4 KiB sectors,
+//! 4-byte words), which counts reads, writes and erases. The store: sub-maps of 16 pages (32 on
+//! 16 MiB, which has more than `MAX_MAPS` of 16) with key caches holding every key of 11,000
+//! records and a third more, four item buffers of 2,304 B (as `HostStore`: records with a
+//! payload up to 131 B stay in their bucket, which the workload's contacts of about 100 B
+//! need). 8 MiB is the part the README's capacity rule gives 11,000 records of this workload.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -25,14 +28,16 @@ use pollster::block_on;
 use sequential_storage::mock_flash::{FlashStatsResult, MockFlashBase, WriteCountCheck};
 use std::time::Instant;
 
-/// 4 MiB of NOR flash in 4 KiB sectors.
-type Part = MockFlashBase<1024, 4, 1024>;
-/// The scanner configuration: 32 sub-maps of 32 pages, each with a key cache of 80 keys.
-type Scanner = FlashStore<Part, StoreCache<32, 80>, 2304, 32>;
+/// `P` sectors of 4 KiB of NOR flash.
+type Part<const P: usize> = MockFlashBase<P, 4, 1024>;
+/// A scanner on `P` sectors: `M` sub-maps, each with a cache of `CP` pages and `K` keys.
+type Scanner<const P: usize, const CP: usize, const K: usize, const M: usize> =
+    FlashStore<Part<P>, StoreCache<CP, K>, 2304, M>;
 
-fn scanner() -> Box<Scanner> {
-    let flash = Part::new(WriteCountCheck::Twice, None, false);
-    Box::new(FlashStore::try_new(flash, Part::FULL_FLASH_RANGE, store_cache()).unwrap())
+fn scanner<const P: usize, const CP: usize, const K: usize, const M: usize>(
+) -> Box<Scanner<P, CP, K, M>> {
+    let flash = Part::<P>::new(WriteCountCheck::Twice, None, false);
+    Box::new(FlashStore::try_new(flash, Part::<P>::FULL_FLASH_RANGE, store_cache()).unwrap())
 }
 
 /// The body of company `i` of the workspace's workload (`ferrysync_core::workload`).
@@ -91,12 +96,12 @@ impl Row {
     }
 }
 
-fn measure<T>(
-    s: &mut Scanner,
+fn measure<T, const P: usize, const CP: usize, const K: usize, const M: usize>(
+    s: &mut Scanner<P, CP, K, M>,
     what: &str,
     records: usize,
     rows: &mut Vec<Row>,
-    f: impl FnOnce(&mut Scanner) -> T,
+    f: impl FnOnce(&mut Scanner<P, CP, K, M>) -> T,
 ) -> T {
     let before = s.flash_mut().stats_snapshot();
     let t = Instant::now();
@@ -114,16 +119,23 @@ fn measure<T>(
 }
 
 /// Remounts the store from its flash (a scanner reboot): cold caches.
-fn reboot(s: Box<Scanner>) -> Box<Scanner> {
+// The store is tens of KiB: it stays boxed (clippy cannot size the generic type).
+#[allow(clippy::boxed_local)]
+fn reboot<const P: usize, const CP: usize, const K: usize, const M: usize>(
+    s: Box<Scanner<P, CP, K, M>>,
+) -> Box<Scanner<P, CP, K, M>> {
     let flash = s.into_flash();
-    Box::new(FlashStore::try_new(flash, Part::FULL_FLASH_RANGE, store_cache()).unwrap())
+    Box::new(FlashStore::try_new(flash, Part::<P>::FULL_FLASH_RANGE, store_cache()).unwrap())
 }
 
-fn run(n: usize, m: usize) -> Vec<Row> {
+fn run<const P: usize, const CP: usize, const K: usize, const M: usize>(
+    n: usize,
+    m: usize,
+) -> Vec<Row> {
     let total = n + m;
     println!("{n} companies + {m} contacts ({total} records):");
     let mut rows = Vec::new();
-    let mut s = scanner();
+    let mut s = scanner::<P, CP, K, M>();
 
     // Local inserts, one transaction each: the companies, then the contacts.
     let cos = measure(&mut s, "local insert (1 txn each)", total, &mut rows, |s| {
@@ -247,26 +259,43 @@ fn run(n: usize, m: usize) -> Vec<Row> {
     );
 
     // A new device: the full refresh into an empty store.
-    let mut d = scanner();
-    measure(&mut d, "new device full refresh", total, &mut rows, |d| {
+    let mut d = scanner::<P, CP, K, M>();
+    let fresh = measure(&mut d, "new device full refresh", total, &mut rows, |d| {
+        let before = d.flash_mut().stats_snapshot();
         let r = sync_with(d, &mut server).unwrap();
         assert_eq!(r.upserts as usize, total);
+        before
+            .compare_to(d.flash_mut().stats_snapshot())
+            .bytes_written
     });
+    println!(
+        "  capacity: a fresh full refresh wrote {:.0} KiB ({:.0} B/rec); the part is {:.1}x that",
+        fresh as f64 / 1024.0,
+        fresh as f64 / total as f64,
+        (P * 4096) as f64 / fresh as f64
+    );
     rows
 }
 
 /// RAM the scanner configuration needs: the store, and the future of a whole sync.
-fn ram() {
-    let mut s = scanner();
+fn ram<const P: usize, const CP: usize, const K: usize, const M: usize>() {
+    let mut s = scanner::<P, CP, K, M>();
     let mut t = ferrysync_core::mem::ScriptLink::default();
     let fut = ferrysync_core::engine::sync::<_, _, 1024>(&EXAMPLE, &mut *s, &mut t, Mode::Delta);
     let fut_size = core::mem::size_of_val(&fut);
     drop(fut);
-    let cache = 32 * core::mem::size_of::<Option<MapCache<32, 80>>>();
-    let store = core::mem::size_of::<Scanner>();
+    let cache = M * core::mem::size_of::<Option<MapCache<CP, K>>>();
+    let store = core::mem::size_of::<Scanner<P, CP, K, M>>();
     println!(
-        "RAM to sync, scanner config: store {store} B (of which sequential-storage caches {cache} B: 32 sub-maps of 32 pages, \
-         80 keys each; item buffers 4 x 2,304 B), sync future with 1 KiB frames {fut_size} B: total {} B",
+        "part {} MiB ({P} sectors of 4 KiB), {} sub-maps of {} pages",
+        P / 256,
+        s.sub_maps(),
+        P / s.sub_maps()
+    );
+    println!(
+        "RAM to sync: store {store} B (of which sequential-storage caches {cache} B: {M} x \
+         {CP} pages and {K} keys; item buffers 4 x 2,304 B), sync future with 1 KiB frames \
+         {fut_size} B: total {} B",
         store + fut_size
     );
     println!(
@@ -275,21 +304,14 @@ fn ram() {
     );
 }
 
-fn main() {
-    ram();
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers: N M [N M ...]"))
+fn main_for<const P: usize, const CP: usize, const K: usize, const M: usize>(
+    sizes: &[(usize, usize)],
+) {
+    ram::<P, CP, K, M>();
+    let runs: Vec<(usize, Vec<Row>)> = sizes
+        .iter()
+        .map(|&(n, m)| (n + m, run::<P, CP, K, M>(n, m)))
         .collect();
-    let sizes: Vec<(usize, usize)> = if args.len() >= 2 {
-        args.chunks(2)
-            .filter(|c| c.len() == 2)
-            .map(|c| (c[0], c[1]))
-            .collect()
-    } else {
-        vec![(100, 1_000), (1_000, 10_000)]
-    };
-    let runs: Vec<(usize, Vec<Row>)> = sizes.iter().map(|&(n, m)| (n + m, run(n, m))).collect();
     if runs.len() >= 2 {
         let (small, large) = (&runs[0], &runs[runs.len() - 1]);
         println!(
@@ -309,5 +331,38 @@ fn main() {
                 r(a.s.bytes_written, b.s.bytes_written)
             );
         }
+    }
+}
+
+fn main() {
+    let mut mib = 8;
+    let mut nums = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--part" {
+            mib = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("--part 4|8|16 (MiB)");
+        } else {
+            nums.push(a.parse::<usize>().expect("numbers: N M [N M ...]"));
+        }
+    }
+    let sizes: Vec<(usize, usize)> = if nums.len() >= 2 {
+        nums.chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0], c[1]))
+            .collect()
+    } else {
+        vec![(100, 1_000), (1_000, 10_000)]
+    };
+    // Key caches: every key of the sub-map (`(records / 8 + pages / 2) / sub-maps`) with a
+    // third more, for 11,000 records.
+    match mib {
+        4 => main_for::<1024, 16, 48, 64>(&sizes),
+        6 => main_for::<1536, 16, 40, 96>(&sizes),
+        8 => main_for::<2048, 16, 32, 128>(&sizes),
+        16 => main_for::<4096, 32, 48, 128>(&sizes),
+        _ => panic!("--part 4, 6, 8 or 16 (MiB)"),
     }
 }

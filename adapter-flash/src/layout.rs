@@ -44,7 +44,7 @@ pub(crate) const MARKER_KEY: FlashKey = [0xFE, 0, 0, 0, 0];
 pub(crate) const STATE_KEY: FlashKey = [0xFF, 0, 0, 0, 0];
 
 /// Version of the on-flash layout, stored in the state item.
-pub(crate) const LAYOUT_VERSION: u8 = 4;
+pub(crate) const LAYOUT_VERSION: u8 = 5;
 
 /// Most ranges of aborted transactions the state item remembers before the store heals them.
 pub const MAX_HOLES: usize = 6;

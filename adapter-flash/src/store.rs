@@ -185,7 +185,7 @@ struct Old {
 ///   twice in `min(BUF - 16, page - 64) - 7`.
 ///
 /// See the crate docs for the layout and the transaction scheme.
-pub struct FlashStore<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize = 32> {
+pub struct FlashStore<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize = 64> {
     flash: F,
     /// One sequential-storage cache per sub-map.
     caches: [Option<C::Cache>; MAPS],
@@ -300,9 +300,12 @@ pub fn store_cache<const PAGES: usize, const KEYS: usize>() -> StoreCache<PAGES,
 }
 
 /// Pages per sub-map the layout aims at: a lookup that misses the key cache scans one sub-map.
-const MAP_PAGES: usize = 32;
+/// 16 halves the reads of a delta sync after a reboot against 32 (8 MiB part, 11,000 records:
+/// 6.1 MiB read instead of 15.6 MiB) for the same cache RAM; 8 pages leave too little slack
+/// per map and migrate more (a delta wrote 1.5x the bytes).
+const MAP_PAGES: usize = 16;
 /// Most sub-maps of a partition.
-pub const MAX_MAPS: usize = 64;
+pub const MAX_MAPS: usize = 128;
 
 /// Sub-map of a key.
 fn map_of(key: &FlashKey, maps: usize) -> usize {
@@ -325,12 +328,13 @@ fn decode_rejected<E>(payload: &[u8]) -> Result<(RejectedEntry, &[u8]), FlashErr
 }
 
 impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<F, C, BUF, MAPS> {
-    /// A store on `range` of `flash` (page aligned, at least two pages; give it room: the map
-    /// needs about twice the live data to work without constant page migrations).
+    /// A store on `range` of `flash` (page aligned, at least two pages; give it room: about
+    /// six times what a full refresh of the data set writes into an empty store, see the crate
+    /// docs' Sizing, or sequential-storage migrates pages constantly).
     /// `cache` names the cache sizes ([`store_cache`]).
     /// Reads nothing yet: the store mounts on first use (or [`mount`](Self::mount)).
     ///
-    /// The partition is cut into `pages / 32` sub-maps (at most [`MAX_MAPS`], at least one),
+    /// The partition is cut into `pages / 16` sub-maps (at most [`MAX_MAPS`], at least one),
     /// each a sequential-storage map of its own; `MAPS` must be at least that many and
     /// `C::PAGES` at least the pages of one (`Config` otherwise).
     pub fn try_new(flash: F, range: Range<u32>, cache: C) -> Res<Self, F> {

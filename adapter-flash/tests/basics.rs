@@ -156,7 +156,7 @@ fn many_pending_buckets() {
         false,
     );
     let mut s: Box<
-        ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<32, 512>, 1536, 4>,
+        ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<16, 512>, 1536, 8>,
     > = Box::new(
         ferrysync_flash::FlashStore::try_new(
             flash,
@@ -202,7 +202,7 @@ fn many_pending_buckets() {
     assert_eq!(block_on(pending(&mut *s)).unwrap(), want);
     let flash = s.into_flash();
     let mut s: Box<
-        ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<32, 512>, 1536, 4>,
+        ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<16, 512>, 1536, 8>,
     > = Box::new(
         ferrysync_flash::FlashStore::try_new(
             flash,
@@ -216,12 +216,12 @@ fn many_pending_buckets() {
     assert_eq!(snap.records.len(), n);
 }
 
-/// After a reboot the key caches are empty: a lookup scans at most one sub-map (32 pages), and
+/// After a reboot the key caches are empty: a lookup scans at most one sub-map (16 pages), and
 /// a record whose bucket never existed costs no read at all.
 #[test]
 fn cold_lookups_scan_one_sub_map_at_most() {
     type Mid = sequential_storage::mock_flash::MockFlashBase<128, 4, 1024>;
-    type MidStore = ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<32, 512>, 1536, 4>;
+    type MidStore = ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<16, 512>, 1536, 8>;
     let open = |f: Mid| -> Box<MidStore> {
         Box::new(
             ferrysync_flash::FlashStore::try_new(
@@ -246,8 +246,8 @@ fn cold_lookups_scan_one_sub_map_at_most() {
     sync_with(&mut *s, &mut server).unwrap();
     let snap = block_on(snapshot(&mut *s)).unwrap();
     assert_eq!(snap.records.len(), 600);
-    assert_eq!(s.sub_maps(), 4);
-    let sub_map_bytes = 32 * 4096;
+    assert_eq!(s.sub_maps(), 8);
+    let sub_map_bytes = 16 * 4096;
     let mut s = open(s.into_flash());
     block_on(s.mount()).unwrap();
     let mut worst = 0;

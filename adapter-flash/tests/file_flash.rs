@@ -10,7 +10,7 @@ use ferrysync_core::track;
 use ferrysync_flash::{store_cache, FileFlash, FileFlashError, FlashStore, StoreCache};
 use pollster::block_on;
 
-type FileStore = FlashStore<FileFlash, StoreCache<64, 128>, 1024, 2>;
+type FileStore = FlashStore<FileFlash, StoreCache<16, 128>, 1024, 4>;
 
 fn temp(name: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("ferrysync-flash-{}-{name}.img", std::process::id()));

@@ -10,7 +10,7 @@ use ferrysync_flash::{store_cache, FlashStore, StoreCache};
 use pollster::block_on;
 use sequential_storage::mock_flash::{MockFlashBase, WriteCountCheck};
 
-/// A flash of 64 pages of 1 KiB: the store cuts it into two sub-maps.
+/// A flash of 64 pages of 1 KiB: the store cuts it into four sub-maps.
 type Two = MockFlashBase<64, 4, 256>;
 
 /// A mock flash and the store the sweep runs on it.
@@ -56,7 +56,7 @@ macro_rules! rig {
 rig!(Small, SmallStore, small_flash());
 rig!(
     Two,
-    FlashStore<Two, StoreCache<32, 128>, 1024, 2>,
+    FlashStore<Two, StoreCache<16, 128>, 1024, 4>,
     MockFlashBase::new(WriteCountCheck::Twice, None, true)
 );
 
@@ -328,10 +328,10 @@ fn larger_first_sync_sampled() {
     });
 }
 
-/// The larger first sync on a store cut into two sub-maps (the state item, the marker and the
+/// The larger first sync on a store cut into four sub-maps (the state item, the marker and the
 /// buckets land in different maps).
 #[test]
-fn first_sync_on_two_sub_maps_sampled() {
+fn first_sync_on_four_sub_maps_sampled() {
     let mut setup = offline_three();
     for i in 0..12 {
         setup.push(Step::Insert {
@@ -341,7 +341,7 @@ fn first_sync_on_two_sub_maps_sampled() {
     }
     setup.push(Step::ServerAdd { kids: 15 });
     let mut s = Two::fresh().store();
-    assert_eq!(s.sub_maps(), 2);
+    assert_eq!(s.sub_maps(), 4);
     block_on(ferrysync_core::store::LocalStore::load_state(&mut s)).unwrap();
     run_on::<Two>(Case {
         setup,
