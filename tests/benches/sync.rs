@@ -165,7 +165,7 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
             push_reply = reply;
             took
         },
-        || bare_bulk_insert(scratch.path(), w),
+        || bare_bulk_insert(scratch.path(), w, Commit::Durable),
     );
     let target_row = |t: &mut Table, what: &str, p: Pair, target: Option<f64>| {
         let (a, b, r) = (p.a, p.b, p.ratio);
@@ -191,7 +191,7 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
     let http_t = side_by_side(
         runs,
         || rt.block_on(http_push(&request, push_reply.len())),
-        || bare_bulk_insert(scratch.path(), w),
+        || bare_bulk_insert(scratch.path(), w, Commit::Durable),
     );
     target_row(
         &mut t.time,
@@ -208,16 +208,30 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
     let mut empty = SqliteStore::open_in_memory(EXAMPLE).expect("store");
     let pull_request = request_of(&mut empty, Mode::Delta);
     let pull_reply = direct::sync(&db, hash(), &fresh, params(), &pull_request).expect("pull");
+    // The phone commits a reply without waiting for its fsync (`LocalStore::begin_reply`): the
+    // baseline that the target is about commits the same way; the durable one is beside it.
     let apply_t = side_by_side(
         runs,
         || apply_full(&pull_reply, records),
-        || bare_bulk_insert(scratch.path(), w),
+        || bare_bulk_insert(scratch.path(), w, Commit::Lazy),
     );
     target_row(
         &mut t.time,
-        "phone applies a full refresh (engine + `SqliteStore` file)",
+        "phone applies a full refresh (engine + `SqliteStore` file) vs a bare insert \
+         committed the same way (`synchronous = NORMAL`)",
         apply_t,
         Some(1.5),
+    );
+    let apply_durable_t = side_by_side(
+        runs,
+        || apply_full(&pull_reply, records),
+        || bare_bulk_insert(scratch.path(), w, Commit::Durable),
+    );
+    target_row(
+        &mut t.time,
+        "phone applies a full refresh vs a durable bare insert (`synchronous = FULL`)",
+        apply_durable_t,
+        None,
     );
     // The server's side of that pull alone: reading N + M records into a full reply.
     let pull_t = side_by_side(
@@ -230,7 +244,7 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
             assert!(reply.len().abs_diff(pull_reply.len()) < 64);
             took
         },
-        || bare_bulk_insert(scratch.path(), w),
+        || bare_bulk_insert(scratch.path(), w, Commit::Durable),
     );
     target_row(
         &mut t.time,
@@ -514,7 +528,10 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         let mut l5 = HttpTransport::new(&s.url(), &t5).gzip(true);
         settle();
         let started = Instant::now();
-        let r = p5.sync(&mut l5, Mode::Delta).await.expect("gzip first sync");
+        let r = p5
+            .sync(&mut l5, Mode::Delta)
+            .await
+            .expect("gzip first sync");
         gz_first.push(started.elapsed());
         assert_eq!(r.mapped as usize, w.records());
         gz_first_b = (l5.wire_bytes_sent, l5.wire_bytes_received);

@@ -146,20 +146,37 @@ pub fn another_device(store: &dyn ServerStore) -> Device {
         .0
 }
 
+/// How durable a commit is, as SQLite's `synchronous` setting in WAL mode.
+#[derive(Clone, Copy, Debug)]
+pub enum Commit {
+    /// `FULL`: the commit waits for the log's fsync (the server's syncs, the phone's edits).
+    Durable,
+    /// `NORMAL`: no fsync at commit (the phone's reply transaction, `LocalStore::begin_reply`).
+    Lazy,
+}
+
 /// The bare baseline: the workload's rows inserted with rusqlite into plain tables (id,
 /// fields, the contact's `company_id` with a foreign key and its index) in one transaction, on
-/// a fresh file, WAL and `synchronous = FULL` like the server and the phone. Times the
-/// transaction, from `BEGIN` to the end of `COMMIT`.
-pub fn bare_bulk_insert(dir: &Path, w: &Workload) -> Duration {
+/// a fresh file, WAL, committed as `commit` says (the same as the side it is compared with).
+/// Times the transaction, from `BEGIN` to the end of `COMMIT`.
+pub fn bare_bulk_insert(dir: &Path, w: &Workload, commit: Commit) -> Duration {
     let path = dir.join("bare.db");
     let _ = std::fs::remove_file(&path);
     let mut c = rusqlite::Connection::open(&path).expect("open bare db");
     let _: String = c
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .expect("WAL");
+    c.pragma_update(
+        None,
+        "synchronous",
+        match commit {
+            Commit::Durable => "FULL",
+            Commit::Lazy => "NORMAL",
+        },
+    )
+    .expect("synchronous");
     c.execute_batch(
-        "PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;
+        "PRAGMA foreign_keys = ON;
          CREATE TABLE company (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL,
                                phone TEXT NOT NULL);
          CREATE TABLE contact (id INTEGER PRIMARY KEY,
@@ -245,18 +262,26 @@ pub struct Pair {
     pub ratio: f64,
 }
 
-/// Runs `a` and `b` in turns, `runs` times each, each after [`settle`].
+/// Runs `a` and `b` in turns, `runs` times each, each after [`settle`]; each goes first in
+/// every other turn.
 pub fn side_by_side(
     runs: usize,
     mut a: impl FnMut() -> Duration,
     mut b: impl FnMut() -> Duration,
 ) -> Pair {
     let (mut va, mut vb, mut vr) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
-        settle();
-        let ta = a();
-        settle();
-        let tb = b();
+    for turn in 0..runs {
+        let (ta, tb) = if turn % 2 == 0 {
+            settle();
+            let ta = a();
+            settle();
+            (ta, b())
+        } else {
+            settle();
+            let tb = b();
+            settle();
+            (a(), tb)
+        };
         va.push(ta);
         vb.push(tb);
         vr.push(ratio(ta, tb));
