@@ -27,6 +27,14 @@ pub const FRAME_OVERHEAD_SMALL: usize = 4 + 2 + 1;
 /// CRC-32/ISO-HDLC (the zip and Ethernet CRC), little-endian after the message.
 pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
+/// The same CRC for checking received frames. Hosts (feature `std`) take the slice-by-16
+/// tables (16 KiB, about 4x faster: a phone checks every byte of a full refresh); a firmware
+/// keeps [`CRC32`]'s 1 KiB table.
+#[cfg(feature = "std")]
+const CHECK_CRC32: Crc<u32, crc::Table<16>> = Crc::<u32, crc::Table<16>>::new(&CRC_32_ISO_HDLC);
+#[cfg(not(feature = "std"))]
+const CHECK_CRC32: Crc<u32> = CRC32;
+
 /// Why a message could not be framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
@@ -312,7 +320,7 @@ fn decode_frame<'d, M: Deserialize<'d>>(
     let (msg, crc) = frame[..n].split_at(n - 4);
     let mut want = [0u8; 4];
     want.copy_from_slice(crc);
-    if CRC32.checksum(msg) != u32::from_le_bytes(want) {
+    if CHECK_CRC32.checksum(msg) != u32::from_le_bytes(want) {
         return Err(FrameError::Crc);
     }
     *msg_len = Some(msg.len());
