@@ -80,24 +80,7 @@ fn two_devices_from_the_shell() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (ta, tb) = (token(d, "lyon"), token(d, "lyon"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrysync"))
-        .current_dir(d)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _serve = Serve(child);
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_owned();
+    let (_serve, url) = serve(d);
     let a = |args: &[&'static str]| -> Vec<String> { dev("a.db", &url, &ta, args) };
     let b = |args: &[&'static str]| -> Vec<String> { dev("b.img", &url, &tb, args) };
 
