@@ -2,7 +2,7 @@
 //! on sequential-storage's mock NOR flash (8 MiB: 2,048 sectors of 4 KiB, 4-byte words; it
 //! counts bytes written and erases; the part the README's capacity rule gives 11,000 records)
 //! and the scanner configuration of `examples/measure.rs` (128 sub-maps of 16 pages with key
-//! caches of 32 keys, four item buffers of 2,304 B):
+//! caches of 40 keys, four item buffers of 1,280 B):
 //!
 //! - a full refresh of N companies + M contacts (contact j under company j % N) applied by the
 //!   sync engine to an empty `FlashStore`, beside raw sequential-storage `store_item` calls of
@@ -38,8 +38,8 @@ const N: usize = 1024;
 
 /// 8 MiB of NOR flash in 4 KiB sectors.
 type Part = MockFlashBase<2048, 4, 1024>;
-/// The scanner's store: 128 sub-maps of 16 pages, 32 keys cached in each.
-type Scanner = FlashStore<Part, StoreCache<16, 32>, 2304, 128>;
+/// The scanner's store: 128 sub-maps of 16 pages, 40 keys cached in each.
+type Scanner = FlashStore<Part, StoreCache<16, 40>, 1280, 128>;
 /// The raw map's cache (2,048 pages, 2,048 keys).
 type RawCache = MapCache<2048, 2048>;
 

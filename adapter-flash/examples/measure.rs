@@ -8,9 +8,8 @@
 //! Runs on sequential-storage's mock flash (`--part` 4, 6, 8 or 16 MiB of 4 KiB sectors,
 //! 4-byte words), which counts reads, writes and erases. The store: sub-maps of 16 pages (32 on
 //! 16 MiB, which has more than `MAX_MAPS` of 16) with key caches holding every key of 11,000
-//! records and a third more, four item buffers of 2,304 B (as `HostStore`: records with a
-//! payload up to 131 B stay in their bucket, which the workload's contacts of about 100 B
-//! need). 8 MiB is the part the README's capacity rule gives 11,000 records of this workload.
+//! records and a third more, four item buffers of 1,280 B (records with a payload up to 146 B
+//! stay in their bucket, which the workload's contacts of about 100 B need). 8 MiB is the part the README's capacity rule gives 11,000 records of this workload.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,7 +31,7 @@ use std::time::Instant;
 type Part<const P: usize> = MockFlashBase<P, 4, 1024>;
 /// A scanner on `P` sectors: `M` sub-maps, each with a cache of `CP` pages and `K` keys.
 type Scanner<const P: usize, const CP: usize, const K: usize, const M: usize> =
-    FlashStore<Part<P>, StoreCache<CP, K>, 2304, M>;
+    FlashStore<Part<P>, StoreCache<CP, K>, 1280, M>;
 
 fn scanner<const P: usize, const CP: usize, const K: usize, const M: usize>(
 ) -> Box<Scanner<P, CP, K, M>> {
@@ -294,7 +293,7 @@ fn ram<const P: usize, const CP: usize, const K: usize, const M: usize>() {
     );
     println!(
         "RAM to sync: store {store} B (of which sequential-storage caches {cache} B: {M} x \
-         {CP} pages and {K} keys; item buffers 4 x 2,304 B), sync future with 1 KiB frames \
+         {CP} pages and {K} keys; item buffers 4 x 1,280 B), sync future with 1 KiB frames \
          {fut_size} B: total {} B",
         store + fut_size
     );
@@ -343,7 +342,7 @@ fn main() {
             mib = args
                 .next()
                 .and_then(|v| v.parse().ok())
-                .expect("--part 4|8|16 (MiB)");
+                .expect("--part 4|6|8|16 (MiB)");
         } else {
             nums.push(a.parse::<usize>().expect("numbers: N M [N M ...]"));
         }
@@ -356,13 +355,13 @@ fn main() {
     } else {
         vec![(100, 1_000), (1_000, 10_000)]
     };
-    // Key caches: every key of the sub-map (`(records / 8 + pages / 2) / sub-maps`) with a
+    // Key caches: every key of the sub-map (`(records / 4 + pages / 2) / sub-maps`) with a
     // third more, for 11,000 records.
     match mib {
-        4 => main_for::<1024, 16, 48, 64>(&sizes),
-        6 => main_for::<1536, 16, 40, 96>(&sizes),
-        8 => main_for::<2048, 16, 32, 128>(&sizes),
-        16 => main_for::<4096, 32, 48, 128>(&sizes),
+        4 => main_for::<1024, 16, 68, 64>(&sizes),
+        6 => main_for::<1536, 16, 48, 96>(&sizes),
+        8 => main_for::<2048, 16, 40, 128>(&sizes),
+        16 => main_for::<4096, 32, 50, 128>(&sizes),
         _ => panic!("--part 4, 6, 8 or 16 (MiB)"),
     }
 }

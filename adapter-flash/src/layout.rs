@@ -26,8 +26,10 @@ pub type FlashKey = [u8; 5];
 /// refused so that the format keeps room).
 pub const MAX_TABLE: u8 = 0x3F;
 
-/// Records whose local ids share `local / BUCKET` live in one item (a *bucket*).
-pub const BUCKET: u32 = 8;
+/// Records whose local ids share `local / BUCKET` live in one item (a *bucket*). A change to
+/// one record rewrites its bucket: at 4 records a 1 % delta of 11,000 realistic records writes
+/// 549 B per changed record (8 wrote 961 B), for twice the record keys in the key caches.
+pub const BUCKET: u32 = 4;
 
 /// First byte of a record bucket key: `[RECORDS, local / BUCKET]`.
 pub(crate) const RECORDS: u8 = 0x00;
@@ -44,7 +46,7 @@ pub(crate) const MARKER_KEY: FlashKey = [0xFE, 0, 0, 0, 0];
 pub(crate) const STATE_KEY: FlashKey = [0xFF, 0, 0, 0, 0];
 
 /// Version of the on-flash layout, stored in the state item.
-pub(crate) const LAYOUT_VERSION: u8 = 5;
+pub(crate) const LAYOUT_VERSION: u8 = 6;
 
 /// Most ranges of aborted transactions the state item remembers before the store heals them.
 pub const MAX_HOLES: usize = 6;

@@ -60,7 +60,7 @@ const HEAL_BATCH: usize = 32;
 /// Record buckets whose presence on flash the store tracks in RAM (local ids below
 /// `RECORD_BITS * BUCKET`; buckets above are looked up in the map, which scans the flash for
 /// a bucket that does not exist).
-const RECORD_BITS: usize = 16_384;
+const RECORD_BITS: usize = 32_768;
 /// Most server-id index buckets (the partition's page count / 2, at most this).
 const INDEX_BITS: usize = 4_096;
 
@@ -177,11 +177,11 @@ struct Old {
 ///
 /// - `F`: the flash (the async `NorFlash` of embedded-storage-async).
 /// - `C`: sequential-storage's cache for the map's keys ([`FlashKey`]); see [`StoreCache`].
-///   Give it room for every key: about `records / 8` record buckets plus `pages / 2` index
+///   Give it room for every key: about `records / 4` record buckets plus `pages / 2` index
 ///   buckets (a lookup of a key not in it scans the flash).
 /// - `BUF`: size of each of the four item buffers (RAM: `4 * BUF`). It bounds a bucket item:
 ///   records whose payload (header, about 25 bytes, and body) is larger than
-///   `(min(BUF - 16, page - 64) - 7) / 16 - 11` bytes get an item of their own, which must fit
+///   `(min(BUF - 16, page - 64) - 7) / 8 - 11` bytes get an item of their own, which must fit
 ///   twice in `min(BUF - 16, page - 64) - 7`.
 ///
 /// See the crate docs for the layout and the transaction scheme.
