@@ -119,6 +119,22 @@ struct Txn {
     fresh_hi: Option<u32>,
     /// Highest local id written by this transaction.
     max_local: Option<u32>,
+    /// No record bucket was on flash when this transaction began (so no record, committed or
+    /// not: a spilled record keeps a stub in its bucket): every record it sees is one it put.
+    fresh: bool,
+    /// The sweep marks of the records this transaction put.
+    marks: Marks,
+}
+
+/// The sweep marks ([`Record::mark`]) the records of a transaction were put with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Marks {
+    /// No record put yet.
+    None,
+    /// Every record put carried this mark.
+    All(u32),
+    /// Records with different marks.
+    Mixed,
 }
 
 /// A bucket item of the open transaction assembled in RAM and not written yet: the writes of
@@ -1032,6 +1048,15 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<
         if rec.table.0 > MAX_TABLE {
             return Err(FlashError::BadTable);
         }
+        if let Some(t) = self.txn.as_mut() {
+            // Noted before the write: a failed put leaves the record as it was or as put, and
+            // a wrong "mixed" only costs the sweep its walk.
+            t.marks = match t.marks {
+                Marks::None => Marks::All(rec.mark),
+                Marks::All(m) if m == rec.mark => Marks::All(m),
+                _ => Marks::Mixed,
+            };
+        }
         let old = self.old(rec.table, rec.local).await?;
         // The payload, at wbuf[ITEM_HEAD..ITEM_HEAD + len].
         let len = match body {
@@ -1237,6 +1262,8 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> LocalStore
             rejected: self.state.rejected,
             fresh_hi: None,
             max_local: None,
+            fresh: self.keys.max_bucket.is_none(),
+            marks: Marks::None,
         });
         Ok(())
     }
@@ -1410,6 +1437,26 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> LocalStore
             id = bucket_end;
         }
         Ok(None)
+    }
+
+    /// A full refresh into a store that was empty when the transaction began, every record of
+    /// which carries `mark` (a new device's first sync), has nothing to sweep: skips the walk
+    /// over every bucket. Otherwise walks the table as the trait's default does.
+    async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), Self::Error> {
+        self.ensure_mounted().await?;
+        if let Some(t) = self.txn {
+            if t.fresh && (t.marks == Marks::None || t.marks == Marks::All(mark)) {
+                return Ok(());
+            }
+        }
+        let mut after = None;
+        while let Some(rec) = self.next(table, after, Filter::All).await? {
+            after = Some(rec.local);
+            if rec.server.is_some() && !rec.meta.is_pending() && rec.mark != mark {
+                self.remove(table, rec.local).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn next_rejected(

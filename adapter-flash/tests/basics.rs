@@ -277,3 +277,59 @@ fn cold_lookups_scan_one_sub_map_at_most() {
         0
     );
 }
+
+/// A sweep in a transaction that began on an empty store, whose records all carry the sweep's
+/// mark (a new device's first full refresh), reads nothing and removes nothing; with another
+/// mark, or once the store held records before the transaction, it walks and removes as the
+/// trait's default does.
+#[test]
+fn sweep_of_a_fresh_full_refresh_skips_its_walk() {
+    use ferrysync_core::id::{LocalId, ServerId};
+    use ferrysync_core::meta::SyncMeta;
+    use ferrysync_core::store::{DeviceState, Record};
+    use ferrysync_core::Hlc;
+    let rec = |local: u32, mark: u32| Record {
+        table: CO,
+        local: LocalId(local),
+        server: Some(ServerId(u64::from(local) + 100)),
+        parent: None,
+        meta: SyncMeta::from_server(Hlc::new(1_000, 0, 0)),
+        mark,
+    };
+    let body = company("ACME");
+    let mut s = small_store(small_flash());
+    block_on(s.begin()).unwrap();
+    for l in 0..6 {
+        block_on(s.put(&rec(l, 5), Some(&body))).unwrap();
+    }
+    let before = s.flash_mut().stats_snapshot();
+    block_on(s.sweep(CO, 5)).unwrap();
+    let read = before.compare_to(s.flash_mut().stats_snapshot()).bytes_read;
+    assert_eq!(
+        read, 0,
+        "the sweep of a fresh full refresh read {read} bytes"
+    );
+    assert_eq!(block_on(snapshot(&mut s)).unwrap().records.len(), 6);
+    // Another mark: every record is stale, the walk removes them all.
+    block_on(s.sweep(CO, 6)).unwrap();
+    assert_eq!(block_on(snapshot(&mut s)).unwrap().records.len(), 0);
+    block_on(s.rollback()).unwrap();
+
+    // Records committed before the transaction: a sweep with the mark of this transaction's
+    // puts removes the older ones it did not put again.
+    block_on(s.begin()).unwrap();
+    for l in 0..6 {
+        block_on(s.put(&rec(l, 5), Some(&body))).unwrap();
+    }
+    let state = DeviceState {
+        next_local: 6,
+        ..DeviceState::default()
+    };
+    block_on(s.commit(&state)).unwrap();
+    block_on(s.begin()).unwrap();
+    block_on(s.put(&rec(2, 7), Some(&body))).unwrap();
+    block_on(s.sweep(CO, 7)).unwrap();
+    block_on(s.commit(&state)).unwrap();
+    let left = block_on(snapshot(&mut s)).unwrap();
+    assert_eq!(left.records.len(), 1, "{left:?}");
+}
