@@ -237,12 +237,22 @@ pub(crate) struct PendingSet {
 }
 
 impl PendingSet {
+    /// Notes whether `bucket` holds a pending record. Past [`PENDING_MAX`] buckets the list is
+    /// dropped for `all`, so that the state item, which every commit writes, stays small (a
+    /// full list made it about 130 bytes longer for each local edit), until the store rebuilds
+    /// it.
     pub fn set(&mut self, bucket: u32, pending: bool) {
+        if self.all {
+            return;
+        }
         match (self.buckets.binary_search(&bucket), pending) {
             (Ok(i), false) => {
                 self.buckets.remove(i);
             }
-            (Err(i), true) if self.buckets.insert(i, bucket).is_err() => self.all = true,
+            (Err(i), true) if self.buckets.insert(i, bucket).is_err() => {
+                self.all = true;
+                self.buckets.clear();
+            }
             _ => {}
         }
     }

@@ -124,7 +124,14 @@ struct Txn {
     fresh: bool,
     /// The sweep marks of the records this transaction put.
     marks: Marks,
+    /// Pending records this transaction confirmed or removed.
+    cleared: u32,
 }
+
+/// Pending records a transaction must confirm or remove, while the list of buckets holding
+/// pending records is dropped, for its commit to list them again (a sync that confirmed what
+/// it sent; one read of every bucket).
+const REBUILD_AFTER: u32 = (PENDING_MAX / 4) as u32;
 
 /// The sweep marks ([`Record::mark`]) the records of a transaction were put with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1058,6 +1065,11 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<
             };
         }
         let old = self.old(rec.table, rec.local).await?;
+        if old.rec.is_some_and(|o| o.meta.is_pending()) && !rec.meta.is_pending() {
+            if let Some(t) = self.txn.as_mut() {
+                t.cleared = t.cleared.saturating_add(1);
+            }
+        }
         // The payload, at wbuf[ITEM_HEAD..ITEM_HEAD + len].
         let len = match body {
             Some(b) => {
@@ -1141,6 +1153,11 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<
         let Some(rec) = old.rec else {
             return Ok(());
         };
+        if rec.meta.is_pending() {
+            if let Some(t) = self.txn.as_mut() {
+                t.cleared = t.cleared.saturating_add(1);
+            }
+        }
         if old.stub {
             self.write_versioned(&spilled_key(local), None, false)
                 .await?;
@@ -1189,7 +1206,7 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> FlashStore<
     }
 
     /// Lists again the buckets holding pending records (one read of every bucket), after the
-    /// list overflowed and has shrunk since.
+    /// list was dropped and a transaction confirmed or removed many of them.
     async fn rebuild_pending(&mut self) -> Res<(), F> {
         let mut set = PendingSet::default();
         let end = self.id_bound().div_ceil(u64::from(BUCKET));
@@ -1264,6 +1281,7 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> LocalStore
             max_local: None,
             fresh: self.keys.max_bucket.is_none(),
             marks: Marks::None,
+            cleared: 0,
         });
         Ok(())
     }
@@ -1277,7 +1295,7 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> LocalStore
             Err(FlashError::Full) if self.heal_for_room().await? => self.flush_all().await?,
             r => r?,
         }
-        if self.pending.all && self.pending.buckets.len() < PENDING_MAX / 4 {
+        if self.pending.all && self.open()?.cleared >= REBUILD_AFTER {
             self.rebuild_pending().await?;
         }
         let txn = self.open()?;

@@ -199,7 +199,15 @@ fn many_pending_buckets() {
         .unwrap();
     }
     let want: Vec<_> = [3usize, 700, 1500].iter().map(|&k| (CO, ids[k])).collect();
+    let before = s.flash_mut().stats_snapshot();
     assert_eq!(block_on(pending(&mut *s)).unwrap(), want);
+    // The sync that confirmed them listed the buckets again: the walk (one per table) reads
+    // the three edited buckets, not all 400.
+    let reads = before.compare_to(s.flash_mut().stats_snapshot()).reads;
+    assert!(
+        reads <= 2 * 3 * 4,
+        "{reads} flash reads to walk 3 pending records"
+    );
     let flash = s.into_flash();
     let mut s: Box<
         ferrysync_flash::FlashStore<Mid, ferrysync_flash::StoreCache<16, 512>, 1536, 8>,
