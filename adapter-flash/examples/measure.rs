@@ -1,7 +1,7 @@
 //! Flash cost, RAM and host time of the flash store on a scanner-sized configuration, for the
 //! workload of issue 7 at two sizes (so linearity shows: the second is 10x the first).
 //!
-//! `cargo run --release -p ferrysync-flash --example measure [--part MIB] [N M ...]`
+//! `cargo run --release -p ferrysync-flash --example measure [--part MIB] [--lean] [N M ...]`
 //! (default: `--part 8 100 1000 1000 10000`: N companies, M contacts, contact j under company
 //! j % N).
 //!
@@ -22,7 +22,7 @@ use ferrysync_core::store::{Filter, LocalStore};
 use ferrysync_core::track;
 use ferrysync_core::wire::Mode;
 use ferrysync_core::workload;
-use ferrysync_flash::{store_cache, FlashStore, MapCache, StoreCache};
+use ferrysync_flash::{CacheSpec, FlashStore, LeanCache, StoreCache};
 use pollster::block_on;
 use sequential_storage::mock_flash::{FlashStatsResult, MockFlashBase, WriteCountCheck};
 use std::time::Instant;
@@ -30,13 +30,11 @@ use std::time::Instant;
 /// `P` sectors of 4 KiB of NOR flash.
 type Part<const P: usize> = MockFlashBase<P, 4, 1024>;
 /// A scanner on `P` sectors: `M` sub-maps, each with a cache of `CP` pages and `K` keys.
-type Scanner<const P: usize, const CP: usize, const K: usize, const M: usize> =
-    FlashStore<Part<P>, StoreCache<CP, K>, 1280, M>;
+type Scanner<const P: usize, C, const M: usize> = FlashStore<Part<P>, C, 1280, M>;
 
-fn scanner<const P: usize, const CP: usize, const K: usize, const M: usize>(
-) -> Box<Scanner<P, CP, K, M>> {
+fn scanner<const P: usize, C: CacheSpec + Default, const M: usize>() -> Box<Scanner<P, C, M>> {
     let flash = Part::<P>::new(WriteCountCheck::Twice, None, false);
-    Box::new(FlashStore::try_new(flash, Part::<P>::FULL_FLASH_RANGE, store_cache()).unwrap())
+    Box::new(FlashStore::try_new(flash, Part::<P>::FULL_FLASH_RANGE, C::default()).unwrap())
 }
 
 /// The body of company `i` of the workspace's workload (`ferrysync_core::workload`).
@@ -95,12 +93,12 @@ impl Row {
     }
 }
 
-fn measure<T, const P: usize, const CP: usize, const K: usize, const M: usize>(
-    s: &mut Scanner<P, CP, K, M>,
+fn measure<T, const P: usize, C: CacheSpec + Default, const M: usize>(
+    s: &mut Scanner<P, C, M>,
     what: &str,
     records: usize,
     rows: &mut Vec<Row>,
-    f: impl FnOnce(&mut Scanner<P, CP, K, M>) -> T,
+    f: impl FnOnce(&mut Scanner<P, C, M>) -> T,
 ) -> T {
     let before = s.flash_mut().stats_snapshot();
     let t = Instant::now();
@@ -120,21 +118,18 @@ fn measure<T, const P: usize, const CP: usize, const K: usize, const M: usize>(
 /// Remounts the store from its flash (a scanner reboot): cold caches.
 // The store is tens of KiB: it stays boxed (clippy cannot size the generic type).
 #[allow(clippy::boxed_local)]
-fn reboot<const P: usize, const CP: usize, const K: usize, const M: usize>(
-    s: Box<Scanner<P, CP, K, M>>,
-) -> Box<Scanner<P, CP, K, M>> {
+fn reboot<const P: usize, C: CacheSpec + Default, const M: usize>(
+    s: Box<Scanner<P, C, M>>,
+) -> Box<Scanner<P, C, M>> {
     let flash = s.into_flash();
-    Box::new(FlashStore::try_new(flash, Part::<P>::FULL_FLASH_RANGE, store_cache()).unwrap())
+    Box::new(FlashStore::try_new(flash, Part::<P>::FULL_FLASH_RANGE, C::default()).unwrap())
 }
 
-fn run<const P: usize, const CP: usize, const K: usize, const M: usize>(
-    n: usize,
-    m: usize,
-) -> Vec<Row> {
+fn run<const P: usize, C: CacheSpec + Default, const M: usize>(n: usize, m: usize) -> Vec<Row> {
     let total = n + m;
     println!("{n} companies + {m} contacts ({total} records):");
     let mut rows = Vec::new();
-    let mut s = scanner::<P, CP, K, M>();
+    let mut s = scanner::<P, C, M>();
 
     // Local inserts, one transaction each: the companies, then the contacts.
     let cos = measure(&mut s, "local insert (1 txn each)", total, &mut rows, |s| {
@@ -258,7 +253,7 @@ fn run<const P: usize, const CP: usize, const K: usize, const M: usize>(
     );
 
     // A new device: the full refresh into an empty store.
-    let mut d = scanner::<P, CP, K, M>();
+    let mut d = scanner::<P, C, M>();
     let fresh = measure(&mut d, "new device full refresh", total, &mut rows, |d| {
         let before = d.flash_mut().stats_snapshot();
         let r = sync_with(d, &mut server).unwrap();
@@ -277,14 +272,14 @@ fn run<const P: usize, const CP: usize, const K: usize, const M: usize>(
 }
 
 /// RAM the scanner configuration needs: the store, and the future of a whole sync.
-fn ram<const P: usize, const CP: usize, const K: usize, const M: usize>() {
-    let mut s = scanner::<P, CP, K, M>();
+fn ram<const P: usize, C: CacheSpec + Default, const M: usize>(cache_name: &str) {
+    let mut s = scanner::<P, C, M>();
     let mut t = ferrysync_core::mem::ScriptLink::default();
     let fut = ferrysync_core::engine::sync::<_, _, 1024>(&EXAMPLE, &mut *s, &mut t, Mode::Delta);
     let fut_size = core::mem::size_of_val(&fut);
     drop(fut);
-    let cache = M * core::mem::size_of::<Option<MapCache<CP, K>>>();
-    let store = core::mem::size_of::<Scanner<P, CP, K, M>>();
+    let cache = M * core::mem::size_of::<Option<C::Cache>>();
+    let store = core::mem::size_of::<Scanner<P, C, M>>();
     println!(
         "part {} MiB ({P} sectors of 4 KiB), {} sub-maps of {} pages",
         P / 256,
@@ -293,8 +288,8 @@ fn ram<const P: usize, const CP: usize, const K: usize, const M: usize>() {
     );
     println!(
         "RAM to sync: store {store} B (of which sequential-storage caches {cache} B: {M} x \
-         {CP} pages and {K} keys; item buffers 4 x 1,280 B), sync future with 1 KiB frames \
-         {fut_size} B: total {} B",
+         {cache_name}; item buffers 4 x 1,280 B), sync future with 1 KiB frames {fut_size} B: \
+         total {} B",
         store + fut_size
     );
     println!(
@@ -303,13 +298,14 @@ fn ram<const P: usize, const CP: usize, const K: usize, const M: usize>() {
     );
 }
 
-fn main_for<const P: usize, const CP: usize, const K: usize, const M: usize>(
+fn main_for<const P: usize, C: CacheSpec + Default, const M: usize>(
+    cache_name: &str,
     sizes: &[(usize, usize)],
 ) {
-    ram::<P, CP, K, M>();
+    ram::<P, C, M>(cache_name);
     let runs: Vec<(usize, Vec<Row>)> = sizes
         .iter()
-        .map(|&(n, m)| (n + m, run::<P, CP, K, M>(n, m)))
+        .map(|&(n, m)| (n + m, run::<P, C, M>(n, m)))
         .collect();
     if runs.len() >= 2 {
         let (small, large) = (&runs[0], &runs[runs.len() - 1]);
@@ -335,10 +331,13 @@ fn main_for<const P: usize, const CP: usize, const K: usize, const M: usize>(
 
 fn main() {
     let mut mib = 8;
+    let mut lean = false;
     let mut nums = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--part" {
+        if a == "--lean" {
+            lean = true;
+        } else if a == "--part" {
             mib = args
                 .next()
                 .and_then(|v| v.parse().ok())
@@ -357,11 +356,23 @@ fn main() {
     };
     // Key caches: every key of the sub-map (`(records / 4 + pages / 2) / sub-maps`) with a
     // third more, for 11,000 records.
+    // `--lean`: `LeanCache` (no page pointers) instead of `StoreCache`.
+    macro_rules! part {
+        ($p:literal, $cp:literal, $k:literal, $m:literal) => {
+            if lean {
+                let name = concat!("LeanCache<", $cp, ", ", $k, ">");
+                main_for::<$p, LeanCache<$cp, $k>, $m>(name, &sizes)
+            } else {
+                let name = concat!("StoreCache<", $cp, ", ", $k, ">");
+                main_for::<$p, StoreCache<$cp, $k>, $m>(name, &sizes)
+            }
+        };
+    }
     match mib {
-        4 => main_for::<1024, 16, 68, 64>(&sizes),
-        6 => main_for::<1536, 16, 48, 96>(&sizes),
-        8 => main_for::<2048, 16, 40, 128>(&sizes),
-        16 => main_for::<4096, 32, 50, 128>(&sizes),
+        4 => part!(1024, 16, 68, 64),
+        6 => part!(1536, 16, 48, 96),
+        8 => part!(2048, 16, 40, 128),
+        16 => part!(4096, 32, 50, 128),
         _ => panic!("--part 4, 6, 8 or 16 (MiB)"),
     }
 }

@@ -16,7 +16,10 @@ pub use error::FlashError;
 #[cfg(feature = "std")]
 pub use file::{FileFlash, FileFlashError, FlashStats};
 pub use layout::{FlashKey, BUCKET, MAX_HOLES, MAX_TABLE};
-pub use store::{store_cache, CacheSpec, FlashStore, MapCache, NoCache, StoreCache, MAX_MAPS};
+pub use store::{
+    store_cache, CacheSpec, FlashStore, LeanCache, LeanMapCache, MapCache, NoCache, StoreCache,
+    MAX_MAPS,
+};
 
 /// A [`FlashStore`] for hosts on a [`FileFlash`] image of up to 4 MiB (1,024 sectors, 64
 /// sub-maps of 16): key caches of 64 keys per sub-map (every key of about 14,000 records: 4

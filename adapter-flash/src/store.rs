@@ -299,6 +299,34 @@ impl<const PAGES: usize, const KEYS: usize> CacheSpec for StoreCache<PAGES, KEYS
     }
 }
 
+/// The sequential-storage cache of one sub-map without page pointers: page states for `PAGES`
+/// pages and pointers to `KEYS` keys, 8 bytes a page less than a [`MapCache`].
+pub type LeanMapCache<const PAGES: usize, const KEYS: usize> = sequential_storage::cache::Cache<
+    sequential_storage::cache::page_states::ArrayPageStates<PAGES>,
+    sequential_storage::cache::Uncached,
+    sequential_storage::cache::key_pointers::ArrayKeyPointers<FlashKey, KEYS>,
+    FlashKey,
+>;
+
+/// A [`CacheSpec`] for scanners short of RAM: per sub-map, a [`LeanMapCache`]. Every write
+/// finds the free space of its page by reading the page's items (a local edit of the issue-7
+/// workload read 1.7 KiB instead of 0.6), lookups cost the same; 16 KiB less on 8 MiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeanCache<const PAGES: usize, const KEYS: usize>;
+
+impl<const PAGES: usize, const KEYS: usize> CacheSpec for LeanCache<PAGES, KEYS> {
+    type Cache = LeanMapCache<PAGES, KEYS>;
+    const PAGES: usize = PAGES;
+
+    fn make() -> Self::Cache {
+        sequential_storage::cache::Cache::new(
+            sequential_storage::cache::page_states::ArrayPageStates::new(),
+            sequential_storage::cache::Uncached,
+            sequential_storage::cache::key_pointers::ArrayKeyPointers::new(),
+        )
+    }
+}
+
 /// A [`CacheSpec`] without caches: every lookup scans its sub-map (for tests and tiny parts).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoCache;

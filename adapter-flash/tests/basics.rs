@@ -92,6 +92,29 @@ fn same_story_same_data_as_the_model() {
     );
 }
 
+/// The same story on a store with `LeanCache` (no page pointers): the same data as the model,
+/// also after a fresh mount.
+#[test]
+fn lean_cache_same_story_same_data() {
+    let mut mem = MemStore::new();
+    let want = story(&mut mem);
+    type Lean = ferrysync_flash::FlashStore<Small, ferrysync_flash::LeanCache<16, 512>, 1024, 1>;
+    let open = |f: Small| -> Lean {
+        ferrysync_flash::FlashStore::try_new(f, Small::FULL_FLASH_RANGE, Default::default())
+            .unwrap()
+    };
+    let mut flash = open(small_flash());
+    let got = story(&mut flash);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "step {i}");
+    }
+    let mut again = open(flash.into_flash());
+    assert_eq!(
+        &block_on(snapshot(&mut again)).unwrap(),
+        want.last().unwrap()
+    );
+}
+
 #[test]
 fn fresh_store_is_empty_and_default() {
     let mut s = small_store(small_flash());
