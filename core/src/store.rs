@@ -12,8 +12,8 @@
 //! reads see either everything up to the last completed `commit` or, if that commit completed,
 //! everything it wrote: never part of a transaction. One exception, which loses nothing: the
 //! commit of a transaction begun by [`LocalStore::begin_reply`] may be taken back whole when no
-//! later commit followed it. Reads inside a transaction see its own writes. Methods say what they write; none of them is visible to a later session before the
-//! `commit` that follows it.
+//! later commit followed it. Reads inside a transaction see its own writes. Methods say what
+//! they write; none of them is visible to a later session before the `commit` that follows it.
 
 use crate::hlc::Hlc;
 use crate::id::{LocalId, RecordRef, ServerId, TableId};
