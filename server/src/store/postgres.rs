@@ -534,12 +534,7 @@ impl SyncTx for PgTx<'_, '_> {
     }
 
     fn update(&mut self, ti: usize, keep_parent: bool, args: &[Arg<'_>]) -> Result<(), StoreError> {
-        let sql = &self.sql[ti];
-        let st = self.stmt(if keep_parent {
-            &sql.update_fields
-        } else {
-            &sql.update
-        })?;
+        let st = self.stmt(self.sql[ti].update_sql(keep_parent))?;
         self.tx.execute(&st, &args_of(args))?;
         Ok(())
     }

@@ -76,6 +76,18 @@ pub(crate) struct TableSql {
     pub scope_index: Option<usize>,
 }
 
+impl TableSql {
+    /// The update [`super::engine::SyncTx::update`] runs: `update_fields` when the record keeps
+    /// its parent, `update` otherwise.
+    pub fn update_sql(&self, keep_parent: bool) -> &str {
+        if keep_parent {
+            &self.update_fields
+        } else {
+            &self.update
+        }
+    }
+}
+
 /// Quotes an identifier.
 pub(crate) fn q(ident: &str) -> String {
     // Identifiers were checked by `LoadedSchema` ([A-Za-z][A-Za-z0-9_]*); quote anyway.

@@ -553,13 +553,8 @@ impl SyncTx for LiteTx<'_> {
 
     fn update(&mut self, ti: usize, keep_parent: bool, args: &[Arg<'_>]) -> Result<(), StoreError> {
         self.flush()?;
-        let sql = &self.sql[ti];
         self.conn
-            .prepare_cached(if keep_parent {
-                &sql.update_fields
-            } else {
-                &sql.update
-            })?
+            .prepare_cached(self.sql[ti].update_sql(keep_parent))?
             .execute(params_from_iter(args.iter()))?;
         Ok(())
     }
