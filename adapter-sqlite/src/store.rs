@@ -37,7 +37,8 @@
 //!
 //! Inside a transaction, `put`s with a body are gathered (up to 256) and written by one
 //! multi-row `INSERT` per 32 records (one statement per record costs more than the row
-//! itself); a record whose metadata is a clean server version's (`SyncMeta::from_server`, what
+//! itself; a flush of fewer than 128 records, a delta's, writes one per statement while the
+//! long statement is not prepared yet, as parsing it costs more than it saves there); a record whose metadata is a clean server version's (`SyncMeta::from_server`, what
 //! a reply brings) is written by a statement that has those flags as literals, so each row
 //! binds four parameters fewer. The store writes what it gathered before any other
 //! statement, so every read still sees the transaction's own writes. A body that does not fit the schema still fails its own `put`;
@@ -366,6 +367,14 @@ const BATCH_ROWS: usize = 32;
 /// one statement-cache lookup per flush (it hashes the long SQL text) instead of per statement.
 const FLUSH_ROWS: usize = 8 * BATCH_ROWS;
 
+/// Rows from which a flush prepares a [`BATCH_ROWS`]-row statement this connection has not
+/// prepared yet. Parsing one costs about 1M instructions (as much as writing some 250 rows
+/// with it), while a one-row statement costs a few thousand more per row than a row of a
+/// multi-row one: a delta's few changed records (100 in issue 7's 1 % of 11,000) are written
+/// one row per statement, whose statement is short to prepare, unless the long one is
+/// prepared already.
+const PREPARE_MANY_ROWS: usize = 4 * BATCH_ROWS;
+
 /// What is known of a gathered row's record in SQLite, which picks its statement.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Write {
@@ -626,6 +635,9 @@ pub struct SqliteStore {
     ahead: Ahead,
     /// `synchronous` is NORMAL for a [`LocalStore::begin_reply`] transaction.
     lazy: bool,
+    /// Per table, a bit per [`RowKind::index`]: its [`BATCH_ROWS`]-row upsert was prepared on
+    /// this connection (and stays in its statement cache, which holds every statement).
+    many_prepared: Vec<u8>,
 }
 
 const STATE_DDL: &str = "
@@ -880,6 +892,7 @@ impl SqliteStore {
             puts: Vec::new(),
             ahead: Ahead::default(),
             lazy: false,
+            many_prepared: vec![0; schema.tables.len()],
         })
     }
 
@@ -906,7 +919,18 @@ impl SqliteStore {
         if self.batch.rows.is_empty() {
             return Ok(());
         }
-        let written = self.write_batch();
+        let (t, kind) = (self.batch.table.0 as usize, self.batch.kind.index());
+        let prepared = self
+            .many_prepared
+            .get(t)
+            .is_some_and(|m| m & (1 << kind) != 0);
+        let many = prepared || self.batch.rows.len() >= PREPARE_MANY_ROWS;
+        if many && !prepared {
+            if let Some(m) = self.many_prepared.get_mut(t) {
+                *m |= 1 << kind;
+            }
+        }
+        let written = self.write_batch(many);
         self.batch.clear();
         if written.is_err() {
             self.failed = true;
@@ -916,22 +940,29 @@ impl SqliteStore {
         written
     }
 
-    fn write_batch(&self) -> Result<(), StoreError> {
+    /// Writes the gathered puts: [`BATCH_ROWS`] per statement if `many`, else one per
+    /// statement.
+    fn write_batch(&self, many: bool) -> Result<(), StoreError> {
         let b = &self.batch;
         let sql = self.sql(b.table)?;
-        let [one, many] = &sql.upserts[b.kind.index()];
+        let [one, many_sql] = &sql.upserts[b.kind.index()];
         let per_row = b.kind.header_params() + sql.fields;
-        let mut chunks = b.rows.chunks_exact(BATCH_ROWS);
-        if chunks.len() > 0 {
-            let mut stmt = self.conn.prepare_cached(many)?;
-            for chunk in &mut chunks {
+        // Rows written by the multi-row statement; the rest go one per statement.
+        let in_many = if many {
+            b.rows.len() - b.rows.len() % BATCH_ROWS
+        } else {
+            0
+        };
+        let (full, rest) = b.rows.split_at(in_many);
+        if !full.is_empty() {
+            let mut stmt = self.conn.prepare_cached(many_sql)?;
+            for chunk in full.chunks_exact(BATCH_ROWS) {
                 for (r, row) in chunk.iter().enumerate() {
                     b.bind(&mut stmt, r * per_row, row)?;
                 }
                 stmt.raw_execute()?;
             }
         }
-        let rest = chunks.remainder();
         if !rest.is_empty() {
             let mut stmt = self.conn.prepare_cached(one)?;
             for row in rest {
@@ -1067,7 +1098,7 @@ impl SqliteStore {
     /// Forgets the transaction's index and unwritten puts.
     /// Begins the transaction and its bookkeeping.
     fn open_tx(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.run_cached("BEGIN IMMEDIATE")?;
         self.index.clear();
         self.index
             .resize_with(self.tables.len(), ServerIndex::default);
@@ -1083,7 +1114,7 @@ impl SqliteStore {
     /// other commit waits for its fsync.
     fn full_again(&mut self) -> Result<(), StoreError> {
         if self.lazy {
-            self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+            self.run_cached("PRAGMA synchronous = FULL")?;
             self.lazy = false;
         }
         Ok(())
@@ -1096,6 +1127,13 @@ impl SqliteStore {
         self.batch.clear();
         self.in_tx = false;
         self.failed = false;
+    }
+
+    /// Runs `sql`, one statement that answers no row, from the statement cache: a sync's
+    /// `BEGIN`, `COMMIT` and pragmas are parsed once per connection, not once per sync.
+    fn run_cached(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.prepare_cached(sql)?.raw_execute()?;
+        Ok(())
     }
 
     fn sql(&self, table: TableId) -> Result<&TableSql, StoreError> {
@@ -1150,7 +1188,7 @@ impl LocalStore for SqliteStore {
     /// reply back whole, which the next sync redoes ([`LocalStore::begin_reply`]). A synced
     /// phone's delta saves the fsync it was waiting for.
     async fn begin_reply(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        self.run_cached("PRAGMA synchronous = NORMAL")?;
         self.lazy = true;
         self.open_tx()
     }
@@ -1174,7 +1212,7 @@ impl LocalStore for SqliteStore {
                 i64::from(s.refresh),
                 s.needs_full,
             ])?;
-        self.conn.execute_batch("COMMIT")?;
+        self.run_cached("COMMIT")?;
         self.end_tx();
         self.full_again()
     }
@@ -1644,6 +1682,44 @@ mod tests {
                 names(&s),
                 vec![(3, 2, "kept".to_owned()), (8, 2, "kept".to_owned())]
             );
+        });
+    }
+
+    /// Puts records `range` of the company table in one transaction.
+    async fn put_range(s: &mut SqliteStore, range: std::ops::RangeInclusive<u32>) {
+        s.begin().await.expect("begin");
+        for i in range {
+            s.put(
+                &record(i, u64::from(i), 1),
+                Some(&company(&format!("c{i}"))),
+            )
+            .await
+            .expect("put");
+        }
+        s.commit(&DeviceState::default()).await.expect("commit");
+    }
+
+    /// A transaction that gathers few rows writes them one per statement and leaves the long
+    /// multi-row statement unprepared; once a big flush has prepared it, small flushes use it
+    /// too. Every row lands either way.
+    #[test]
+    fn few_rows_do_not_prepare_the_multi_row_statement() {
+        block_on(async {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            let upsert = RowKind::of(Write::Upsert, true).index();
+            put_range(&mut s, 1..=(PREPARE_MANY_ROWS as u32 - 1)).await;
+            assert_eq!(s.many_prepared[0] & (1 << upsert), 0);
+            assert_eq!(names(&s).len(), PREPARE_MANY_ROWS - 1);
+            let end = 2 * PREPARE_MANY_ROWS as u32;
+            put_range(&mut s, PREPARE_MANY_ROWS as u32..=end).await;
+            assert_ne!(s.many_prepared[0] & (1 << upsert), 0);
+            put_range(&mut s, end + 1..=end + BATCH_ROWS as u32 + 3).await;
+            let rows = names(&s);
+            assert_eq!(rows.len(), end as usize + BATCH_ROWS + 3);
+            assert!(rows
+                .iter()
+                .enumerate()
+                .all(|(i, (id, _, name))| *id == i as i64 + 1 && *name == format!("c{id}")));
         });
     }
 
