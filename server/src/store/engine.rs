@@ -591,6 +591,12 @@ impl<T: SyncTx> Apply<'_, T> {
             (None, None) => None,
             (None, Some(_)) => return Ok(Err(RejectReason::BadKey)),
             (Some(_), None) => meta.parent,
+            // The parent the record has already: it was checked when it was set, the foreign
+            // key keeps it there, and scopes do not move (`scope_field_ok`), so it is not
+            // looked up again.
+            (Some(_), Some(RecordRef::Server(s))) if sid(s).is_some() && sid(s) == meta.parent => {
+                meta.parent
+            }
             (Some(pt), Some(r)) => match self.parent(pt, r)? {
                 Ok(id) => Some(id),
                 Err(e) => return Ok(Err(e)),
