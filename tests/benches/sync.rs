@@ -81,8 +81,8 @@ fn main() {
                 "server part",
                 "sent",
                 "received",
-                "full / this (time)",
-                "full / this (bytes)",
+                "baseline / this (time)",
+                "baseline / this (bytes)",
                 "target",
                 "status",
             ],
@@ -377,60 +377,75 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     block_on(b.sync(&mut DirectLink::new(&db, &dev_b), Mode::Delta)).expect("first pull");
     let mut c = phone_on_file(&d.path().join("c.db"));
     block_on(c.sync(&mut DirectLink::new(&db, &dev_c), Mode::Delta)).expect("first pull");
+    // The floors: the same renames as bare UPDATEs in plain tables, durable (what the server
+    // must do at least) and committed without fsync (what the phone must do at least).
+    let mut floor_durable = BareDelta::new(d.path(), "floor-durable.db", w, Commit::Durable);
+    let mut floor_lazy = BareDelta::new(d.path(), "floor-lazy.db", w, Commit::Lazy);
     let renamed = w.renamed_count();
-    let (mut push, mut pull, mut full) = (Vec::new(), Vec::new(), Vec::new());
-    // The server's part of each (time inside `direct::sync`).
-    let (mut push_s, mut pull_s, mut full_s) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut push_b, mut pull_b, mut full_b) = ((0, 0), (0, 0), (0, 0));
+    let mut m = DeltaRuns::default();
     for _ in 0..runs {
         w.rename(&mut a, &locals).expect("rename");
         let mut la = DirectLink::new(&db, &dev_a);
         settle();
         let started = Instant::now();
         let r = block_on(a.sync(&mut la, Mode::Delta)).expect("delta push");
-        push.push(started.elapsed());
-        push_s.push(la.server_time);
+        m.push.add(started.elapsed(), &la);
         assert_eq!(r.sent as usize, renamed);
-        push_b = (la.sent, la.received);
 
         let mut lb = DirectLink::new(&db, &dev_b);
         settle();
         let started = Instant::now();
         let r = block_on(b.sync(&mut lb, Mode::Delta)).expect("delta pull");
-        pull.push(started.elapsed());
-        pull_s.push(lb.server_time);
+        m.pull.add(started.elapsed(), &lb);
         assert!(!r.full);
         assert_eq!(r.upserts as usize, renamed);
-        pull_b = (lb.sent, lb.received);
 
         let mut lc = DirectLink::new(&db, &dev_c);
         settle();
         let started = Instant::now();
         let r = block_on(c.sync(&mut lc, Mode::Full)).expect("full refresh");
-        full.push(started.elapsed());
-        full_s.push(lc.server_time);
+        m.full.add(started.elapsed(), &lc);
         assert!(r.full);
         assert_eq!(r.upserts as usize, w.records());
-        full_b = (lc.sent, lc.received);
+
+        // The same renames again, synced in full mode: the push with the whole data set back,
+        // as a sync without deltas answers (DESIGN.md's first protocol).
+        w.rename(&mut a, &locals).expect("rename");
+        let mut la = DirectLink::new(&db, &dev_a);
+        settle();
+        let started = Instant::now();
+        let r = block_on(a.sync(&mut la, Mode::Full)).expect("full push");
+        m.full_push.add(started.elapsed(), &la);
+        assert_eq!(r.sent as usize, renamed);
+        assert!(r.full);
+
+        settle();
+        let (n, took) = floor_durable.rename(w);
+        assert_eq!(n, renamed);
+        m.floor_durable.push(took);
+        settle();
+        let (n, took) = floor_lazy.rename(w);
+        assert_eq!(n, renamed);
+        m.floor_lazy.push(took);
     }
-    let full_t = median(&full);
-    let full_bytes = full_b.0 + full_b.1;
-    let mut row = |what: &str,
-                   took: Duration,
-                   server: Duration,
-                   (sent, received): (u64, u64),
-                   target: bool| {
-        let rt = ratio(full_t, took);
-        let rb = full_bytes as f64 / (sent + received) as f64;
+    let full = m.full.summary();
+    let full_push = m.full_push.summary();
+    let mut row = |what: &str, this: Run, baseline: Run, target: bool| {
+        let rt = ratio(baseline.time, this.time);
+        let rb = baseline.bytes() as f64 / this.bytes() as f64;
         t.delta.row(vec![
             size.to_string(),
             what.to_owned(),
-            ms(took),
-            ms(server),
-            bytes(sent),
-            bytes(received),
+            ms(this.time),
+            this.server.map(ms).unwrap_or_default(),
+            this.sent.map(bytes).unwrap_or_default(),
+            this.received.map(bytes).unwrap_or_default(),
             x(rt),
-            x(rb),
+            if this.sent.is_some() {
+                x(rb)
+            } else {
+                String::new()
+            },
             if target {
                 "≥ 20× at 11,000".into()
             } else {
@@ -444,26 +459,96 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
         ]);
     };
     row(
-        &format!("1 % delta push ({renamed} renames) and its reply"),
-        median(&push),
-        median(&push_s),
-        push_b,
+        &format!("1 % delta pull on another phone ({renamed} records); baseline: full refresh"),
+        m.pull.summary(),
+        full,
+        true,
+    );
+    row("full refresh of the same data", full, full, false);
+    row(
+        &format!(
+            "1 % delta push ({renamed} renames) and its reply; baseline: the same push in full \
+             mode"
+        ),
+        m.push.summary(),
+        full_push,
         true,
     );
     row(
-        &format!("1 % delta pull on another phone ({renamed} records)"),
-        median(&pull),
-        median(&pull_s),
-        pull_b,
-        true,
-    );
-    row(
-        "full refresh of the same data (the baseline)",
-        full_t,
-        median(&full_s),
-        full_b,
+        "the same push in full mode (the whole data set back, as a sync without deltas)",
+        full_push,
+        full_push,
         false,
     );
+    let floor = |v: &[Duration]| Run {
+        time: median(v),
+        ..Run::default()
+    };
+    row(
+        "floor: the same renames as bare rusqlite `UPDATE`s by id, one durable transaction \
+         (what the server must write); baseline: full refresh",
+        floor(&m.floor_durable),
+        full,
+        false,
+    );
+    row(
+        "floor: the same, committed without fsync (what the phone must write); baseline: \
+         full refresh",
+        floor(&m.floor_lazy),
+        full,
+        false,
+    );
+}
+
+/// The runs of [`delta_vs_full`].
+#[derive(Default)]
+struct DeltaRuns {
+    push: Runs,
+    pull: Runs,
+    full: Runs,
+    full_push: Runs,
+    floor_durable: Vec<Duration>,
+    floor_lazy: Vec<Duration>,
+}
+
+/// Times of one kind of sync, the server's part of each, and the bytes of the last.
+#[derive(Default)]
+struct Runs {
+    took: Vec<Duration>,
+    server: Vec<Duration>,
+    bytes: (u64, u64),
+}
+
+impl Runs {
+    fn add(&mut self, took: Duration, link: &DirectLink<'_>) {
+        self.took.push(took);
+        self.server.push(link.server_time);
+        self.bytes = (link.sent, link.received);
+    }
+
+    fn summary(&self) -> Run {
+        Run {
+            time: median(&self.took),
+            server: Some(median(&self.server)),
+            sent: Some(self.bytes.0),
+            received: Some(self.bytes.1),
+        }
+    }
+}
+
+/// A row's figures: median time, the server's part, bytes sent and received.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    time: Duration,
+    server: Option<Duration>,
+    sent: Option<u64>,
+    received: Option<u64>,
+}
+
+impl Run {
+    fn bytes(&self) -> u64 {
+        self.sent.unwrap_or(0) + self.received.unwrap_or(0)
+    }
 }
 
 /// PouchDB 9 / pouchdb-server 4.2 at N = 1,000, M = 10,000 (issue 7): seconds, bytes, and

@@ -160,9 +160,16 @@ pub enum Commit {
 /// a fresh file, WAL, committed as `commit` says (the same as the side it is compared with).
 /// Times the transaction, from `BEGIN` to the end of `COMMIT`.
 pub fn bare_bulk_insert(dir: &Path, w: &Workload, commit: Commit) -> Duration {
-    let path = dir.join("bare.db");
-    let _ = std::fs::remove_file(&path);
-    let mut c = rusqlite::Connection::open(&path).expect("open bare db");
+    let mut c = bare_db(&dir.join("bare.db"), commit);
+    let started = Instant::now();
+    bare_insert(&mut c, w);
+    started.elapsed()
+}
+
+/// A fresh file with the bare baseline's plain tables, WAL, `synchronous` as `commit` says.
+fn bare_db(path: &Path, commit: Commit) -> rusqlite::Connection {
+    let _ = std::fs::remove_file(path);
+    let c = rusqlite::Connection::open(path).expect("open bare db");
     let _: String = c
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .expect("WAL");
@@ -185,7 +192,11 @@ pub fn bare_bulk_insert(dir: &Path, w: &Workload, commit: Commit) -> Duration {
          CREATE INDEX contact_company ON contact (company_id);",
     )
     .expect("bare schema");
-    let started = Instant::now();
+    c
+}
+
+/// Inserts the workload's rows into [`bare_db`]'s tables, prepared statements, one transaction.
+fn bare_insert(c: &mut rusqlite::Connection, w: &Workload) {
     let tx = c.transaction().expect("begin");
     {
         let mut ins = tx
@@ -213,7 +224,53 @@ pub fn bare_bulk_insert(dir: &Path, w: &Workload, commit: Commit) -> Duration {
         }
     }
     tx.commit().expect("commit");
-    started.elapsed()
+}
+
+/// The floor of a 1 % delta: the bare baseline's tables holding the whole workload, in which
+/// [`BareDelta::rename`] writes the 1 % renames as bare `UPDATE`s by primary key.
+pub struct BareDelta {
+    conn: rusqlite::Connection,
+    round: usize,
+}
+
+impl BareDelta {
+    /// The workload in a fresh [`bare_db`] file `name` in `dir`, committed as `commit` says.
+    pub fn new(dir: &Path, name: &str, w: &Workload, commit: Commit) -> BareDelta {
+        let mut conn = bare_db(&dir.join(name), commit);
+        bare_insert(&mut conn, w);
+        BareDelta { conn, round: 0 }
+    }
+
+    /// Renames every contact the 1 % update renames (to its new name, or back in every other
+    /// round, so each round changes the rows), one prepared `UPDATE ... WHERE id = ?` each, in
+    /// one transaction; returns how many and the time from `BEGIN` to the end of `COMMIT`.
+    pub fn rename(&mut self, w: &Workload) -> (usize, Duration) {
+        self.round += 1;
+        let names: Vec<(i64, String)> = (w.contacts.iter().enumerate())
+            .filter(|&(j, _)| ferrysync_core::workload::is_renamed(j))
+            .map(|(j, c)| {
+                let name = if self.round % 2 == 1 {
+                    ferrysync_core::workload::renamed(j)
+                } else {
+                    c.name.clone()
+                };
+                (j as i64 + 1, name)
+            })
+            .collect();
+        let started = Instant::now();
+        let tx = self.conn.transaction().expect("begin");
+        let mut n = 0;
+        {
+            let mut up = tx
+                .prepare_cached("UPDATE contact SET name = ?2 WHERE id = ?1")
+                .expect("prepare");
+            for (id, name) in &names {
+                n += up.execute(rusqlite::params![id, name]).expect("update");
+            }
+        }
+        tx.commit().expect("commit");
+        (n, started.elapsed())
+    }
 }
 
 /// The same records as one JSON array of objects, what a JSON API would carry: companies
