@@ -34,6 +34,11 @@
 //! as nothing could have changed what they would find: a put or remove past the walk's
 //! position, a sweep, a change through the connection the store did not check itself, or,
 //! outside a transaction, another connection's commit (`PRAGMA data_version`) drops them.
+//! A walk over pending records outside a transaction (the engine building a request) reads
+//! each record's body and its parent's header in the same query, and answers the `get_body`
+//! of the record it just returned and the `get` of that record's parent from them, as long as
+//! nothing was written through the connection since: one query per 32 records instead of
+//! three per record.
 //!
 //! Inside a transaction, `put`s with a body are gathered (up to 256) and written by one
 //! multi-row `INSERT` per 32 records (one statement per record costs more than the row
@@ -159,8 +164,16 @@ struct TableSql {
     /// The next [`AHEAD_ROWS`] records after `?1` in local-id order: all of them, pending
     /// ones, children of `?2` (see [`Ahead`]).
     ahead: [String; 3],
+    /// The pending walk outside a transaction (a request being built): each pending record's
+    /// header, then its body fields, then its parent's header (NULLs for a master or a parent
+    /// that is not there), so that the `get` of its parent and its `get_body` that follow
+    /// need no query.
+    ahead_send: String,
     sweep: String,
 }
+
+/// Columns of [`HEADER_COLS`].
+const HEADER_COUNT: usize = 11;
 
 const HEADER_COLS: &str =
     "id, server_id, {parent}, is_from_server, is_modified, is_active, edits, \
@@ -298,7 +311,42 @@ impl TableSql {
                 "SELECT {header} FROM {name} WHERE {cond} id > ?1 ORDER BY id LIMIT {AHEAD_ROWS}"
             )
         };
+        let qualified = |table: &str, header: &str| {
+            header
+                .split(", ")
+                .map(|c| {
+                    if c == "NULL" {
+                        c.to_owned()
+                    } else {
+                        format!("{table}.{c}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut send_cols = qualified("r", &header);
+        for f in &fields {
+            send_cols.push_str(&format!(", r.{f}"));
+        }
+        let send_from = match (def.parent, def.parent_field) {
+            (Some(pt), Some(pf)) => {
+                let pdef = schema.tables.get(pt.0 as usize).ok_or_else(|| {
+                    StoreError::Schema(format!("parent of `{name}` is not a table"))
+                })?;
+                let pheader = HEADER_COLS.replace("{parent}", pdef.parent_field.unwrap_or("NULL"));
+                send_cols.push_str(&format!(", {}", qualified("p", &pheader)));
+                format!("{name} AS r LEFT JOIN {} AS p ON p.id = r.{pf}", pdef.name)
+            }
+            _ => {
+                send_cols.push_str(&", NULL".repeat(HEADER_COUNT));
+                format!("{name} AS r")
+            }
+        };
         let sql = TableSql {
+            ahead_send: format!(
+                "SELECT {send_cols} FROM {send_from} WHERE (r.is_modified OR NOT r.is_active OR \
+                 NOT r.is_from_server) AND r.id > ?1 ORDER BY r.id LIMIT {AHEAD_ROWS}"
+            ),
             ahead: [
                 ahead(""),
                 ahead(&format!("{where_pending} AND")),
@@ -358,6 +406,27 @@ struct Ahead {
     /// Outside a transaction, `PRAGMA data_version` when the rows were read: another
     /// connection's commit changes it (inside one, `BEGIN IMMEDIATE` keeps them out).
     version: Option<i64>,
+    /// A pending walk outside a transaction (a request being built) reads each record's body
+    /// and parent with it: per row of `rows`, in order.
+    extras: VecDeque<Extra>,
+    /// The table and local id of the record the walk returned last, its body and parent, and
+    /// the connection's `total_changes` then: `get_body` of that record and `get` of its parent
+    /// are answered from here while nothing was written since (as if read with the record).
+    current: Option<(TableId, LocalId, Extra, u64)>,
+    /// Body fields of `extras` and `current`, decoded; text and blob bytes in `bytes`.
+    slots: Vec<Slot>,
+    /// Bytes of the text and blob fields in `slots`.
+    bytes: Vec<u8>,
+}
+
+/// What a pending walk outside a transaction read with one record (see [`Ahead::extras`]).
+#[derive(Clone, Debug)]
+struct Extra {
+    /// The record's body fields in [`Ahead::slots`]; `None` if a stored value does not fit
+    /// the schema (`get_body` then asks SQLite and reports it).
+    body: Option<Range<usize>>,
+    /// The parent's header, if the record has a parent that is stored.
+    parent: Option<Record>,
 }
 
 /// Rows one multi-row `INSERT` writes.
@@ -459,6 +528,27 @@ enum Slot {
     Blob(Range<usize>),
 }
 
+impl Slot {
+    /// The slot of `v`, its text or blob bytes appended to `bytes`.
+    fn of(v: Value<'_>, bytes: &mut Vec<u8>) -> Slot {
+        let mut keep = |b: &[u8]| {
+            let start = bytes.len();
+            bytes.extend_from_slice(b);
+            start..bytes.len()
+        };
+        match v {
+            Value::Null => Slot::Null,
+            Value::Bool(b) => Slot::Integer(i64::from(b)),
+            Value::I64(i) => Slot::Integer(i),
+            // Bit-preserving, as `value_sql`.
+            Value::U64(u) => Slot::Integer(u as i64),
+            Value::F64(f) => Slot::Real(f),
+            Value::Text(t) => Slot::Text(keep(t.as_bytes())),
+            Value::Bytes(b) => Slot::Blob(keep(b)),
+        }
+    }
+}
+
 impl Batch {
     fn clear(&mut self) {
         self.rows.clear();
@@ -471,22 +561,7 @@ impl Batch {
     fn push(&mut self, def: &TableDef<'_>, rec: &Record, body: &[u8]) -> bool {
         let (fields, bytes) = (self.fields.len(), self.bytes.len());
         let decoded = body::decode(def, body, |_, _, v| {
-            let mut keep = |b: &[u8]| {
-                let start = self.bytes.len();
-                self.bytes.extend_from_slice(b);
-                start..self.bytes.len()
-            };
-            let slot = match v {
-                Value::Null => Slot::Null,
-                Value::Bool(b) => Slot::Integer(i64::from(b)),
-                Value::I64(i) => Slot::Integer(i),
-                // Bit-preserving, as `value_sql`.
-                Value::U64(u) => Slot::Integer(u as i64),
-                Value::F64(f) => Slot::Real(f),
-                Value::Text(t) => Slot::Text(keep(t.as_bytes())),
-                Value::Bytes(b) => Slot::Blob(keep(b)),
-            };
-            self.fields.push(slot);
+            self.fields.push(Slot::of(v, &mut self.bytes));
             Ok::<(), ()>(())
         });
         if matches!(decoded, Ok(Ok(()))) {
@@ -687,23 +762,32 @@ const REASONS: [RejectReason; 7] = [
 ];
 
 fn header_from(table: TableId, row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    header_at(table, row, 0)
+}
+
+/// The header in columns `at..at + HEADER_COUNT` of `row`.
+fn header_at(table: TableId, row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Record> {
     Ok(Record {
         table,
-        local: LocalId(row.get::<_, i64>(0)? as u32),
-        server: row.get::<_, Option<i64>>(1)?.map(|s| ServerId(s as u64)),
-        parent: row.get::<_, Option<i64>>(2)?.map(|p| LocalId(p as u32)),
+        local: LocalId(row.get::<_, i64>(at)? as u32),
+        server: row
+            .get::<_, Option<i64>>(at + 1)?
+            .map(|s| ServerId(s as u64)),
+        parent: row
+            .get::<_, Option<i64>>(at + 2)?
+            .map(|p| LocalId(p as u32)),
         meta: SyncMeta {
-            is_from_server: row.get(3)?,
-            is_modified: row.get(4)?,
-            is_active: row.get(5)?,
-            edits: row.get::<_, i64>(6)? as u32,
+            is_from_server: row.get(at + 3)?,
+            is_modified: row.get(at + 4)?,
+            is_active: row.get(at + 5)?,
+            edits: row.get::<_, i64>(at + 6)? as u32,
             modified_at: Hlc::new(
-                row.get::<_, i64>(7)? as u64,
-                row.get::<_, i64>(8)? as u32,
-                row.get::<_, i64>(9)? as u32,
+                row.get::<_, i64>(at + 7)? as u64,
+                row.get::<_, i64>(at + 8)? as u32,
+                row.get::<_, i64>(at + 9)? as u32,
             ),
         },
-        mark: row.get::<_, i64>(10)? as u32,
+        mark: row.get::<_, i64>(at + 10)? as u32,
     })
 }
 
@@ -802,6 +886,19 @@ fn value_sql<'a>(v: &Value<'a>) -> ToSqlOutput<'a> {
         Value::Text(t) => ValueRef::Text(t.as_bytes()),
         Value::Bytes(b) => ValueRef::Blob(b),
     })
+}
+
+/// Encodes a stored record's body into `buf`; returns its length.
+fn encode_body(
+    def: &TableDef<'_>,
+    values: &[Value<'_>],
+    buf: &mut [u8],
+) -> Result<Option<usize>, StoreError> {
+    match body::encode(def, values, buf) {
+        Ok(b) => Ok(Some(b.len())),
+        Err(body::BodyError::BufferFull) => Err(StoreError::BufferTooSmall),
+        Err(e) => Err(StoreError::Corrupt(format!("{}: {e}", def.name))),
+    }
 }
 
 fn sql_value<'a>(ty: FieldType, v: ValueRef<'a>) -> Option<Value<'a>> {
@@ -1031,43 +1128,89 @@ impl SqliteStore {
             || self.ahead.version.is_some() && self.ahead.version != self.data_version().ok();
         if changed {
             self.ahead.walk = None;
+            self.ahead.current = None;
             return None;
         }
         match self.ahead.rows.pop_front() {
             Some(rec) => {
                 self.ahead.walk = Some((table, filter, rec.local));
+                let extra = self.ahead.extras.pop_front();
+                self.ahead.current =
+                    extra.map(|e| (table, rec.local, e, self.conn.total_changes()));
                 Some(Some(rec))
             }
             None if self.ahead.end => {
                 self.ahead.walk = None;
+                self.ahead.current = None;
                 Some(None)
             }
             None => None,
         }
     }
 
-    /// Reads up to [`AHEAD_ROWS`] records of the walk from `after`; returns the first.
+    /// Reads up to [`AHEAD_ROWS`] records of the walk from `after`; returns the first. A
+    /// pending walk outside a transaction (a request being built) reads their bodies and
+    /// parents too (see [`Ahead::extras`]).
     fn read_ahead(
         &mut self,
         table: TableId,
         after: i64,
         filter: Filter,
     ) -> Result<Option<Record>, StoreError> {
-        let sql = &self.sql(table)?.ahead;
+        let (mut slots, mut bytes) = (
+            std::mem::take(&mut self.ahead.slots),
+            std::mem::take(&mut self.ahead.bytes),
+        );
+        let sql = self.sql(table)?;
         let mut rows = VecDeque::with_capacity(AHEAD_ROWS);
-        {
-            let (sql, parent) = match filter {
-                Filter::All => (&sql[0], None),
-                Filter::Pending => (&sql[1], None),
-                Filter::Children(p) => (&sql[2], Some(i64::from(p.0))),
-            };
-            let mut stmt = self.conn.prepare_cached(sql)?;
-            let mut found = match parent {
-                Some(p) => stmt.query([after, p])?,
-                None => stmt.query([after])?,
-            };
-            while let Some(row) = found.next()? {
-                rows.push_back(header_from(table, row)?);
+        let mut extras = VecDeque::new();
+        slots.clear();
+        bytes.clear();
+        match filter {
+            Filter::Pending if !self.in_tx => {
+                let def = self
+                    .schema
+                    .table(table)
+                    .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))?;
+                let mut stmt = self.conn.prepare_cached(&sql.ahead_send)?;
+                let mut found = stmt.query([after])?;
+                let at_parent = HEADER_COUNT + def.fields.len();
+                while let Some(row) = found.next()? {
+                    rows.push_back(header_from(table, row)?);
+                    let first = slots.len();
+                    let mut fits = true;
+                    for (i, f) in def.fields.iter().enumerate() {
+                        match sql_value(f.ty, row.get_ref(HEADER_COUNT + i)?) {
+                            Some(v) => slots.push(Slot::of(v, &mut bytes)),
+                            None => fits = false,
+                        }
+                    }
+                    let parent = match def.parent {
+                        Some(pt) if row.get_ref(at_parent)? != ValueRef::Null => {
+                            Some(header_at(pt, row, at_parent)?)
+                        }
+                        _ => None,
+                    };
+                    extras.push_back(Extra {
+                        body: fits.then_some(first..slots.len()),
+                        parent,
+                    });
+                }
+            }
+            _ => {
+                let (sql, parent) = match filter {
+                    Filter::All => (&sql.ahead[0], None),
+                    Filter::Pending => (&sql.ahead[1], None),
+                    Filter::Children(p) => (&sql.ahead[2], Some(i64::from(p.0))),
+                };
+                let mut stmt = self.conn.prepare_cached(sql)?;
+                let mut found = match parent {
+                    Some(p) => stmt.query([after, p])?,
+                    None => stmt.query([after])?,
+                };
+                while let Some(row) = found.next()? {
+                    rows.push_back(header_from(table, row)?);
+                }
             }
         }
         let end = rows.len() < AHEAD_ROWS;
@@ -1077,14 +1220,49 @@ impl SqliteStore {
         } else {
             Some(self.data_version()?)
         };
+        let changes = self.conn.total_changes();
+        let current = match (first, extras.pop_front()) {
+            (Some(rec), Some(extra)) => Some((table, rec.local, extra, changes)),
+            _ => None,
+        };
         self.ahead = Ahead {
             walk: first.map(|r| (table, filter, r.local)),
             rows,
             end,
-            changes: self.conn.total_changes(),
+            changes,
             version,
+            extras,
+            current,
+            slots,
+            bytes,
         };
         Ok(first)
+    }
+
+    /// What the pending walk read with the record it returned last, if that is
+    /// `(table, local)` and nothing was written since.
+    fn current_extra(&self, table: TableId, local: LocalId) -> Option<&Extra> {
+        match &self.ahead.current {
+            Some((t, l, extra, changes))
+                if *t == table && *l == local && *changes == self.conn.total_changes() =>
+            {
+                Some(extra)
+            }
+            _ => None,
+        }
+    }
+
+    /// The parent of the record the pending walk returned last, if it is `(table, local)`
+    /// and nothing was written since.
+    fn current_parent(&self, table: TableId, local: LocalId) -> Option<Record> {
+        let (t, l, extra, changes) = self.ahead.current.as_ref()?;
+        let parent = extra.parent?;
+        let def = self.schema.table(*t)?;
+        (def.parent == Some(table)
+            && parent.local == local
+            && *changes == self.conn.total_changes()
+            && self.current_extra(*t, *l).is_some())
+        .then_some(parent)
     }
 
     /// `PRAGMA data_version`: changes when another connection commits.
@@ -1226,6 +1404,10 @@ impl LocalStore for SqliteStore {
     }
 
     async fn get(&mut self, table: TableId, local: LocalId) -> Result<Option<Record>, StoreError> {
+        if let Some(parent) = self.current_parent(table, local) {
+            // Read with the record the pending walk returned last (outside a transaction).
+            return Ok(Some(parent));
+        }
         self.flush()?;
         let sql = &self.sql(table)?.get;
         let found = query_header(&self.conn, table, sql, [i64::from(local.0)])?;
@@ -1244,12 +1426,34 @@ impl LocalStore for SqliteStore {
             .schema
             .table(table)
             .ok_or_else(|| StoreError::Corrupt(format!("no {table}")))?;
+        let mut values = Vec::with_capacity(def.fields.len());
+        if let Some(fields) = self
+            .current_extra(table, local)
+            .and_then(|e| e.body.clone())
+        {
+            // Read with the record the pending walk returned last (outside a transaction).
+            let (slots, bytes) = (&self.ahead.slots, &self.ahead.bytes);
+            let slots = slots.get(fields).unwrap_or_default();
+            for (f, slot) in def.fields.iter().zip(slots) {
+                let v = match slot {
+                    Slot::Null => ValueRef::Null,
+                    Slot::Integer(i) => ValueRef::Integer(*i),
+                    Slot::Real(f) => ValueRef::Real(*f),
+                    Slot::Text(r) => ValueRef::Text(bytes.get(r.clone()).unwrap_or_default()),
+                    Slot::Blob(r) => ValueRef::Blob(bytes.get(r.clone()).unwrap_or_default()),
+                };
+                // Checked when read: the same value SQLite gave.
+                values.push(sql_value(f.ty, v).ok_or_else(|| {
+                    StoreError::Corrupt(format!("{}.{} changed type", def.name, f.name))
+                })?);
+            }
+            return encode_body(def, &values, buf);
+        }
         let mut stmt = self.conn.prepare_cached(&self.sql(table)?.body)?;
         let mut rows = stmt.query([i64::from(local.0)])?;
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
-        let mut values = Vec::with_capacity(def.fields.len());
         for (i, f) in def.fields.iter().enumerate() {
             let v = sql_value(f.ty, row.get_ref(i)?).ok_or_else(|| {
                 StoreError::Corrupt(format!(
@@ -1259,11 +1463,7 @@ impl LocalStore for SqliteStore {
             })?;
             values.push(v);
         }
-        match body::encode(def, &values, buf) {
-            Ok(b) => Ok(Some(b.len())),
-            Err(body::BodyError::BufferFull) => Err(StoreError::BufferTooSmall),
-            Err(e) => Err(StoreError::Corrupt(format!("{}: {e}", def.name))),
-        }
+        encode_body(def, &values, buf)
     }
 
     async fn by_server(
@@ -1720,6 +1920,93 @@ mod tests {
                 .iter()
                 .enumerate()
                 .all(|(i, (id, _, name))| *id == i as i64 + 1 && *name == format!("c{id}")));
+        });
+    }
+
+    fn contact_body(name: &str) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        let values = [Value::Text(name), Value::Text("a@b"), Value::Text("06")];
+        body::encode(&EXAMPLE.tables[1], &values, &mut buf)
+            .expect("a test body fits")
+            .to_vec()
+    }
+
+    /// A pending walk outside a transaction answers `get` of the walked record's parent and
+    /// its `get_body` from what it read with the record: the same as SQLite holds, until a
+    /// write, after which they are read again.
+    #[test]
+    fn a_request_walk_reads_bodies_and_parents_with_the_records() {
+        block_on(async {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            let acme = record(1, 7, 0);
+            let local = |l: u32, parent: Option<u32>| Record {
+                table: TableId(1),
+                local: LocalId(l),
+                server: None,
+                parent: parent.map(LocalId),
+                meta: SyncMeta::new_local(Hlc::new(2, 0, 0), l),
+                mark: 0,
+            };
+            s.put(&acme, Some(&company("ACME"))).await.expect("put");
+            // Contact 3's parent is not stored: no parent to answer.
+            for (rec, name) in [(local(2, Some(1)), "Ann"), (local(3, Some(9)), "Bob")] {
+                s.put(&rec, Some(&contact_body(name))).await.expect("put");
+            }
+            let mut buf = [0u8; 256];
+            let first = s
+                .next(TableId(1), None, Filter::Pending)
+                .await
+                .expect("next");
+            assert_eq!(first, Some(local(2, Some(1))));
+            assert!(s.current_parent(TableId(0), LocalId(1)).is_some());
+            assert_eq!(
+                s.get(TableId(0), LocalId(1)).await.expect("get"),
+                Some(acme)
+            );
+            assert!(s.current_extra(TableId(1), LocalId(2)).is_some());
+            let n = s
+                .get_body(TableId(1), LocalId(2), &mut buf)
+                .await
+                .expect("body");
+            assert_eq!(&buf[..n.expect("held")], &contact_body("Ann")[..]);
+            // A write through the store: read again, and the new body comes back.
+            s.put(&local(2, Some(1)), Some(&contact_body("Anne")))
+                .await
+                .expect("put");
+            assert!(s.current_extra(TableId(1), LocalId(2)).is_none());
+            let n = s
+                .get_body(TableId(1), LocalId(2), &mut buf)
+                .await
+                .expect("body");
+            assert_eq!(&buf[..n.expect("held")], &contact_body("Anne")[..]);
+            let second = s
+                .next(TableId(1), Some(LocalId(2)), Filter::Pending)
+                .await
+                .expect("next");
+            assert_eq!(second, Some(local(3, Some(9))));
+            assert!(s.current_parent(TableId(0), LocalId(9)).is_none());
+            assert_eq!(s.get(TableId(0), LocalId(9)).await.expect("get"), None);
+            let n = s
+                .get_body(TableId(1), LocalId(3), &mut buf)
+                .await
+                .expect("body");
+            assert_eq!(&buf[..n.expect("held")], &contact_body("Bob")[..]);
+            // Not the walked record: asked from SQLite.
+            assert!(s.current_extra(TableId(1), LocalId(2)).is_none());
+            let n = s
+                .get_body(TableId(1), LocalId(2), &mut buf)
+                .await
+                .expect("body");
+            assert_eq!(&buf[..n.expect("held")], &contact_body("Anne")[..]);
+            // Inside a transaction a walk reads headers only.
+            s.begin().await.expect("begin");
+            let again = s
+                .next(TableId(1), None, Filter::Pending)
+                .await
+                .expect("next");
+            assert_eq!(again.map(|r| r.local), Some(LocalId(2)));
+            assert!(s.ahead.current.is_none());
+            s.rollback().await.expect("rollback");
         });
     }
 
