@@ -306,16 +306,15 @@ fn bare_insert_store_tables(dir: &Path, rows: &Rows) -> Duration {
     // Committed as the phone commits a reply: no fsync at commit.
     conn.execute_batch("PRAGMA synchronous = NORMAL")
         .expect("synchronous");
-    let meta = "1, 0, 1, 0, 1, 0, 0, 1";
+    let meta = "0, 0, 1, 0, 1";
     settle();
     let start = Instant::now();
     conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
     {
         let mut ins = conn
             .prepare(&format!(
-                "INSERT INTO company (id, server_id, name, city, phone, is_from_server, \
-                 is_modified, is_active, edits, modified_wall, modified_counter, \
-                 modified_device, refresh_mark) VALUES (?1, ?1, ?2, ?3, ?4, {meta})"
+                "INSERT INTO company (id, server_id, name, city, phone, sync_pending, edits, \
+                 modified_wall, modified_seq, refresh_mark) VALUES (?1, ?1, ?2, ?3, ?4, {meta})"
             ))
             .expect("prepare");
         for (i, [a, b, c]) in rows.companies.iter().enumerate() {
@@ -325,8 +324,7 @@ fn bare_insert_store_tables(dir: &Path, rows: &Rows) -> Duration {
         let mut ins = conn
             .prepare(&format!(
                 "INSERT INTO contact (id, server_id, company_id, name, email, phone, \
-                 is_from_server, is_modified, is_active, edits, modified_wall, \
-                 modified_counter, modified_device, refresh_mark) \
+                 sync_pending, edits, modified_wall, modified_seq, refresh_mark) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, {meta})"
             ))
             .expect("prepare");

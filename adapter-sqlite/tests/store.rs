@@ -12,7 +12,7 @@ use ferrysync_core::track;
 use ferrysync_core::transport::Transport;
 use ferrysync_core::wire::{Accepted, Done, Mapping, Mode, Op, Reply, Request, Upsert};
 use ferrysync_core::Hlc;
-use ferrysync_sqlite::{Phone, SqliteStore, StoreError};
+use ferrysync_sqlite::{rusqlite, Phone, SqliteStore, StoreError};
 use pollster::block_on;
 use proptest::prelude::*;
 use std::fmt;
@@ -676,7 +676,7 @@ fn tables_are_plain_sql_with_sync_columns() {
     let conn = phone.store().connection();
     let (name, company_id, modified, active, from_server): (String, i64, bool, bool, bool) = conn
         .query_row(
-            "SELECT name, company_id, is_modified, is_active, is_from_server FROM contact",
+            "SELECT name, company_id, sync_pending & 2 != 0, sync_pending & 4 = 0, sync_pending & 1 = 0 FROM contact",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
@@ -727,6 +727,41 @@ fn a_file_made_for_another_schema_is_refused() {
         Err(StoreError::SchemaChanged { .. }) => {}
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("opened a file made for another schema"),
+    }
+}
+
+/// A file of another store format (an older one has no `format` row) is refused with a typed
+/// error, and left as it was.
+#[test]
+fn a_file_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    drop(SqliteStore::open(&db, EXAMPLE).unwrap());
+    for (change, stored) in [
+        ("UPDATE _fs_meta SET value = 3 WHERE key = 'format'", 3),
+        ("DELETE FROM _fs_meta WHERE key = 'format'", 1),
+    ] {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(change)
+            .unwrap();
+        match SqliteStore::open(&db, EXAMPLE) {
+            Err(StoreError::FormatChanged {
+                stored: s,
+                supported,
+            }) => assert_eq!((s, supported), (stored, 2)),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened a file of format {stored}"),
+        }
+        let rows: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM _fs_meta WHERE key = 'format'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, i64::from(stored != 1));
     }
 }
 
