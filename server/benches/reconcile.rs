@@ -270,10 +270,20 @@ fn delta(n: u32, m: u32, loops: usize) {
         applied.push(synced);
         assert_eq!(items, 0, "the sync's own rows are not sent back");
     }
+    let mut sorted = applied.clone();
+    sorted.sort();
+    let worst = sorted.last().copied().unwrap_or_default();
+    let p90 = sorted
+        .get(sorted.len() * 9 / 10)
+        .copied()
+        .unwrap_or_default();
     println!(
-        "delta {n}+{m}: {} updates, {loops} runs; medians: reconcile + commit {:.3} ms, reply read {:.3} ms",
+        "delta {n}+{m}: {} updates, {loops} runs; medians: reconcile + commit {:.3} ms \
+         (p90 {:.3} ms, worst {:.3} ms), reply read {:.3} ms",
         renamed.len(),
         ms(median(applied)),
+        ms(p90),
+        ms(worst),
         ms(median(replied)),
     );
 }
