@@ -49,8 +49,11 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16 * 1024;
 
 /// Least time between two checkpoints of the [`Checkpointer`]: commits in the meantime are
-/// copied by the next one, so a busy server does not fsync its database file per sync.
-const CHECKPOINT_REST: Duration = Duration::from_millis(50);
+/// copied by the next one, so a busy server does not fsync its database file per sync. 50 ms
+/// cost the median 1 % delta sync 5-25 % (the checkpoint's fsync beside the commit's), 500 ms
+/// about 5 %, both cutting its worst case from 6.5-9 ms to 2.7-3.3 ms
+/// (`FERRYSYNC_BENCH_PROFILE=delta cargo bench -p ferrysync-server --bench reconcile`).
+const CHECKPOINT_REST: Duration = Duration::from_millis(500);
 /// Most rows one multi-row insert writes. A sync holds new records (and their `_idmap` rows)
 /// back and writes them this many at a time: one statement per batch instead of per row.
 /// Measured (callgrind, first push of 100+1,000 and 1,000+10,000 to a fresh store): 16 beats
