@@ -70,6 +70,7 @@ use ferrysync_core::wire::{Op, RejectReason};
 use foldhash::HashMap;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
@@ -172,8 +173,12 @@ struct TableSql {
     by_server: String,
     body: String,
     /// The upsert of one row and of [`BATCH_ROWS`] rows of each [`RowKind`] (indexed by
-    /// [`RowKind::index`]); row `r` takes parameters `r * kind.params() + 1..`.
-    upserts: [[String; 2]; RowKind::COUNT],
+    /// [`RowKind::index`]); row `r` takes parameters `r * kind.params() + 1..`. Written at
+    /// first use ([`TableSql::upsert`]): the twelve texts of a table took about 2M instructions
+    /// to format, at every open.
+    upserts: [[OnceCell<String>; 2]; RowKind::COUNT],
+    /// What the upserts are made of.
+    upsert_spec: UpsertSpec,
     /// Fields of the table: a row binds `kind.header_params() + fields` parameters.
     fields: usize,
     /// The one-row write of a [`Write::SameKeys`] row (indexed by [`RowKind::from_server`]) as
@@ -292,48 +297,11 @@ impl TableSql {
         } else {
             all_cols.replacen("NULL, ", "", 1)
         };
-        let row_vals = |kind: RowKind, base: usize| {
-            let p = |i: usize| format!("?{}", base + i);
-            let mut vals: Vec<String> = if kind.from_server {
-                // `SyncMeta::from_server`: nothing pending, no local edit.
-                [p(1), p(2), p(3), "0".into(), "0".into()]
-                    .into_iter()
-                    .chain((4..=FROM_SERVER_PARAMS).map(p))
-                    .collect()
-            } else {
-                (1..=HEADER_PARAMS).map(p).collect()
-            };
-            if def.parent_field.is_none() {
-                vals.remove(2);
-            }
-            vals.extend((1..=n_fields).map(|i| p(kind.header_params() + i)));
-            format!("({})", vals.join(", "))
-        };
-        let upsert = |kind: RowKind, rows: usize| {
-            let per_row = kind.header_params() + n_fields;
-            let values: Vec<String> = (0..rows).map(|r| row_vals(kind, r * per_row)).collect();
-            let same_keys = kind.write == Write::SameKeys;
-            let keep = |c: &&str| {
-                *c != "id" && !(same_keys && (*c == "server_id" || Some(*c) == def.parent_field))
-            };
-            if kind.write == Write::New {
-                // Nothing to update, and `OR FAIL` spares SQLite the statement journal a
-                // multi-row statement that may abort keeps (a failure fails the transaction).
-                return format!(
-                    "INSERT OR FAIL INTO {name} ({insert_cols}) VALUES {}",
-                    values.join(", ")
-                );
-            }
-            format!(
-                "INSERT INTO {name} ({insert_cols}) VALUES {} ON CONFLICT(id) DO UPDATE SET {}",
-                values.join(", "),
-                insert_cols
-                    .split(", ")
-                    .filter(keep)
-                    .map(|c| format!("{c} = excluded.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+        let upsert_spec = UpsertSpec {
+            name: name.to_owned(),
+            insert_cols,
+            parent: def.parent_field.map(str::to_owned),
+            n_fields,
         };
         let parent_set = match def.parent_field {
             Some(p) => format!("{p} = ?3, "),
@@ -398,7 +366,8 @@ impl TableSql {
                 "SELECT {} FROM {name} WHERE id = ?1",
                 if n_fields == 0 { "NULL" } else { &field_cols }
             ),
-            upserts: RowKind::ALL.map(|k| [upsert(k, 1), upsert(k, BATCH_ROWS)]),
+            upserts: Default::default(),
+            upsert_spec,
             update_same_keys: [false, true].map(|from_server| {
                 let kind = RowKind::of(Write::SameKeys, from_server);
                 let meta = if from_server {
@@ -431,6 +400,79 @@ impl TableSql {
             ),
         };
         Ok((sql, ddl))
+    }
+}
+
+impl TableSql {
+    /// The upsert of [`BATCH_ROWS`] rows of `kind` if `many`, else of one.
+    fn upsert(&self, kind: RowKind, many: bool) -> &str {
+        let rows = if many { BATCH_ROWS } else { 1 };
+        self.upserts[kind.index()][usize::from(many)]
+            .get_or_init(|| self.upsert_spec.sql(kind, rows))
+    }
+}
+
+/// The parts of a table's upserts.
+struct UpsertSpec {
+    name: String,
+    /// The columns an upsert writes.
+    insert_cols: String,
+    /// The parent column, for a detail.
+    parent: Option<String>,
+    n_fields: usize,
+}
+
+impl UpsertSpec {
+    /// The values of one row of `kind` whose parameters start after `base`. Placeholders are
+    /// numbered and all header values a kind binds are always bound; a master has no parent
+    /// column, so its rows just never name their third parameter.
+    fn row_vals(&self, kind: RowKind, base: usize) -> String {
+        let p = |i: usize| format!("?{}", base + i);
+        let mut vals: Vec<String> = if kind.from_server {
+            // `SyncMeta::from_server`: nothing pending, no local edit.
+            [p(1), p(2), p(3), "0".into(), "0".into()]
+                .into_iter()
+                .chain((4..=FROM_SERVER_PARAMS).map(p))
+                .collect()
+        } else {
+            (1..=HEADER_PARAMS).map(p).collect()
+        };
+        if self.parent.is_none() {
+            vals.remove(2);
+        }
+        vals.extend((1..=self.n_fields).map(|i| p(kind.header_params() + i)));
+        format!("({})", vals.join(", "))
+    }
+
+    /// The upsert of `rows` rows of `kind`.
+    fn sql(&self, kind: RowKind, rows: usize) -> String {
+        let (name, insert_cols) = (&self.name, &self.insert_cols);
+        let per_row = kind.header_params() + self.n_fields;
+        let values: Vec<String> = (0..rows)
+            .map(|r| self.row_vals(kind, r * per_row))
+            .collect();
+        let same_keys = kind.write == Write::SameKeys;
+        let keep = |c: &&str| {
+            *c != "id" && !(same_keys && (*c == "server_id" || Some(*c) == self.parent.as_deref()))
+        };
+        if kind.write == Write::New {
+            // Nothing to update, and `OR FAIL` spares SQLite the statement journal a
+            // multi-row statement that may abort keeps (a failure fails the transaction).
+            return format!(
+                "INSERT OR FAIL INTO {name} ({insert_cols}) VALUES {}",
+                values.join(", ")
+            );
+        }
+        format!(
+            "INSERT INTO {name} ({insert_cols}) VALUES {} ON CONFLICT(id) DO UPDATE SET {}",
+            values.join(", "),
+            insert_cols
+                .split(", ")
+                .filter(keep)
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -518,14 +560,6 @@ struct RowKind {
 
 impl RowKind {
     const COUNT: usize = 6;
-    const ALL: [RowKind; Self::COUNT] = [
-        RowKind::of(Write::Upsert, false),
-        RowKind::of(Write::Upsert, true),
-        RowKind::of(Write::SameKeys, false),
-        RowKind::of(Write::SameKeys, true),
-        RowKind::of(Write::New, false),
-        RowKind::of(Write::New, true),
-    ];
 
     const fn of(write: Write, from_server: bool) -> Self {
         RowKind { write, from_server }
@@ -1101,7 +1135,6 @@ impl SqliteStore {
     fn write_batch(&self, many: bool) -> Result<(), StoreError> {
         let b = &self.batch;
         let sql = self.sql(b.table)?;
-        let [one, many_sql] = &sql.upserts[b.kind.index()];
         let per_row = b.kind.header_params() + sql.fields;
         // Rows written by the multi-row statement; the rest go one per statement.
         let in_many = if many {
@@ -1111,7 +1144,7 @@ impl SqliteStore {
         };
         let (full, rest) = b.rows.split_at(in_many);
         if !full.is_empty() {
-            let mut stmt = self.conn.prepare_cached(many_sql)?;
+            let mut stmt = self.conn.prepare_cached(sql.upsert(b.kind, true))?;
             for chunk in full.chunks_exact(BATCH_ROWS) {
                 for (r, row) in chunk.iter().enumerate() {
                     b.bind(&mut stmt, r * per_row, row)?;
@@ -1133,7 +1166,7 @@ impl SqliteStore {
             missed.extend(rest);
         }
         if !missed.is_empty() {
-            let mut stmt = self.conn.prepare_cached(one)?;
+            let mut stmt = self.conn.prepare_cached(sql.upsert(b.kind, false))?;
             for row in missed {
                 b.bind(&mut stmt, 0, row)?;
                 stmt.raw_execute()?;
@@ -1663,7 +1696,7 @@ impl LocalStore for SqliteStore {
             Some(body) => {
                 let mut stmt = self
                     .conn
-                    .prepare_cached(&self.sql(rec.table)?.upserts[RowKind::default().index()][0])?;
+                    .prepare_cached(self.sql(rec.table)?.upsert(RowKind::default(), false))?;
                 bind_row(&mut stmt, 0, def, rec, body)?;
                 stmt.raw_execute()?;
             }
