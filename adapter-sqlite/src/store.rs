@@ -27,7 +27,10 @@
 //! as many server ids as the table may hold (a full refresh on a synced phone) reads the
 //! table's server ids in one scan instead, and is complete from then on; a delta asks too few
 //! for that. The index lives from `begin` to `commit` or `rollback`; its size is that of the
-//! records the transaction touched (or of the table, once read whole). Records the
+//! records the transaction touched (or of the table, once read whole). A commit keeps it for
+//! the next transaction, which starts from it if nothing was written since through the
+//! connection or by another one (see [`SqliteStore::kept`]): a synced phone's next delta
+//! looks up nothing in SQLite. Records the
 //! transaction reads (`get`, `next`) are learned too, so a `put` that keeps a record's server
 //! id and parent (the engine confirming a sent change, an app's edit) writes only the other
 //! columns and leaves the server-id and parent index entries alone.
@@ -796,6 +799,31 @@ pub struct SqliteStore {
     /// Per table, a bit per [`RowKind::index`]: its [`BATCH_ROWS`]-row upsert was prepared on
     /// this connection (and stays in its statement cache, which holds every statement).
     many_prepared: Vec<u8>,
+    /// The server-id index of the last committed transaction, for the next one.
+    ///
+    /// What a transaction learned of the tables' server ids is still true after its commit
+    /// as long as nothing else writes: the next transaction starts from it if the connection's
+    /// `total_changes` (its own writes outside the store's transactions, the app's SQL) and
+    /// `PRAGMA data_version` (another connection's commits) are those of that commit. A
+    /// phone that synced once answers the next sync's lookups (each record received and its
+    /// parent) from memory: a first full refresh leaves every server id known. A rollback
+    /// drops it. At most [`KEEP_INDEX_ENTRIES`] records are kept.
+    kept: Option<KeptIndex>,
+}
+
+/// Records a kept server-id index may hold (see [`SqliteStore::kept`]): about 100 bytes
+/// each, so at most about 2 MB of a phone's memory between syncs; a bigger data set is
+/// looked up in SQLite again by each transaction.
+const KEEP_INDEX_ENTRIES: usize = 20_000;
+
+/// A server-id index kept past its transaction's commit (see [`SqliteStore::kept`]).
+struct KeptIndex {
+    /// One per table.
+    index: Vec<ServerIndex>,
+    /// The connection's `total_changes` just after the commit.
+    changes: u64,
+    /// `PRAGMA data_version` just after the commit.
+    version: i64,
 }
 
 /// Layout of the store's tables, kept in `_fs_meta` (key `format`): 2 packs the sync
@@ -1083,6 +1111,7 @@ impl SqliteStore {
             ahead: Ahead::default(),
             lazy: false,
             many_prepared: vec![0; schema.tables.len()],
+            kept: None,
         })
     }
 
@@ -1383,6 +1412,12 @@ impl SqliteStore {
     fn open_tx(&mut self) -> Result<(), StoreError> {
         self.run_cached("BEGIN IMMEDIATE")?;
         self.index.clear();
+        if let Some(kept) = self.kept.take() {
+            // Nothing was written since that commit, through this connection or another.
+            if kept.changes == self.conn.total_changes() && kept.version == self.data_version()? {
+                self.index = kept.index;
+            }
+        }
         self.index
             .resize_with(self.tables.len(), ServerIndex::default);
         self.puts.clear();
@@ -1391,6 +1426,26 @@ impl SqliteStore {
         self.in_tx = true;
         self.failed = false;
         Ok(())
+    }
+
+    /// After a commit, keeps the transaction's server-id index for the next one (see
+    /// [`SqliteStore::kept`]) if it is small enough; `version` is `PRAGMA data_version` as of
+    /// the commit.
+    fn keep_index(&mut self, version: i64) {
+        let entries: usize = self.index.iter().map(|ix| ix.known.len()).sum();
+        if entries > KEEP_INDEX_ENTRIES {
+            return;
+        }
+        let mut index = std::mem::take(&mut self.index);
+        for ix in &mut index {
+            // The table holds what the transaction put: it is not known empty any more.
+            ix.empty = false;
+        }
+        self.kept = Some(KeptIndex {
+            index,
+            changes: self.conn.total_changes(),
+            version,
+        });
     }
 
     /// Puts `synchronous = FULL` back after a [`LocalStore::begin_reply`] transaction: every
@@ -1495,7 +1550,11 @@ impl LocalStore for SqliteStore {
                 i64::from(s.refresh),
                 s.needs_full,
             ])?;
+        // Read inside the transaction: no other connection can commit while it holds the
+        // write lock, and this connection's own commit leaves the value as it is.
+        let version = self.data_version()?;
         self.run_cached("COMMIT")?;
+        self.keep_index(version);
         self.end_tx();
         self.full_again()
     }
@@ -2196,6 +2255,59 @@ mod tests {
                     (3, 5, "three".to_owned())
                 ]
             );
+        });
+    }
+
+    /// A committed transaction's server-id index serves the next transaction, unless another
+    /// connection committed or the app wrote through the connection since; a rolled-back
+    /// transaction's index is not kept.
+    #[test]
+    fn the_server_index_outlives_a_commit_only_while_nothing_else_writes() {
+        block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("p.db");
+            let mut s = SqliteStore::open(&path, EXAMPLE).expect("open");
+            let ask = |s: &mut SqliteStore, server: u64| {
+                let found = block_on(s.by_server(TableId(0), ServerId(server))).expect("ask");
+                found.map(|r| r.local.0)
+            };
+            s.begin().await.expect("begin");
+            assert_eq!(ask(&mut s, 1), None);
+            s.put(&record(1, 1, 0), Some(&company("a")))
+                .await
+                .expect("put");
+            s.commit(&DeviceState::default()).await.expect("commit");
+            assert!(s.kept.is_some());
+            // Kept: the next transaction knows server id 1 before asking SQLite.
+            s.begin().await.expect("begin");
+            assert!(s.index[0].known.contains_key(&1));
+            assert_eq!(ask(&mut s, 1), Some(1));
+            s.commit(&DeviceState::default()).await.expect("commit");
+            // Another connection moves the record to server id 9.
+            Connection::open(&path)
+                .expect("open")
+                .execute("UPDATE company SET server_id = 9 WHERE id = 1", [])
+                .expect("update");
+            s.begin().await.expect("begin");
+            assert!(s.index[0].known.is_empty());
+            assert_eq!((ask(&mut s, 1), ask(&mut s, 9)), (None, Some(1)));
+            s.commit(&DeviceState::default()).await.expect("commit");
+            // The app moves it through the store's own connection.
+            s.connection()
+                .execute("UPDATE company SET server_id = 5 WHERE id = 1", [])
+                .expect("update");
+            s.begin().await.expect("begin");
+            assert_eq!((ask(&mut s, 9), ask(&mut s, 5)), (None, Some(1)));
+            // A rolled-back put is forgotten.
+            s.put(&record(2, 6, 0), Some(&company("b")))
+                .await
+                .expect("put");
+            assert_eq!(ask(&mut s, 6), Some(2));
+            s.rollback().await.expect("rollback");
+            assert!(s.kept.is_none());
+            s.begin().await.expect("begin");
+            assert_eq!((ask(&mut s, 6), ask(&mut s, 5)), (None, Some(1)));
+            s.rollback().await.expect("rollback");
         });
     }
 
