@@ -12,6 +12,7 @@
 //! - on a phone that holds the data set already, a delta reply that renames 1 % of the
 //!   contacts (every contact with j % 100 == 0) beside a full refresh of the same data set:
 //!   apply time and reply bytes;
+//! - the same delta on such a phone closed and opened again (an app that starts);
 //! - on such a phone, the phone's side of a 1 % delta push: the engine sends the renamed
 //!   contacts and applies the server's reply confirming them (no server in the timing).
 //!
@@ -23,7 +24,8 @@
 //! each side.
 //!
 //! To profile one side (e.g. under `valgrind --tool=callgrind`, which counts instructions
-//! reliably on a busy machine), `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|full|push` runs just
+//! reliably on a busy machine),
+//! `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|delta_reopened|full|push` runs just
 //! that side once per size, prints its time, and skips the rest.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
@@ -346,6 +348,13 @@ fn synced_phone(dir: &Path, first: &[u8]) -> SqliteStore {
     store
 }
 
+/// [`synced_phone`] closed and opened again, as by an app that starts: its statements are not
+/// prepared, and what the store kept in memory of the first sync is gone.
+fn reopened_phone(dir: &Path, first: &[u8]) -> SqliteStore {
+    drop(synced_phone(dir, first));
+    SqliteStore::open(dir.join("synced.db"), EXAMPLE).expect("open phone")
+}
+
 /// Renames 1 % of the contacts on a phone that applied the first full refresh (one app
 /// transaction each, as an app would); returns how many. Untimed: the setup of [`push`].
 fn rename(phone: &mut SqliteStore, w: &Workload) -> u32 {
@@ -463,6 +472,7 @@ fn summary(w: &Workload) {
     let (mut engine, mut bare, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     let (mut delta, mut full, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
     let mut floor_commit = Vec::new();
+    let mut delta_reopened = Vec::new();
     for round in 0..w.size.rounds {
         // Each side goes first in turn.
         for side in (0..3).map(|i| (i + round) % 3) {
@@ -479,6 +489,10 @@ fn summary(w: &Workload) {
         floor_commit.push(commit_floor(&mut phone));
         drop(phone);
         let dir = tempdir();
+        let mut phone = reopened_phone(dir.path(), &w.first);
+        delta_reopened.push(apply(&mut phone, &w.delta, 2, false));
+        drop(phone);
+        let dir = tempdir();
         let mut phone = synced_phone(dir.path(), &w.first);
         full.push(apply(&mut phone, &w.full_again, 2, true));
         drop(phone);
@@ -490,6 +504,7 @@ fn summary(w: &Workload) {
     let (engine, bare, floor) = (median(engine), median(bare), median(floor));
     let (delta, full, pushed) = (median(delta), median(full), median(pushed));
     let floor_commit = median(floor_commit);
+    let delta_reopened = median(delta_reopened);
     println!(
         "summary: apply full refresh {label}: engine + SqliteStore {:.1} ms, bare rusqlite bulk \
          insert {:.1} ms, ratio {:.2}x (target <= 1.5x); bare insert into the store's tables \
@@ -514,6 +529,13 @@ fn summary(w: &Workload) {
         ms(full) / ms(delta),
         w.full_again.len() as f64 / w.delta.len() as f64,
         ms(engine) / ms(delta),
+    );
+    println!(
+        "summary: the same delta on a phone just opened again (an app that starts: no statement \
+         prepared, nothing kept in memory from the first sync) {label}: {:.2} ms, {:.1}x cheaper \
+         than the full refresh above",
+        ms(delta_reopened),
+        ms(full) / ms(delta_reopened),
     );
     println!(
         "summary: delta 1 % push on a synced phone {label} (the phone's side: request of {} \
@@ -556,6 +578,10 @@ fn only(w: &Workload, side: &str) {
             let renamed = rename(&mut phone, w);
             measured(|| push(&mut phone, renamed))
         }
+        "delta_reopened" => {
+            let mut phone = reopened_phone(dir.path(), &w.first);
+            measured(|| apply(&mut phone, &w.delta, 2, false))
+        }
         "delta" | "full" => {
             let mut phone = synced_phone(dir.path(), &w.first);
             let (reply, full) = if side == "delta" {
@@ -566,7 +592,10 @@ fn only(w: &Workload, side: &str) {
             measured(|| apply(&mut phone, reply, 2, full))
         }
         _ => {
-            panic!("FERRYSYNC_BENCH_ONLY={side}: expected engine, bare, floor, delta, full or push")
+            panic!(
+                "FERRYSYNC_BENCH_ONLY={side}: expected engine, bare, floor, delta, delta_reopened, \
+                 full or push"
+            )
         }
     };
     println!("only {side} {}: {:.2} ms", w.size.name, ms(took));
