@@ -3,17 +3,18 @@
 //! Each schema table is a real SQL table the app can query: `id` (the stable device-local id),
 //! `server_id`, the parent column named by the schema (holding the parent's local `id`), one
 //! typed column per field, and the sync metadata in five columns: `sync_pending` (0 for a
-//! clean server version; bit 1: not on the server yet, bit 2: changed locally, bit 4: deleted
-//! locally), `edits` (the local edit counter), `modified_wall` and `modified_seq` (the hybrid
-//! clock of the last change: wall milliseconds, then counter << 32 | device) and
+//! clean server version, else the sum of 1: not on the server yet, 2: changed locally, 4:
+//! deleted locally), `edits` (the local edit counter), `modified_wall` and `modified_seq`
+//! (the hybrid clock of the last change: wall milliseconds, then counter << 32 | device) and
 //! `refresh_mark`. Device state lives in `_fs_state`, the rejected log in `_fs_rejected`, the
 //! schema hash and the layout's format (2; [`StoreError::FormatChanged`] for another) in
 //! `_fs_meta`.
 //!
 //! The sync columns are packed because every record a sync writes pays for each column and
 //! for the pending index's predicate: one flag column read by `sync_pending != 0` instead of
-//! three flags cut a first full refresh by about 4M instructions of 150M (issue 7's default
-//! size), and fewer columns make each header read cheaper.
+//! three flags, and two clock columns instead of three, cut a first full refresh from 153M to
+//! 145M instructions (issue 7's default size), and fewer columns make each header read
+//! cheaper.
 //!
 //! Crash safety comes from SQLite: `begin` is `BEGIN IMMEDIATE`, `commit` writes the state row
 //! and `COMMIT`s, the journal is WAL with `synchronous = FULL`, so a killed app or a power cut
@@ -30,10 +31,10 @@
 //! records the transaction touched (or of the table, once read whole). A commit keeps it for
 //! the next transaction, which starts from it if nothing was written since through the
 //! connection or by another one (see [`SqliteStore::kept`]): a synced phone's next delta
-//! looks up nothing in SQLite. Records the
-//! transaction reads (`get`, `next`) are learned too, so a `put` that keeps a record's server
-//! id and parent (the engine confirming a sent change, an app's edit) writes only the other
-//! columns and leaves the server-id and parent index entries alone.
+//! looks up nothing in SQLite. Records the transaction reads (`get`, `next`) are learned too,
+//! so a `put` that keeps a record's server id and parent (the engine confirming a sent change,
+//! an app's edit) writes only the other columns and leaves the server-id and parent index
+//! entries alone.
 //!
 //! A table that held no row when the transaction first asked about it (a fresh device's first
 //! full refresh) holds only what the transaction put: records put above every local id the
@@ -56,10 +57,11 @@
 //! itself; a flush of fewer than 128 records, a delta's, writes one per statement while the
 //! long statement is not prepared yet, as parsing it costs more than it saves there, and a
 //! record known to be stored with the same server id and parent is then written by a plain
-//! `UPDATE` by id instead of an upsert); a record whose metadata is a clean server version's (`SyncMeta::from_server`, what
-//! a reply brings) is written by a statement that has those flags as literals, so each row
-//! binds four parameters fewer. The store writes what it gathered before any other
-//! statement, so every read still sees the transaction's own writes. A body that does not fit the schema still fails its own `put`;
+//! `UPDATE` by id instead of an upsert); a record whose metadata is a clean server version's
+//! (`SyncMeta::from_server`, what a reply brings) is written by a statement that has its
+//! `sync_pending` and `edits` as literals, so each row binds two parameters fewer. The store
+//! writes what it gathered before any other statement, so every read still sees the
+//! transaction's own writes. A body that does not fit the schema still fails its own `put`;
 //! an SQLite error of a gathered write surfaces at the call that writes it, after which the
 //! transaction only accepts `rollback` ([`StoreError::TransactionFailed`]).
 
@@ -556,8 +558,8 @@ enum Write {
 struct RowKind {
     /// What is known of the record.
     write: Write,
-    /// Its metadata is [`SyncMeta::from_server`]'s: the flags and edit count are literals of
-    /// the statement instead of four parameters per row.
+    /// Its metadata is [`SyncMeta::from_server`]'s: `sync_pending` and `edits` are literals of
+    /// the statement instead of two parameters per row.
     from_server: bool,
 }
 
