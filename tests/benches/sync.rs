@@ -8,7 +8,9 @@
 //!    `SqliteStore` file, vs the same bulk insert;
 //! 3. bytes on the wire per record, push and replies, vs the bare postcard bodies and JSON, and
 //!    what gzip would make of them;
-//! 4. a delta sync after the 1 % update vs a full refresh of the same data (in process);
+//! 4. a delta sync after the 1 % update vs its full alternative (in process): the pull vs a
+//!    full refresh, the push vs the same push in full mode, beside the floors of the same
+//!    renames as bare rusqlite `UPDATE`s (durable, and committed without fsync);
 //! 5. end to end over HTTP: a phone's first sync of N + M new records, a fresh phone's pull
 //!    (plain, then with HTTP gzip, its bytes counted as they travel), then 1 % incremental
 //!    syncs, beside the PouchDB reference.
