@@ -19,8 +19,9 @@ use crate::id::{LocalId, RecordRef, ServerId, TableId};
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks (2: v1 plus record batches).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this crate speaks (2: v1 plus record batches; 3: batch items carry
+/// their clock counter as a delta, which compresses).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What the device asks the reply to contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -321,8 +322,9 @@ pub struct ChangeItem<'a> {
     pub parent: ParentItem,
     /// Delta of the clock's `wall_ms`.
     pub wall: i64,
-    /// The clock's counter. The device part is not sent: the server stamps the sender's id.
-    pub counter: u32,
+    /// Delta of the clock's counter (the counter must fit 32 bits). The device part is not
+    /// sent: the server stamps the sender's id.
+    pub counter: i64,
     /// The record's fields; empty for a delete.
     #[serde(borrow)]
     pub body: &'a [u8],
@@ -346,8 +348,8 @@ pub struct UpsertItem<'a> {
     pub parent: Option<i64>,
     /// Delta of the clock's `wall_ms`.
     pub wall: i64,
-    /// The clock's counter.
-    pub counter: u32,
+    /// Delta of the clock's counter (the counter must fit 32 bits).
+    pub counter: i64,
     /// The clock's device.
     pub device: u32,
     /// The record's fields.
@@ -368,6 +370,7 @@ pub(crate) struct Chain {
     id: u64,
     other: u64,
     wall: u64,
+    counter: u64,
 }
 
 fn delta(prev: &mut u64, v: u64) -> i64 {
@@ -379,6 +382,11 @@ fn delta(prev: &mut u64, v: u64) -> i64 {
 fn undelta(prev: &mut u64, d: i64) -> u64 {
     *prev = prev.wrapping_add(d as u64);
     *prev
+}
+
+/// A clock counter from its running value: it must fit 32 bits.
+fn counter(v: u64) -> Result<u32, MessageError> {
+    u32::try_from(v).map_err(|_| MessageError::BadVarint)
 }
 
 fn local_id(v: u64) -> Result<LocalId, MessageError> {
@@ -393,6 +401,7 @@ impl Chain {
             id: 0,
             other: 0,
             wall: 0,
+            counter: 0,
         }
     }
 
@@ -409,7 +418,7 @@ impl Chain {
                 Some(RecordRef::Server(s)) => ParentItem::Server(s.0),
             },
             wall: delta(&mut self.wall, c.modified_at.wall_ms),
-            counter: c.modified_at.counter,
+            counter: delta(&mut self.counter, u64::from(c.modified_at.counter)),
             body: c.body,
         }
     }
@@ -434,7 +443,11 @@ impl Chain {
                 ParentItem::Local(l) => Some(RecordRef::Local(LocalId(l))),
                 ParentItem::Server(s) => Some(RecordRef::Server(ServerId(s))),
             },
-            modified_at: Hlc::new(undelta(&mut self.wall, it.wall), it.counter, 0),
+            modified_at: Hlc::new(
+                undelta(&mut self.wall, it.wall),
+                counter(undelta(&mut self.counter, it.counter))?,
+                0,
+            ),
             body: it.body,
         })
     }
@@ -459,20 +472,28 @@ impl Chain {
             id: delta(&mut self.id, u.id.0),
             parent: u.parent.map(|p| delta(&mut self.other, p.0)),
             wall: delta(&mut self.wall, u.modified_at.wall_ms),
-            counter: u.modified_at.counter,
+            counter: delta(&mut self.counter, u64::from(u.modified_at.counter)),
             device: u.modified_at.device,
             body: u.body,
         }
     }
 
-    fn upsert<'b>(&mut self, table: TableId, it: UpsertItem<'b>) -> Upsert<'b> {
-        Upsert {
+    fn upsert<'b>(
+        &mut self,
+        table: TableId,
+        it: UpsertItem<'b>,
+    ) -> Result<Upsert<'b>, MessageError> {
+        Ok(Upsert {
             table,
             id: ServerId(undelta(&mut self.id, it.id)),
             parent: it.parent.map(|d| ServerId(undelta(&mut self.other, d))),
-            modified_at: Hlc::new(undelta(&mut self.wall, it.wall), it.counter, it.device),
+            modified_at: Hlc::new(
+                undelta(&mut self.wall, it.wall),
+                counter(undelta(&mut self.counter, it.counter))?,
+                it.device,
+            ),
             body: it.body,
-        }
+        })
     }
 
     pub(crate) fn remove_item(&mut self, r: &Remove) -> RemoveItem {
@@ -581,7 +602,8 @@ impl<'a> Iterator for ReplyItems<'a> {
                 .and_then(|it| self.chain.mapping(t, it))
                 .map(Reply::Mapping),
             ReplyBatch::Upserts(t) => take::<UpsertItem<'a>>(&mut self.rest)
-                .map(|it| Reply::Upsert(self.chain.upsert(t, it))),
+                .and_then(|it| self.chain.upsert(t, it))
+                .map(Reply::Upsert),
             ReplyBatch::Removes(t) => {
                 take::<RemoveItem>(&mut self.rest).map(|it| Reply::Remove(self.chain.remove(t, it)))
             }

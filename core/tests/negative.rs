@@ -625,8 +625,13 @@ fn unsupported_version_and_schema_mismatch() {
     };
     let h = EXAMPLE.hash();
     assert_eq!(
-        check_request(&[with(3, h), end(0)]),
-        Err(StreamError::UnsupportedVersion { got: 3 })
+        check_request(&[with(4, h), end(0)]),
+        Err(StreamError::UnsupportedVersion { got: 4 })
+    );
+    // Version 2 sent clock counters whole: its batches would decode to other clocks.
+    assert_eq!(
+        check_request(&[with(2, h), end(0)]),
+        Err(StreamError::UnsupportedVersion { got: 2 })
     );
     assert_eq!(
         check_request(&[with(1, h), end(0)]),
@@ -638,8 +643,8 @@ fn unsupported_version_and_schema_mismatch() {
     );
     // The version is checked before the schema.
     assert_eq!(
-        check_request(&[with(3, h ^ 1), end(0)]),
-        Err(StreamError::UnsupportedVersion { got: 3 })
+        check_request(&[with(4, h ^ 1), end(0)]),
+        Err(StreamError::UnsupportedVersion { got: 4 })
     );
     assert_eq!(
         check_request(&[with(PROTOCOL_VERSION, h ^ 1), end(0)]),

@@ -1,4 +1,4 @@
-//! Committed test vectors of protocol v2: the exact bytes of a few frames. A failure here means
+//! Committed test vectors of protocol v3: the exact bytes of a few frames. A failure here means
 //! the wire format changed; that must be a deliberate change with a new `PROTOCOL_VERSION`
 //! (see `docs/wire-format.md`, "How versions evolve").
 //!
@@ -73,7 +73,7 @@ fn reference_checks() {
     assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
     assert_eq!(ref_crc32(b"123456789"), 0xCBF4_3926);
     assert_eq!(EXAMPLE.hash(), EXAMPLE_HASH);
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
     let mut buf = [0u8; 64];
     let company = [
         Value::Text("ACME"),
@@ -107,11 +107,11 @@ fn hello() {
     check(
         &msg,
         Side::Request,
-        // Request::Hello | protocol 2 | schema_hash 0x258f90dca644b210 | batch_id 7 |
+        // Request::Hello | protocol 3 | schema_hash 0x258f90dca644b210 | batch_id 7 |
         // cursor Some(300) | mode Delta
-        "00 02 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 00",
-        0xde0b_4637,
-        "01 0f 02 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 05 37 46 0b de 00",
+        "00 03 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 00",
+        0x67f0_9ddf,
+        "01 0f 03 90 e4 92 b2 ca 9b e4 c7 25 07 01 ac 02 05 df 9d f0 67 00",
     );
 }
 
@@ -270,6 +270,79 @@ fn upsert() {
         "0e 04 01 88 01 01 87 01 81 dc 8f f7 ab 33 1b 11 14 06 4a 65 61 6e 6e 65 06 6a \
          40 61 2e 66 72 05 2b 33 33 20 36 d4 87 2f 87 00",
     );
+}
+
+#[test]
+fn upserts_batch() {
+    // Two company upserts packed by the packer: the id, wall and counter are zigzag deltas
+    // from 0, then from the first item (protocol 3: the counter too).
+    let body = company_body();
+    let upserts = [(135, 5), (136, 6)].map(|(id, counter)| Upsert {
+        table: TableId(0),
+        id: ServerId(id),
+        parent: None,
+        modified_at: Hlc::new(1_764_139_200_000, counter, 17),
+        body: &body,
+    });
+    let mut p = ferrysync_core::pack::Packer::<64>::new();
+    for u in &upserts {
+        assert!(p.upsert(u).unwrap().is_none());
+    }
+    let packed = p.flush().unwrap().unwrap().to_vec();
+    let items = hex(
+        "8e 02 00 80 b8 9f ee d7 66 0a 11 10 04 41 43 4d 45 04 4c 79 6f 6e 05 2b 33 33 20 31 \
+         02 00 00 02 11 10 04 41 43 4d 45 04 4c 79 6f 6e 05 2b 33 33 20 31",
+    );
+    let msg = Reply::Upserts(ferrysync_core::wire::UpsertBatch {
+        table: TableId(0),
+        items: &items,
+    });
+    // Reply::Upserts | table 0 | items: 50 bytes |
+    //   id +135 | parent None | wall +1764139200000 | counter +5 | device 17 | body: 16 bytes |
+    //   id +1   | parent None | wall +0             | counter +1 | device 17 | body: 16 bytes
+    let frame = "02 08 04 32 8e 02 1b 80 b8 9f ee d7 66 0a 11 10 04 41 43 4d 45 04 4c 79 6f 6e \
+                 05 2b 33 33 20 31 02 01 18 02 11 10 04 41 43 4d 45 04 4c 79 6f 6e 05 2b 33 33 \
+                 20 31 a2 da 1e 2e 00";
+    check(
+        &msg,
+        Side::Reply,
+        &format!(
+            "08 00 32 {}",
+            items
+                .iter()
+                .map(|b| format!("{b:02x} "))
+                .collect::<String>()
+        ),
+        0x2e1e_daa2,
+        frame,
+    );
+    assert_eq!(packed, hex(frame));
+    let expanded: Vec<_> = msg.items().map(Result::unwrap).collect();
+    assert_eq!(expanded, upserts.map(Reply::Upsert).to_vec());
+}
+
+/// A counter delta that takes the counter past 32 bits makes the item malformed.
+#[test]
+fn upsert_counter_past_32_bits() {
+    use ferrysync_core::frame::MessageError;
+    fn batch(items: &[u8]) -> Vec<Result<Reply<'_>, MessageError>> {
+        let msg = Reply::Upserts(ferrysync_core::wire::UpsertBatch {
+            table: TableId(0),
+            items,
+        });
+        msg.items().collect()
+    }
+    // id +1 | parent None | wall +0 | counter +(2^32 - 1) | device 0 | empty body: the largest.
+    let max_items = hex("02 00 00 fe ff ff ff 1f 00 00");
+    let max = batch(&max_items);
+    assert!(
+        matches!(&max[..], [Ok(Reply::Upsert(u))] if u.modified_at.counter == u32::MAX),
+        "{max:?}"
+    );
+    // counter +2^32
+    let over_items = hex("02 00 00 80 80 80 80 20 00 00");
+    let over = batch(&over_items);
+    assert_eq!(over, vec![Err(MessageError::BadVarint)]);
 }
 
 #[test]

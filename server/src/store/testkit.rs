@@ -270,7 +270,7 @@ pub(crate) fn sync_reply_leaves_out_what_the_sync_wrote(store: &dyn ServerStore)
             .chain([Incoming::Commit]);
         store.sync(dev, params(), &mut source).unwrap()
     };
-    // B first: one company (seq 1), its stamp without a device id (protocol v2 sends none):
+    // B first: one company (seq 1), its stamp without a device id (batched changes carry none):
     // stored as sent but for the device id, which the server sets, so not sent back.
     let from_b = sync(&b, vec![add(0, 0, 1, None, 999_000)]);
     let b1 = from_b.mappings[0].server.0;

@@ -160,7 +160,8 @@ store_test! {
             .post_sync(Some(&dev.token), encode_request(v2, &changes))
             .await;
         a.assert_error(400, "unsupported_version", Some(0));
-        assert!(a.json()["message"].as_str().unwrap().contains('2'));
+        let newer = (PROTOCOL_VERSION + 1).to_string();
+        assert!(a.json()["message"].as_str().unwrap().contains(&newer));
         let mut future = frame(&(0u8, 9u16, 1u64, 2u64, "a longer future hello"));
         future.extend(frame(&Request::End(End { count: 0 })));
         s.post_sync(Some(&dev.token), future)
