@@ -254,7 +254,7 @@ impl<const N: usize> FrameDecoder<N> {
         while i < input.len() {
             // The bytes up to the next delimiter are copied as one run.
             let rest = &input[i..];
-            let run = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            let run = memchr::memchr(0, rest).unwrap_or(rest.len());
             if run > 0 {
                 if !self.discarding {
                     // A byte is kept only while the frame has room for it and the delimiter.
@@ -336,7 +336,7 @@ fn decode_frame<'d, M: Deserialize<'d>>(
 ///
 /// `frame` is used as scratch space (COBS decodes in place).
 pub fn decode<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameError> {
-    let end = frame.iter().position(|&b| b == 0).unwrap_or(frame.len());
+    let end = memchr::memchr(0, frame).unwrap_or(frame.len());
     if end + 1 < frame.len() {
         return Err(FrameError::TrailingBytes);
     }

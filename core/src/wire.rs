@@ -88,7 +88,7 @@ pub struct Change<'a> {
     /// Clock of the change, for last-write-wins.
     pub modified_at: Hlc,
     /// The record's fields (postcard, see [`crate::body`]); empty for a delete.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub body: &'a [u8],
 }
 
@@ -186,7 +186,7 @@ pub struct Rejected<'a> {
     /// Why.
     pub reason: RejectReason,
     /// The body that was sent.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub body: &'a [u8],
 }
 
@@ -202,7 +202,7 @@ pub struct Upsert<'a> {
     /// Clock of the winning change.
     pub modified_at: Hlc,
     /// The record's fields.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub body: &'a [u8],
 }
 
@@ -266,7 +266,7 @@ pub struct ChangeBatch<'a> {
     /// than a server id.
     pub local: bool,
     /// The encoded items, back to back.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub items: &'a [u8],
 }
 
@@ -276,7 +276,7 @@ pub struct MappingBatch<'a> {
     /// Table of every record.
     pub table: TableId,
     /// The encoded items, back to back.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub items: &'a [u8],
 }
 
@@ -286,7 +286,7 @@ pub struct UpsertBatch<'a> {
     /// Table of every record.
     pub table: TableId,
     /// The encoded items, back to back.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub items: &'a [u8],
 }
 
@@ -296,7 +296,7 @@ pub struct RemoveBatch<'a> {
     /// Table of every record.
     pub table: TableId,
     /// The encoded items, back to back.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub items: &'a [u8],
 }
 
@@ -326,7 +326,7 @@ pub struct ChangeItem<'a> {
     /// sent: the server stamps the sender's id.
     pub counter: i64,
     /// The record's fields; empty for a delete.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub body: &'a [u8],
 }
 
@@ -353,7 +353,7 @@ pub struct UpsertItem<'a> {
     /// The clock's device.
     pub device: u32,
     /// The record's fields.
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub body: &'a [u8],
 }
 
