@@ -26,7 +26,7 @@ mod workload;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use ferrysync_core::frame::FrameDecoder;
-use ferrysync_core::wire::{Mode, Op, Reply};
+use ferrysync_core::wire::{End, Hello, Mode, Op, Reply, Request, PROTOCOL_VERSION};
 use ferrysync_core::{Hlc, RecordRef, ServerId, TableId};
 use ferrysync_server::direct;
 use ferrysync_server::store::{Device, Incoming, OwnedChange, ReplyPlan, SyncParams};
@@ -229,6 +229,34 @@ fn delta(n: u32, m: u32, loops: usize) {
         })
         .collect();
     let mut cursor = out.written.upto;
+    // A second device pulls each round's changes through `direct::sync` (decode, an empty
+    // sync, the reply read and encoded): the server's part of a 1 % delta pull.
+    let puller = ferrysync_server::auth::add_device(&store, "bench")
+        .unwrap()
+        .0;
+    let pull_request = |cursor: Option<u64>| {
+        let mut enc = ferrysync_core::frame::FrameEncoder::<MAX_FRAME>::new();
+        let hello = Request::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            schema_hash: LoadedSchema::example().hash(),
+            batch_id: 1,
+            cursor,
+            mode: Mode::Delta,
+        });
+        let mut out = enc.encode(&hello).unwrap().to_vec();
+        out.extend_from_slice(enc.encode(&Request::End(End { count: 0 })).unwrap());
+        out
+    };
+    let first_pull = direct::sync(
+        &store,
+        LoadedSchema::example().hash(),
+        &puller,
+        params(),
+        &pull_request(None),
+    )
+    .unwrap();
+    let mut pull_cursor = reply_cursor(&first_pull);
+    let mut pulled = Vec::new();
     let (mut applied, mut replied) = (Vec::new(), Vec::new());
     for round in 0..loops {
         let at = Hlc::new(wall + 1 + round as u64, 0, device.id);
@@ -269,6 +297,26 @@ fn delta(n: u32, m: u32, loops: usize) {
         replied.push(started.elapsed());
         applied.push(synced);
         assert_eq!(items, 0, "the sync's own rows are not sent back");
+
+        let request = pull_request(Some(pull_cursor));
+        settle();
+        let reply = measured_pull(|| {
+            direct::sync(
+                &store,
+                LoadedSchema::example().hash(),
+                &puller,
+                params(),
+                &request,
+            )
+            .unwrap()
+        });
+        pulled.push(reply.0);
+        assert_eq!(
+            count_reply(&reply.1).1,
+            renamed.len() as u64,
+            "the pull has every rename"
+        );
+        pull_cursor = reply_cursor(&reply.1);
     }
     let mut sorted = applied.clone();
     sorted.sort();
@@ -279,13 +327,38 @@ fn delta(n: u32, m: u32, loops: usize) {
         .unwrap_or_default();
     println!(
         "delta {n}+{m}: {} updates, {loops} runs; medians: reconcile + commit {:.3} ms \
-         (p90 {:.3} ms, worst {:.3} ms), reply read {:.3} ms",
+         (p90 {:.3} ms, worst {:.3} ms), reply read {:.3} ms; another device's pull of them \
+         through direct::sync {:.3} ms",
         renamed.len(),
         ms(median(applied)),
         ms(p90),
         ms(worst),
         ms(median(replied)),
+        ms(median(pulled)),
     );
+}
+
+/// Times `run`: a pull of [`delta`], apart so a profiler can collect inside it only
+/// (`valgrind --tool=callgrind --toggle-collect='*measured_pull*'`).
+#[inline(never)]
+fn measured_pull(run: impl FnOnce() -> Vec<u8>) -> (Duration, Vec<u8>) {
+    let started = Instant::now();
+    let reply = run();
+    (started.elapsed(), reply)
+}
+
+/// The `Done` cursor of a reply.
+fn reply_cursor(mut bytes: &[u8]) -> u64 {
+    let mut dec = FrameDecoder::<MAX_FRAME>::new();
+    let mut cursor = None;
+    while !bytes.is_empty() {
+        let fed = dec.feed::<Reply<'_>>(bytes);
+        bytes = &bytes[fed.consumed..];
+        if let Ok(Some(Reply::Done(d))) = fed.result {
+            cursor = Some(d.cursor);
+        }
+    }
+    cursor.expect("the reply ends with Done")
 }
 
 /// A loop of one kind of run, for a profiler.
