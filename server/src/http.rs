@@ -8,7 +8,8 @@
 //! body ended well (an `End` with the right count, nothing after it) is the transaction
 //! committed; any error rolls it back and is answered with a status and a JSON body
 //! `{"error": code, "message": text, "frame": index or null}`. The reply is then read from a
-//! snapshot by another blocking task and streamed through a bounded channel.
+//! snapshot by another blocking task and streamed through a bounded channel, compressed as it
+//! goes when the request's `Accept-Encoding` lists `br` (brotli, preferred) or `gzip`.
 
 use crate::auth::hash_token;
 use crate::direct::{ReadError, RequestReader};
@@ -347,7 +348,7 @@ async fn sync(
     req: HttpRequest<IncomingBody>,
     started: Instant,
 ) -> Result<Response<ReplyBody>, ApiError> {
-    let gzip = accepts_gzip(req.headers());
+    let coding = ReplyCoding::of(req.headers());
     let ct = req
         .headers()
         .get(CONTENT_TYPE)
@@ -431,7 +432,7 @@ async fn sync(
         rejected = rejected.len(),
         "batch committed"
     );
-    Ok(reply(server, slot, device, hello, outcome, started, gzip))
+    Ok(reply(server, slot, device, hello, outcome, started, coding))
 }
 
 fn body_too_large(server: &Server) -> ApiError {
@@ -754,47 +755,113 @@ async fn receive(
     }
 }
 
-/// Writes reply frames into chunks sent to the response body, gzipped when the client
-/// accepts it (zlib's default level: the client is on a slow link, or it would not ask; the
-/// fast level left the reply 1.5 times larger, 0.41 against about 0.28 of the bodies).
+/// The reply's content coding, chosen from the request's `Accept-Encoding`: brotli when the
+/// client lists `br`, else gzip when it lists `gzip`, else none (a coding with `q=0` is not
+/// listed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyCoding {
+    Plain,
+    Gzip,
+    Brotli,
+}
+
+impl ReplyCoding {
+    fn of(headers: &hyper::HeaderMap) -> Self {
+        if accepts(headers, "br") {
+            ReplyCoding::Brotli
+        } else if accepts(headers, "gzip") {
+            ReplyCoding::Gzip
+        } else {
+            ReplyCoding::Plain
+        }
+    }
+}
+
+/// brotli quality of replies. The 1,000 / 10,000 full pull (872,501 bytes of frames),
+/// compressed in one run (release, the shared 2-core machine; medians of 5, in 200-byte writes
+/// as frames come): gzip -6 219,419 bytes in 25 ms; brotli quality 3 200,317 in 8 ms, 4
+/// 188,764 in 10 ms, 5 165,026 in 19 ms, 6 162,733 in 25 ms, 7 161,572 in 41 ms. 5 is 25 %
+/// smaller than gzip for less CPU; 6 and 7 save 1-2 % more for 30-110 % more time.
+const BROTLI_QUALITY: u32 = 5;
+/// brotli window (log2 of its size): 22 (4 MiB, the reference encoder's default, within RFC
+/// 7932 for every decoder). On that pull 20 gives the same bytes and 18 (256 KiB) 9 % more
+/// (180,481 at quality 5); larger replies find repeats further back.
+const BROTLI_LGWIN: u32 = 22;
+/// The brotli encoder's input buffer (the writer hands it input in pieces of this size).
+const BROTLI_BUFFER: usize = 4096;
+
+/// The reply's compressor, if any: each writes its output into a `Vec` taken by whole chunks.
+enum Compressor {
+    Gzip(GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+}
+
+/// Writes reply frames into chunks sent to the response body, compressed when the client
+/// accepts it. gzip at zlib's default level (the client is on a slow link, or it would not ask;
+/// the fast level left the reply 1.5 times larger, 0.41 against about 0.28 of the bodies);
+/// brotli at [`BROTLI_QUALITY`]. Compressed output is sent whenever a chunk of it is ready.
 struct ReplyWriter {
     chunk: Vec<u8>,
-    gzip: Option<GzEncoder<Vec<u8>>>,
+    coder: Option<Compressor>,
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
 }
 
 impl ReplyWriter {
-    fn new(gzip: bool, tx: mpsc::Sender<Result<Bytes, io::Error>>) -> Self {
+    fn new(coding: ReplyCoding, tx: mpsc::Sender<Result<Bytes, io::Error>>) -> Self {
+        let coder = match coding {
+            ReplyCoding::Plain => None,
+            ReplyCoding::Gzip => Some(Compressor::Gzip(GzEncoder::new(
+                Vec::with_capacity(CHUNK),
+                Compression::default(),
+            ))),
+            ReplyCoding::Brotli => {
+                Some(Compressor::Brotli(Box::new(brotli::CompressorWriter::new(
+                    Vec::with_capacity(CHUNK),
+                    BROTLI_BUFFER,
+                    BROTLI_QUALITY,
+                    BROTLI_LGWIN,
+                ))))
+            }
+        };
         ReplyWriter {
             chunk: Vec::with_capacity(CHUNK + MAX_FRAME),
-            gzip: gzip.then(|| GzEncoder::new(Vec::with_capacity(CHUNK), Compression::default())),
+            coder,
             tx,
         }
     }
 
     fn put(&mut self, frame: &[u8]) -> Result<(), StoreError> {
-        match &mut self.gzip {
-            Some(z) => {
-                z.write_all(frame).map_err(gzip_failed)?;
-                if z.get_ref().len() >= CHUNK {
-                    self.chunk = std::mem::take(z.get_mut());
-                    self.send()?;
-                }
+        let out = match &mut self.coder {
+            Some(Compressor::Gzip(z)) => {
+                z.write_all(frame).map_err(compress_failed)?;
+                z.get_mut()
+            }
+            Some(Compressor::Brotli(b)) => {
+                b.write_all(frame).map_err(compress_failed)?;
+                b.get_mut()
             }
             None => {
                 self.chunk.extend_from_slice(frame);
                 if self.chunk.len() >= CHUNK {
                     self.send()?;
                 }
+                return Ok(());
             }
+        };
+        if out.len() >= CHUNK {
+            self.chunk = std::mem::take(out);
+            self.send()?;
         }
         Ok(())
     }
 
-    /// Sends what is left, and ends the gzip stream.
+    /// Sends what is left, and ends the compressed stream.
     fn finish(&mut self) -> Result<(), StoreError> {
-        if let Some(z) = self.gzip.take() {
-            self.chunk = z.finish().map_err(gzip_failed)?;
+        match self.coder.take() {
+            Some(Compressor::Gzip(z)) => self.chunk = z.finish().map_err(compress_failed)?,
+            // Ends the stream; it would drop a write error, but writing into a `Vec` has none.
+            Some(Compressor::Brotli(b)) => self.chunk = b.into_inner(),
+            None => {}
         }
         self.send()
     }
@@ -811,12 +878,12 @@ impl ReplyWriter {
 }
 
 /// Compressing into memory does not fail; should it, the reply is cut like any other failure.
-fn gzip_failed(e: io::Error) -> StoreError {
-    StoreError::Corrupt(format!("gzip of the reply failed: {e}"))
+fn compress_failed(e: io::Error) -> StoreError {
+    StoreError::Corrupt(format!("compressing the reply failed: {e}"))
 }
 
-/// Whether the request's `Accept-Encoding` lists gzip (without `q=0`).
-fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
+/// Whether the request's `Accept-Encoding` lists `coding` without refusing it (`q=0`).
+fn accepts(headers: &hyper::HeaderMap, coding: &str) -> bool {
     headers
         .get_all(ACCEPT_ENCODING)
         .iter()
@@ -824,8 +891,13 @@ fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .any(|item| {
             let mut parts = item.split(';').map(str::trim);
-            parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"))
-                && !parts.any(|p| p.replace(' ', "") == "q=0")
+            parts.next().is_some_and(|c| c.eq_ignore_ascii_case(coding))
+                && !parts.any(|p| {
+                    // `q=0`, `q=0.0`, `Q = 0.000`: a weight of zero refuses the coding.
+                    let p = p.replace(' ', "");
+                    p.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
+                        && p[2..].parse::<f32>().is_ok_and(|q| q <= 0.0)
+                })
         })
 }
 
@@ -836,7 +908,7 @@ fn reply(
     hello: Hello,
     outcome: SyncOutcome,
     started: Instant,
-    gzip: bool,
+    coding: ReplyCoding,
 ) -> Response<ReplyBody> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let server2 = server.clone();
@@ -845,7 +917,7 @@ fn reply(
         let _span = span.enter();
         let _slot = slot;
         let server = server2;
-        let mut w = ReplyWriter::new(gzip, tx);
+        let mut w = ReplyWriter::new(coding, tx);
         let result = crate::direct::write_reply(
             server.store.as_ref(),
             &device,
@@ -882,9 +954,14 @@ fn reply(
     let mut resp = Response::new(ReplyBody::stream(rx));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_V1));
-    if gzip {
+    let encoding = match coding {
+        ReplyCoding::Plain => None,
+        ReplyCoding::Gzip => Some("gzip"),
+        ReplyCoding::Brotli => Some("br"),
+    };
+    if let Some(e) = encoding {
         resp.headers_mut()
-            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            .insert(CONTENT_ENCODING, HeaderValue::from_static(e));
     }
     resp
 }
