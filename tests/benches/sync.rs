@@ -12,8 +12,8 @@
 //!    full refresh, the push vs the same push in full mode, beside the floors of the same
 //!    renames as bare rusqlite `UPDATE`s (durable, and committed without fsync);
 //! 5. end to end over HTTP: a phone's first sync of N + M new records, a fresh phone's pull
-//!    (plain, then with HTTP gzip, its bytes counted as they travel), then 1 % incremental
-//!    syncs, beside the issue's PouchDB reference.
+//!    (plain, then with HTTP gzip, then with brotli replies, its bytes counted as they travel),
+//!    then 1 % incremental syncs, beside the issue's PouchDB reference.
 //!
 //! `cargo bench -p ferrysync-tests --bench sync`; `FERRYSYNC_BENCH_SIZES=small,default,large`
 //! (default: `default`). Prints markdown tables at the end.
@@ -592,6 +592,10 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
     let mut gz_pull_b = (0, 0);
     let mut gz_first = Vec::new();
     let mut gz_first_b = (0, 0);
+    let mut br_pull = Vec::new();
+    let mut br_pull_b = (0, 0);
+    let mut br_first = Vec::new();
+    let mut br_first_b = (0, 0);
     let (mut first_b, mut pull_b, mut inc_b, mut inc_pull_b) = ((0, 0), (0, 0), (0, 0), (0, 0));
     let renamed = w.renamed_count();
     for _ in 0..runs {
@@ -642,6 +646,34 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         gz_first.push(started.elapsed());
         assert_eq!(r.mapped as usize, w.records());
         gz_first_b = (l5.wire_bytes_sent, l5.wire_bytes_received);
+
+        // The same pull with brotli replies (`Accept-Encoding: br, gzip`, the CLI's default).
+        let t6 = s.enrol("bench");
+        let mut p6 = s.phone("p6");
+        let mut l6 = HttpTransport::new(&s.url(), &t6).gzip(true).brotli(true);
+        settle();
+        let started = Instant::now();
+        let r = p6.sync(&mut l6, Mode::Delta).await.expect("brotli pull");
+        br_pull.push(started.elapsed());
+        assert_eq!(r.upserts as usize, w.records());
+        assert_eq!(l6.reply_coding, Some("br"));
+        br_pull_b = (l6.wire_bytes_sent, l6.wire_bytes_received);
+
+        // A first sync, gzip request and brotli reply (the CLI's default), into a scope of
+        // its own.
+        let t7 = s.enrol("bench-br");
+        let mut p7 = s.phone("p7");
+        fill_fast(w, &mut p7);
+        let mut l7 = HttpTransport::new(&s.url(), &t7).gzip(true).brotli(true);
+        settle();
+        let started = Instant::now();
+        let r = p7
+            .sync(&mut l7, Mode::Delta)
+            .await
+            .expect("brotli first sync");
+        br_first.push(started.elapsed());
+        assert_eq!(r.mapped as usize, w.records());
+        br_first_b = (l7.wire_bytes_sent, l7.wire_bytes_received);
 
         // Incremental syncs are short: several per server, each timed.
         for _ in 0..INCREMENTAL_ROUNDS {
@@ -720,6 +752,14 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         "3.6 s, 4.1 MB sent",
     );
     row(
+        "first sync, gzip request + brotli reply (`.gzip(true).brotli(true)`, the CLI's \
+         default; bytes as they travel)",
+        median(&br_first),
+        br_first_b,
+        Some(POUCH_PUSH),
+        "3.6 s, 4.1 MB sent",
+    );
+    row(
         "fresh-device pull (full)",
         median(&pull),
         pull_b,
@@ -730,6 +770,13 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         "fresh-device pull, HTTP gzip (`HttpTransport::gzip`; bytes as they travel)",
         median(&gz_pull),
         gz_pull_b,
+        Some((POUCH_PULL.0, POUCH_PULL_GZ, false)),
+        "2.6 s, 1.6 MB gzip",
+    );
+    row(
+        "fresh-device pull, HTTP brotli (`HttpTransport::brotli`; bytes as they travel)",
+        median(&br_pull),
+        br_pull_b,
         Some((POUCH_PULL.0, POUCH_PULL_GZ, false)),
         "2.6 s, 1.6 MB gzip",
     );
