@@ -148,7 +148,7 @@ impl HttpTransport {
     }
 
     /// Asks the server for brotli replies (`Accept-Encoding: br`, or `br, gzip` with
-    /// [`gzip`](Self::gzip) on): a full pull about 25 % smaller than with gzip. Requests are
+    /// [`gzip`](Self::gzip) on): a full pull about 24 % smaller than with gzip. Requests are
     /// unchanged (gzipped only when [`gzip`](Self::gzip) is on). The reply is decoded in
     /// whichever of the asked codings the server answers with; `wire_bytes_received` counts it
     /// as it travels.

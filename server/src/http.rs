@@ -777,29 +777,45 @@ impl ReplyCoding {
     }
 }
 
-/// brotli quality of replies. The 1,000 / 10,000 full pull (872,501 bytes of frames),
-/// compressed in one run (release, the shared 2-core machine; medians of 5, in 200-byte writes
-/// as frames come): gzip -6 219,419 bytes in 25 ms; brotli quality 3 200,317 in 8 ms, 4
-/// 188,764 in 10 ms, 5 165,026 in 19 ms, 6 162,733 in 25 ms, 7 161,572 in 41 ms. 5 is 25 %
-/// smaller than gzip for less CPU; 6 and 7 save 1-2 % more for 30-110 % more time.
-const BROTLI_QUALITY: u32 = 5;
+/// brotli quality of replies. Full pulls (protocol v3), compressed in one run (release, the
+/// shared 2-core machine; medians, in 200-byte writes as frames come), window 22:
+///
+/// | reply | gzip -6 | brotli 4 | brotli 5 | brotli 6 |
+/// | --- | --- | --- | --- | --- |
+/// | 1,000 / 10,000 (871,854 B) | 196,494 B, 25.6 ms | 179,646 B, 9.4 ms | 155,332 B, 18.6 ms | 149,724 B, 22.7 ms |
+/// | 10,000 / 100,000 (8.72 MB) | 1.921 MB, 261 ms | 1.871 MB, 163 ms | 1.656 MB, 292 ms | 1.520 MB, 352 ms |
+///
+/// 6 is 24 % smaller than gzip at the default size for less CPU (21 % at the large one for
+/// 35 % more), and 4 % smaller than 5 (9 % at the large size): what takes the pull past 10×
+/// fewer bytes than PouchDB's gzipped one (issue 7). Decoding costs the phone the same as
+/// gunzip (about 1.1 ms against 1.5 ms for the default pull).
+const BROTLI_QUALITY: u32 = 6;
 /// brotli window (log2 of its size): 22 (4 MiB, the reference encoder's default, within RFC
-/// 7932 for every decoder). On that pull 20 gives the same bytes and 18 (256 KiB) 9 % more
-/// (180,481 at quality 5); larger replies find repeats further back.
+/// 7932 for every decoder). 20 gives the same bytes on the default pull but 31 % more on the
+/// large one (1.992 MB at quality 6); 24 saves 1.4 % more there for a 16 MiB window.
 const BROTLI_LGWIN: u32 = 22;
+/// Reply bytes after which the brotli encoder is flushed (its output made whole, to send).
+/// Left to itself, from quality 4 on it holds a meta-block's output until 8 MiB of input
+/// (2^(lgwin + 1)) or the end: the default pull went out in one piece after its last record,
+/// the phone idle until then. Flushed every 64 KiB, the first bytes come out after 2 ms of
+/// compression, for 0.5 % more bytes (150,372 against 149,581 at quality 6) and no more time;
+/// every 32 KiB cost 1 % more bytes.
+const BROTLI_FLUSH: usize = 64 * 1024;
 /// The brotli encoder's input buffer (the writer hands it input in pieces of this size).
 const BROTLI_BUFFER: usize = 4096;
 
 /// The reply's compressor, if any: each writes its output into a `Vec` taken by whole chunks.
 enum Compressor {
     Gzip(GzEncoder<Vec<u8>>),
-    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    /// With the reply bytes written since its last flush.
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>, usize),
 }
 
 /// Writes reply frames into chunks sent to the response body, compressed when the client
 /// accepts it. gzip at zlib's default level (the client is on a slow link, or it would not ask;
 /// the fast level left the reply 1.5 times larger, 0.41 against about 0.28 of the bodies);
-/// brotli at [`BROTLI_QUALITY`]. Compressed output is sent whenever a chunk of it is ready.
+/// brotli at [`BROTLI_QUALITY`], flushed every [`BROTLI_FLUSH`] bytes. Compressed output is
+/// sent whenever a chunk of it is ready.
 struct ReplyWriter {
     chunk: Vec<u8>,
     coder: Option<Compressor>,
@@ -815,12 +831,13 @@ impl ReplyWriter {
                 Compression::default(),
             ))),
             ReplyCoding::Brotli => {
-                Some(Compressor::Brotli(Box::new(brotli::CompressorWriter::new(
+                let b = brotli::CompressorWriter::new(
                     Vec::with_capacity(CHUNK),
                     BROTLI_BUFFER,
                     BROTLI_QUALITY,
                     BROTLI_LGWIN,
-                ))))
+                );
+                Some(Compressor::Brotli(Box::new(b), 0))
             }
         };
         ReplyWriter {
@@ -836,8 +853,13 @@ impl ReplyWriter {
                 z.write_all(frame).map_err(compress_failed)?;
                 z.get_mut()
             }
-            Some(Compressor::Brotli(b)) => {
+            Some(Compressor::Brotli(b, unflushed)) => {
                 b.write_all(frame).map_err(compress_failed)?;
+                *unflushed += frame.len();
+                if *unflushed >= BROTLI_FLUSH {
+                    b.flush().map_err(compress_failed)?;
+                    *unflushed = 0;
+                }
                 b.get_mut()
             }
             None => {
@@ -860,7 +882,7 @@ impl ReplyWriter {
         match self.coder.take() {
             Some(Compressor::Gzip(z)) => self.chunk = z.finish().map_err(compress_failed)?,
             // Ends the stream; it would drop a write error, but writing into a `Vec` has none.
-            Some(Compressor::Brotli(b)) => self.chunk = b.into_inner(),
+            Some(Compressor::Brotli(b, _)) => self.chunk = b.into_inner(),
             None => {}
         }
         self.send()
@@ -964,4 +986,82 @@ fn reply(
             .insert(CONTENT_ENCODING, HeaderValue::from_static(e));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// 512 KiB of record-like frames that do not compress to nothing.
+    fn frames() -> Vec<Vec<u8>> {
+        (0..20_000u32)
+            .map(|i| {
+                format!(
+                    "contact {i} <c{}@example.com> +33 4 {} {};",
+                    i.wrapping_mul(7919) % 100_003,
+                    i * 31 % 997,
+                    i * 17 % 89
+                )
+                .into_bytes()
+            })
+            .scan(0usize, |n, f| {
+                *n += f.len();
+                (*n <= 512 * 1024).then_some(f)
+            })
+            .collect()
+    }
+
+    /// Writes `frames()` as a reply in `coding`: the chunks sent before `finish`, all the
+    /// chunks, and the frames' bytes.
+    fn write(coding: ReplyCoding) -> (usize, Vec<u8>, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut w = ReplyWriter::new(coding, tx);
+        let mut plain = Vec::new();
+        for f in frames() {
+            w.put(&f).unwrap();
+            plain.extend_from_slice(&f);
+        }
+        let mut body = Vec::new();
+        let mut early = 0;
+        while let Ok(chunk) = rx.try_recv() {
+            early += 1;
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        w.finish().unwrap();
+        while let Ok(chunk) = rx.try_recv() {
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        (early, body, plain)
+    }
+
+    #[test]
+    fn compressed_replies_stream_before_their_end() {
+        let (early, body, plain) = write(ReplyCoding::Brotli);
+        // Without the flushes the encoder would keep all of it (under 8 MiB) until the end.
+        assert!(early >= 2, "{early} brotli chunks before the end");
+        assert!(
+            body.len() * 3 < plain.len(),
+            "{} of {}",
+            body.len(),
+            plain.len()
+        );
+        let mut decoded = Vec::new();
+        brotli::Decompressor::new(&body[..], 4096)
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, plain);
+
+        let (early, body, plain) = write(ReplyCoding::Gzip);
+        assert!(early >= 2, "{early} gzip chunks before the end");
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, plain);
+
+        let (early, body, plain) = write(ReplyCoding::Plain);
+        assert_eq!(early, plain.len() / CHUNK);
+        assert_eq!(body, plain);
+    }
 }

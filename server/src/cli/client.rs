@@ -85,7 +85,7 @@ pub enum ClientCommand {
         clear: bool,
     },
     /// Sync with the server: send pending changes, apply the reply. The request travels
-    /// gzipped and the reply in brotli (or gzip from a server without it): about 4× and 5×
+    /// gzipped and the reply in brotli (or gzip from a server without it): about 4× and 6×
     /// fewer bytes, what a phone on a cellular link wants; `--no-gzip` sends and receives
     /// plain bodies.
     Sync {
