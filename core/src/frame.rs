@@ -315,7 +315,7 @@ fn decode_frame<'d, M: Deserialize<'d>>(
     frame: &'d mut [u8],
     msg_len: &mut Option<usize>,
 ) -> Result<M, FrameError> {
-    let n = cobs::decode_in_place(frame).map_err(|_| FrameError::Cobs)?;
+    let n = corncobs::decode_in_place(frame).map_err(|_| FrameError::Cobs)?;
     let frame: &'d [u8] = frame;
     if n < 5 {
         return Err(FrameError::TooShort);

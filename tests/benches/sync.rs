@@ -294,6 +294,18 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
         gzip_len(&all_bodies(w)),
         None,
     );
+    wire("push request, brotli", brotli_len(&request), None);
+    wire(
+        "fresh-device pull reply, brotli",
+        brotli_len(&pull_reply),
+        None,
+    );
+    wire("JSON, brotli", brotli_len(&json), None);
+    wire(
+        "bare postcard bodies, brotli (what no brotli sync can go below)",
+        brotli_len(&all_bodies(w)),
+        None,
+    );
 
     // 4. Delta vs full, in process, phones on files.
     delta_vs_full(w, runs, t);

@@ -298,6 +298,16 @@ pub fn gzip_len(bytes: &[u8]) -> usize {
     e.finish().expect("gzip").len()
 }
 
+/// Bytes of `bytes` as brotli at the server's reply settings (quality 6, window 22, one run).
+pub fn brotli_len(bytes: &[u8]) -> usize {
+    let mut out = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut out, 64 * 1024, 6, 22);
+        w.write_all(bytes).expect("brotli");
+    }
+    out.len()
+}
+
 pub fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort_unstable();
