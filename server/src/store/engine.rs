@@ -24,8 +24,10 @@ use std::collections::HashMap;
 /// times faster than the default SipHash, and a sync looks them up for every change.
 type Memo<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Largest body re-encoded from columns (a frame is far smaller, so this never limits).
-const BODY_BUF: usize = 64 * 1024;
+/// Largest body re-encoded from columns: a frame's, since a record travels in one frame (a
+/// larger one could not be sent in any case). 64 KiB, zeroed for every reply, was 5 % of the
+/// server's part of a 1 % delta pull.
+const BODY_BUF: usize = crate::MAX_FRAME;
 /// Entries a sync remembers (mappings, record metas) before starting over: bounds memory for
 /// the largest batches, and a batch's details usually follow their masters closely.
 const MEMO_MAX: usize = 1 << 16;
