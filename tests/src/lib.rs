@@ -2,6 +2,7 @@
 //! files, and fault injectors for transports and stores.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test harness: failing loudly is its job.
 
+pub mod fakes;
 pub mod sim;
 pub mod workload;
 

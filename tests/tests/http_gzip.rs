@@ -4,15 +4,15 @@
 
 use ferrysync_core::engine;
 use ferrysync_core::schema::EXAMPLE;
-use ferrysync_core::transport::Transport;
 use ferrysync_core::wire::Mode;
 use ferrysync_server::Config;
 use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE, MAX_FRAME};
+use ferrysync_tests::fakes::{fake_server, filled, Capture};
 use ferrysync_tests::workload::{OnPhone, Size, Workload};
 use ferrysync_tests::{view, TestServer};
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use std::io::{Read, Write};
+use std::io::Write;
 
 /// 1,000 companies and 9,000 contacts: more changes than the server reads ahead of its
 /// transaction (8 Ki), so the end of the body arrives while the transaction is open.
@@ -21,31 +21,6 @@ const STREAMED: Size = Size {
     companies: 1_000,
     contacts: 9_000,
 };
-
-/// Records the request a device sends; answers nothing.
-#[derive(Default)]
-struct Capture(Vec<u8>);
-
-impl Transport for Capture {
-    type Error = std::convert::Infallible;
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-    async fn finish(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    async fn receive(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> {
-        Ok(0)
-    }
-}
-
-/// A phone in memory holding `size`'s records, all new.
-fn filled(size: Size) -> Phone {
-    let mut phone = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).unwrap());
-    Workload::generate(size).fill(&mut phone).unwrap();
-    phone
-}
 
 /// The first push of a phone holding `size`'s records, as the engine builds it.
 fn first_push(size: Size) -> Vec<u8> {
@@ -323,33 +298,6 @@ async fn unknown_content_encodings_are_415() {
     assert_eq!(status, 200);
     assert_eq!(count(&server, "company") as usize, Size::SMALL.companies);
     server.stop().await;
-}
-
-/// A one-shot fake server on 127.0.0.1: reads one request to the end of its chunked body, then
-/// answers `head` (status line and headers, without the blank line) and `body`.
-fn fake_server(head: &str, body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut answer = format!(
-        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    answer.extend_from_slice(&body);
-    let task = std::thread::spawn(move || {
-        let (mut sock, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.ends_with(b"\r\n0\r\n\r\n") {
-            let n = sock.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        sock.write_all(&answer).unwrap();
-    });
-    (url, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

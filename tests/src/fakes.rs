@@ -1,0 +1,61 @@
+//! Doubles shared by the HTTP compression tests: a transport that records a request, a phone
+//! holding a workload, and a one-shot raw HTTP server that answers whatever bytes a test gives.
+
+use crate::workload::{OnPhone, Size, Workload};
+use ferrysync_core::schema::EXAMPLE;
+use ferrysync_core::transport::Transport;
+use ferrysync_sqlite::{Phone, SqliteStore};
+use std::io::{Read, Write};
+
+/// Records the request a device sends; answers nothing.
+#[derive(Default)]
+pub struct Capture(pub Vec<u8>);
+
+impl Transport for Capture {
+    type Error = std::convert::Infallible;
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    async fn receive(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> {
+        Ok(0)
+    }
+}
+
+/// A phone in memory holding `size`'s records, all new.
+pub fn filled(size: Size) -> Phone {
+    let mut phone = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).unwrap());
+    Workload::generate(size).fill(&mut phone).unwrap();
+    phone
+}
+
+/// A one-shot fake server on 127.0.0.1: reads one request to the end of its chunked body, then
+/// answers `head` (status line and headers, without the blank line) and `body`. Returns its
+/// URL and the thread serving it.
+pub fn fake_server(head: &str, body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut answer = format!(
+        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    let task = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            let n = sock.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(&answer).unwrap();
+    });
+    (url, task)
+}
