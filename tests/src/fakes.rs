@@ -59,3 +59,50 @@ pub fn fake_server(head: &str, body: Vec<u8>) -> (String, std::thread::JoinHandl
     });
     (url, task)
 }
+
+/// Syncs a phone holding one company and one contact, both new, through the transport
+/// `link(url)` makes, against a [`fake_server`] answering `head` and `body`: the sync must fail
+/// with an error that contains `says`, and apply nothing (both records still pending, without
+/// server ids). `case` names the check in failures.
+pub async fn assert_bad_reply_changes_nothing(
+    case: &str,
+    head: &str,
+    body: Vec<u8>,
+    link: impl FnOnce(&str) -> ferrysync_sqlite::HttpTransport,
+    says: &str,
+) {
+    let mut phone = filled(Size {
+        name: "two",
+        companies: 1,
+        contacts: 1,
+    });
+    let (url, server) = fake_server(head, body);
+    let err = phone
+        .sync(&mut link(&url), ferrysync_core::wire::Mode::Delta)
+        .await
+        .map(|r| r.cursor)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(says), "{case}: {err}");
+    server.join().unwrap();
+    let pending = phone.pending().unwrap();
+    assert_eq!(pending.len(), 2, "{case}");
+    assert!(pending.iter().all(|r| r.record.server.is_none()), "{case}");
+}
+
+/// The request `phone`'s next delta sync sends, as the engine builds it.
+pub fn request_of(phone: &mut Phone) -> Vec<u8> {
+    let mut cap = Capture::default();
+    pollster::block_on(ferrysync_core::engine::send_request::<
+        _,
+        _,
+        { ferrysync_sqlite::MAX_FRAME },
+    >(
+        &EXAMPLE,
+        phone.store(),
+        &mut cap,
+        ferrysync_core::wire::Mode::Delta,
+    ))
+    .unwrap();
+    cap.0
+}

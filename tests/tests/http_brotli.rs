@@ -3,26 +3,18 @@
 //! when `Accept-Encoding` lists it without `q=0`, before gzip; a phone given a corrupt or
 //! truncated brotli reply fails its sync with a clear error and applies nothing.
 
-use ferrysync_core::engine;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::Mode;
-use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE, MAX_FRAME};
-use ferrysync_tests::fakes::{fake_server, filled, Capture};
+use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE};
+use ferrysync_tests::fakes::{assert_bad_reply_changes_nothing, fake_server, filled, request_of};
 use ferrysync_tests::workload::Size;
 use ferrysync_tests::{view, TestServer};
 
 /// The request of an empty phone's first sync: a pull of everything in its scope.
 fn pull_request() -> Vec<u8> {
-    let mut phone = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).unwrap());
-    let mut cap = Capture::default();
-    pollster::block_on(engine::send_request::<_, _, MAX_FRAME>(
-        &EXAMPLE,
-        phone.store(),
-        &mut cap,
-        Mode::Delta,
+    request_of(&mut Phone::with_store(
+        SqliteStore::open_in_memory(EXAMPLE).unwrap(),
     ))
-    .unwrap();
-    cap.0
 }
 
 /// A server whose scope `north` holds `size`'s records, pushed by a phone over plain HTTP.
@@ -184,25 +176,8 @@ async fn a_bad_brotli_reply_fails_the_sync_and_changes_nothing() {
         ("bytes after the end", trailing, "after the end"),
     ];
     for (case, body, says) in cases {
-        let mut phone = filled(Size {
-            name: "two",
-            companies: 1,
-            contacts: 1,
-        });
-        let (url, fake) = fake_server(&br, body);
-        let mut link = HttpTransport::new(&url, "token").brotli(true).gzip(true);
-        let err = phone
-            .sync(&mut link, Mode::Delta)
-            .await
-            .map(|r| r.cursor)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(says), "{case}: {err}");
-        fake.join().unwrap();
-        // Nothing applied: both records still new, waiting for the next sync.
-        let pending = phone.pending().unwrap();
-        assert_eq!(pending.len(), 2, "{case}");
-        assert!(pending.iter().all(|r| r.record.server.is_none()), "{case}");
+        let link = |url: &str| HttpTransport::new(url, "token").brotli(true).gzip(true);
+        assert_bad_reply_changes_nothing(case, &br, body, link, says).await;
     }
     // A br reply to a client that did not ask for it is refused, not guessed at.
     let (url, fake) = fake_server(&br, reply);

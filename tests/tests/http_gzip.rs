@@ -2,13 +2,12 @@
 //! ones; hostile gzip requests are refused with a status, a code, and nothing applied; a phone
 //! given a bad gzipped reply applies nothing.
 
-use ferrysync_core::engine;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::Mode;
 use ferrysync_server::Config;
-use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE, MAX_FRAME};
-use ferrysync_tests::fakes::{fake_server, filled, Capture};
-use ferrysync_tests::workload::{OnPhone, Size, Workload};
+use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE};
+use ferrysync_tests::fakes::{assert_bad_reply_changes_nothing, filled, request_of};
+use ferrysync_tests::workload::Size;
 use ferrysync_tests::{view, TestServer};
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -24,16 +23,7 @@ const STREAMED: Size = Size {
 
 /// The first push of a phone holding `size`'s records, as the engine builds it.
 fn first_push(size: Size) -> Vec<u8> {
-    let mut phone = filled(size);
-    let mut cap = Capture::default();
-    pollster::block_on(engine::send_request::<_, _, MAX_FRAME>(
-        &EXAMPLE,
-        phone.store(),
-        &mut cap,
-        Mode::Delta,
-    ))
-    .unwrap();
-    cap.0
+    request_of(&mut filled(size))
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -325,27 +315,7 @@ async fn a_bad_gzipped_reply_fails_the_sync_and_changes_nothing() {
         ),
     ];
     for (case, head, body, says) in cases {
-        let mut phone = Phone::with_store(SqliteStore::open_in_memory(EXAMPLE).unwrap());
-        Workload::generate(Size {
-            name: "two",
-            companies: 1,
-            contacts: 1,
-        })
-        .fill(&mut phone)
-        .unwrap();
-        let (url, server) = fake_server(&head, body);
-        let mut link = HttpTransport::new(&url, "token").gzip(true);
-        let err = phone
-            .sync(&mut link, Mode::Delta)
-            .await
-            .map(|r| r.cursor)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(says), "{case}: {err}");
-        server.join().unwrap();
-        // Nothing applied: both records still new, waiting for the next sync.
-        let pending = phone.pending().unwrap();
-        assert_eq!(pending.len(), 2, "{case}");
-        assert!(pending.iter().all(|r| r.record.server.is_none()), "{case}");
+        let link = |url: &str| HttpTransport::new(url, "token").gzip(true);
+        assert_bad_reply_changes_nothing(case, &head, body, link, says).await;
     }
 }
