@@ -25,8 +25,10 @@
 //!
 //! To profile one side (e.g. under `valgrind --tool=callgrind`, which counts instructions
 //! reliably on a busy machine),
-//! `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|delta_reopened|full|push` runs just
-//! that side once per size, prints its time, and skips the rest.
+//! `FERRYSYNC_BENCH_ONLY=engine|bare|floor|delta|delta_reopened|delta_warm|full|push` runs
+//! just that side once per size, prints its time, and skips the rest. `delta_warm` (profiles
+//! only) is a second delta on the same connection, as a phone that keeps syncing applies it:
+//! its statements prepared, the renamed contacts named back (rows that shrink: no page splits).
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use ferrysync_core::body::{self, Value};
@@ -582,6 +584,14 @@ fn only(w: &Workload, side: &str) {
             let mut phone = reopened_phone(dir.path(), &w.first);
             measured(|| apply(&mut phone, &w.delta, 2, false))
         }
+        "delta_warm" => {
+            // A second delta on the same connection (its statements prepared): the renamed
+            // contacts named back.
+            let mut phone = synced_phone(dir.path(), &w.first);
+            apply(&mut phone, &w.delta, 2, false);
+            let back = delta_reply(&w.rows, 3, Hlc::new(3_000, 0, 0));
+            measured(|| apply(&mut phone, &back, 3, false))
+        }
         "delta" | "full" => {
             let mut phone = synced_phone(dir.path(), &w.first);
             let (reply, full) = if side == "delta" {
@@ -594,7 +604,7 @@ fn only(w: &Workload, side: &str) {
         _ => {
             panic!(
                 "FERRYSYNC_BENCH_ONLY={side}: expected engine, bare, floor, delta, delta_reopened, \
-                 full or push"
+                 delta_warm, full or push"
             )
         }
     };

@@ -190,6 +190,10 @@ struct TableSql {
     /// a plain `UPDATE` by id, with the parameters of the one-row upsert: the record exists,
     /// so the upsert's insert attempt is not needed (if it changes no row, the upsert runs).
     update_same_keys: [String; 2],
+    /// `update_same_keys` of a row from the server (`from_server`) for a stored record that
+    /// is clean already (`sync_pending = 0 AND edits = 0`, checked by the statement): the
+    /// update leaves those columns, and so the pending index, alone.
+    update_clean: String,
     update_header: String,
     /// `update_header` for a record known to keep its server id and parent: the update
     /// leaves those columns (and their index entries) alone.
@@ -389,6 +393,18 @@ impl TableSql {
                     .collect();
                 format!("UPDATE {name} SET {meta}{sets} WHERE id = ?1")
             }),
+            update_clean: {
+                let kind = RowKind::of(Write::SameKeys, true);
+                let sets: String = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| format!(", {f} = ?{}", kind.header_params() + 1 + i))
+                    .collect();
+                format!(
+                    "UPDATE {name} SET modified_wall = ?4, modified_seq = ?5, refresh_mark = ?6\
+                     {sets} WHERE id = ?1 AND sync_pending = 0 AND edits = 0"
+                )
+            },
             fields: n_fields,
             update_header: format!(
                 "UPDATE {name} SET server_id = ?2, {parent_set}sync_pending = ?4, edits = ?5, \
@@ -662,18 +678,20 @@ impl Batch {
         }
     }
 
-    /// Binds gathered row `row` as the row that starts after parameter `base`.
+    /// Binds gathered row `row` as the row that starts after parameter `base`; its server id
+    /// and parent only if `keys` (a statement that leaves them alone does not name them).
     fn bind(
         &self,
         stmt: &mut rusqlite::Statement<'_>,
         base: usize,
         row: &(Record, Range<usize>),
+        keys: bool,
     ) -> rusqlite::Result<()> {
         let (rec, fields) = row;
         if self.kind.from_server {
-            bind_from_server(stmt, base, rec)?;
+            bind_from_server(stmt, base, rec, keys)?;
         } else {
-            bind_header(stmt, base, rec)?;
+            bind_header(stmt, base, rec, keys)?;
         }
         let base = base + self.kind.header_params();
         for (i, slot) in self.fields[fields.clone()].iter().enumerate() {
@@ -725,6 +743,14 @@ impl ServerIndex {
 
     /// `rec` is now stored as given.
     fn learn(&mut self, rec: &Record) {
+        if let Some(old) = rec.server.and_then(|s| self.known.get_mut(&s.0)) {
+            if old.local == rec.local {
+                // Known with this server id already (`by_local` maps it back): one lookup
+                // instead of four, for a record that keeps its keys (a delta's updates).
+                *old = *rec;
+                return;
+            }
+        }
         self.forget_local(rec.local);
         if let Some(s) = rec.server {
             // Server ids are unique (a unique index enforces it): whoever held `s` before no
@@ -929,31 +955,46 @@ const HEADER_PARAMS: usize = HEADER_COUNT;
 const FROM_SERVER_PARAMS: usize = 6;
 
 /// Binds the header of `rec` (whose metadata is [`SyncMeta::from_server`]'s) to parameters
-/// `base + 1..=base + FROM_SERVER_PARAMS`.
+/// `base + 1..=base + FROM_SERVER_PARAMS`, its server id and parent (2 and 3) only if `keys`.
 fn bind_from_server(
     stmt: &mut rusqlite::Statement<'_>,
     base: usize,
     rec: &Record,
+    keys: bool,
 ) -> rusqlite::Result<()> {
     let at = &rec.meta.modified_at;
     stmt.raw_bind_parameter(base + 1, i64::from(rec.local.0))?;
-    stmt.raw_bind_parameter(base + 2, rec.server.map(|s| s.0 as i64))?;
-    stmt.raw_bind_parameter(base + 3, rec.parent.map(|p| i64::from(p.0)))?;
+    if keys {
+        bind_keys(stmt, base, rec)?;
+    }
     stmt.raw_bind_parameter(base + 4, at.wall_ms as i64)?;
     stmt.raw_bind_parameter(base + 5, clock_seq(at))?;
     stmt.raw_bind_parameter(base + 6, i64::from(rec.mark))
 }
 
-/// Binds `rec`'s header to parameters `base + 1..=base + HEADER_PARAMS`.
-fn bind_header(
+/// Binds `rec`'s server id and parent to parameters `base + 2` and `base + 3`.
+fn bind_keys(
     stmt: &mut rusqlite::Statement<'_>,
     base: usize,
     rec: &Record,
 ) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(base + 2, rec.server.map(|s| s.0 as i64))?;
+    stmt.raw_bind_parameter(base + 3, rec.parent.map(|p| i64::from(p.0)))
+}
+
+/// Binds `rec`'s header to parameters `base + 1..=base + HEADER_PARAMS`, its server id and
+/// parent (2 and 3) only if `keys`.
+fn bind_header(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    rec: &Record,
+    keys: bool,
+) -> rusqlite::Result<()> {
     let m = &rec.meta;
     stmt.raw_bind_parameter(base + 1, i64::from(rec.local.0))?;
-    stmt.raw_bind_parameter(base + 2, rec.server.map(|s| s.0 as i64))?;
-    stmt.raw_bind_parameter(base + 3, rec.parent.map(|p| i64::from(p.0)))?;
+    if keys {
+        bind_keys(stmt, base, rec)?;
+    }
     stmt.raw_bind_parameter(base + 4, pending_bits(m))?;
     stmt.raw_bind_parameter(base + 5, i64::from(m.edits))?;
     stmt.raw_bind_parameter(base + 6, m.modified_at.wall_ms as i64)?;
@@ -969,7 +1010,7 @@ fn bind_row(
     rec: &Record,
     body: &[u8],
 ) -> Result<(), StoreError> {
-    bind_header(stmt, base, rec)?;
+    bind_header(stmt, base, rec, true)?;
     let mut bound = Ok(());
     let decoded = body::decode(def, body, |i, _, v| {
         if bound.is_ok() {
@@ -1178,7 +1219,7 @@ impl SqliteStore {
             let mut stmt = self.conn.prepare_cached(sql.upsert(b.kind, true))?;
             for chunk in full.chunks_exact(BATCH_ROWS) {
                 for (r, row) in chunk.iter().enumerate() {
-                    b.bind(&mut stmt, r * per_row, row)?;
+                    b.bind(&mut stmt, r * per_row, row, true)?;
                 }
                 stmt.raw_execute()?;
             }
@@ -1186,11 +1227,35 @@ impl SqliteStore {
         let mut missed = Vec::new();
         if !rest.is_empty() && b.kind.write == Write::SameKeys {
             let update = &sql.update_same_keys[usize::from(b.kind.from_server)];
-            let mut stmt = self.conn.prepare_cached(update)?;
+            // A record from the server mostly replaces a clean one (a delta on a synced
+            // phone): tried first with the update that leaves the pending index alone. Rows it
+            // does not find clean take the whole update after, in order: a later row of the
+            // same record does not find it clean either.
+            let first = if b.kind.from_server {
+                &sql.update_clean
+            } else {
+                update
+            };
+            let mut not_clean = Vec::new();
+            let mut stmt = self.conn.prepare_cached(first)?;
             for row in rest {
-                b.bind(&mut stmt, 0, row)?;
+                // The updates name neither the server id nor the parent.
+                b.bind(&mut stmt, 0, row, false)?;
                 if stmt.raw_execute()? == 0 {
-                    missed.push(row);
+                    if b.kind.from_server {
+                        not_clean.push(row);
+                    } else {
+                        missed.push(row);
+                    }
+                }
+            }
+            if !not_clean.is_empty() {
+                let mut stmt = self.conn.prepare_cached(update)?;
+                for row in not_clean {
+                    b.bind(&mut stmt, 0, row, false)?;
+                    if stmt.raw_execute()? == 0 {
+                        missed.push(row);
+                    }
                 }
             }
         } else {
@@ -1199,7 +1264,7 @@ impl SqliteStore {
         if !missed.is_empty() {
             let mut stmt = self.conn.prepare_cached(sql.upsert(b.kind, false))?;
             for row in missed {
-                b.bind(&mut stmt, 0, row)?;
+                b.bind(&mut stmt, 0, row, true)?;
                 stmt.raw_execute()?;
             }
         }
@@ -1775,7 +1840,7 @@ impl LocalStore for SqliteStore {
                 } else {
                     &sql.update_header
                 })?;
-                bind_header(&mut stmt, 0, rec)?;
+                bind_header(&mut stmt, 0, rec, true)?;
                 if stmt.raw_execute()? == 0 {
                     return Err(StoreError::Corrupt(format!(
                         "update of missing record {} in {}",
@@ -2229,6 +2294,59 @@ mod tests {
     /// A record known to keep its server id and parent is written by a plain `UPDATE`; if
     /// that finds no row (here the app deleted it through the connection behind the store's
     /// back), the upsert writes it.
+    #[test]
+    fn a_server_write_over_a_pending_record_clears_it() {
+        block_on(async {
+            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+            put_range(&mut s, 1..=3).await;
+            // Record 2 edited locally (pending), as the app's own SQL could leave it.
+            s.connection()
+                .execute(
+                    "UPDATE company SET sync_pending = ?1, edits = 1 WHERE id = 2",
+                    [MODIFIED],
+                )
+                .expect("edit");
+            s.begin().await.expect("begin");
+            let mut held = Vec::new();
+            for server in [2, 3] {
+                let rec = s
+                    .by_server(TableId(0), ServerId(server))
+                    .await
+                    .expect("ask");
+                held.push(rec.expect("held"));
+            }
+            assert_eq!(held[0].meta.edits, 1, "the index knows record 2 is pending");
+            // Record 2 twice in one batch: the later write wins.
+            for (rec, name) in [(held[0], "two-a"), (held[1], "three"), (held[0], "two-b")] {
+                let rec = Record {
+                    meta: SyncMeta::from_server(Hlc::new(9, 0, 0)),
+                    mark: 5,
+                    ..rec
+                };
+                assert!(s.index[0].holds_keys(&rec));
+                s.put(&rec, Some(&company(name))).await.expect("put");
+            }
+            s.commit(&DeviceState::default()).await.expect("commit");
+            assert_eq!(
+                names(&s),
+                vec![
+                    (1, 1, "c1".to_owned()),
+                    (2, 5, "two-b".to_owned()),
+                    (3, 5, "three".to_owned())
+                ]
+            );
+            let pending: i64 = s
+                .connection()
+                .query_row(
+                    "SELECT count(*) FROM company WHERE sync_pending != 0 OR edits != 0",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(pending, 0, "every record is the server's version now");
+        });
+    }
+
     #[test]
     fn a_same_keys_write_that_finds_no_row_inserts_it() {
         block_on(async {
