@@ -1495,14 +1495,7 @@ impl<F: NorFlash, C: CacheSpec, const BUF: usize, const MAPS: usize> LocalStore
                 return Ok(());
             }
         }
-        let mut after = None;
-        while let Some(rec) = self.next(table, after, Filter::All).await? {
-            after = Some(rec.local);
-            if rec.server.is_some() && !rec.meta.is_pending() && rec.mark != mark {
-                self.remove(table, rec.local).await?;
-            }
-        }
-        Ok(())
+        ferrysync_core::store::sweep_by_walking(self, table, mark).await
     }
 
     async fn next_rejected(

@@ -220,13 +220,24 @@ pub trait LocalStore {
     /// The default walks the table with [`next`](Self::next); a store that can select by
     /// these columns (SQLite: one `DELETE`) should do it in one step.
     async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), Self::Error> {
-        let mut after = None;
-        while let Some(rec) = self.next(table, after, Filter::All).await? {
-            after = Some(rec.local);
-            if rec.server.is_some() && !rec.meta.is_pending() && rec.mark != mark {
-                self.remove(table, rec.local).await?;
-            }
-        }
-        Ok(())
+        sweep_by_walking(self, table, mark).await
     }
+}
+
+/// [`LocalStore::sweep`] by walking `table` with [`next`](LocalStore::next) and removing each
+/// record the sweep drops: the trait's default, for a store that overrides `sweep` only to skip
+/// it in some cases.
+pub async fn sweep_by_walking<S: LocalStore + ?Sized>(
+    store: &mut S,
+    table: TableId,
+    mark: u32,
+) -> Result<(), S::Error> {
+    let mut after = None;
+    while let Some(rec) = store.next(table, after, Filter::All).await? {
+        after = Some(rec.local);
+        if rec.server.is_some() && !rec.meta.is_pending() && rec.mark != mark {
+            store.remove(table, rec.local).await?;
+        }
+    }
+    Ok(())
 }
