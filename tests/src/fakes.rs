@@ -1,5 +1,6 @@
 //! Doubles shared by the HTTP compression tests: a transport that records a request, a phone
-//! holding a workload, and a one-shot raw HTTP server that answers whatever bytes a test gives.
+//! holding a workload, a raw client, and a one-shot raw HTTP server that answers whatever bytes
+//! a test gives.
 
 use crate::workload::{OnPhone, Size, Workload};
 use ferrysync_core::schema::EXAMPLE;
@@ -105,4 +106,20 @@ pub fn request_of(phone: &mut Phone) -> Vec<u8> {
     ))
     .unwrap();
     cap.0
+}
+
+/// A `POST /v1/sync` to `server` as `token`, from a raw client that changes nothing of what
+/// travels (no compression of its own, no decoding of replies), so a test sends and sees the
+/// bytes as they are. The caller adds its headers and the body.
+pub fn raw_sync(server: &crate::TestServer, token: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::builder()
+        .gzip(false)
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/sync", server.url()))
+        .bearer_auth(token)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            ferrysync_sqlite::CONTENT_TYPE,
+        )
 }

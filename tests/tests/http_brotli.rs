@@ -5,8 +5,10 @@
 
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::Mode;
-use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE};
-use ferrysync_tests::fakes::{assert_bad_reply_changes_nothing, fake_server, filled, request_of};
+use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore};
+use ferrysync_tests::fakes::{
+    assert_bad_reply_changes_nothing, fake_server, filled, raw_sync, request_of,
+};
 use ferrysync_tests::workload::Size;
 use ferrysync_tests::{view, TestServer};
 
@@ -34,13 +36,7 @@ async fn seeded(size: Size) -> TestServer {
 /// nothing: no encoding of its own, no decoding): status, `Content-Encoding`, body as sent.
 async fn raw_pull(server: &TestServer, accept: Option<&str>) -> (u16, Option<String>, Vec<u8>) {
     let token = server.enrol("north");
-    let mut req = reqwest::Client::builder()
-        .gzip(false)
-        .build()
-        .unwrap()
-        .post(format!("{}/v1/sync", server.url()))
-        .bearer_auth(token)
-        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE);
+    let mut req = raw_sync(server, &token);
     if let Some(a) = accept {
         req = req.header(reqwest::header::ACCEPT_ENCODING, a);
     }

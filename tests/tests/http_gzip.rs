@@ -5,8 +5,8 @@
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::Mode;
 use ferrysync_server::Config;
-use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore, CONTENT_TYPE};
-use ferrysync_tests::fakes::{assert_bad_reply_changes_nothing, filled, request_of};
+use ferrysync_sqlite::{HttpTransport, Phone, SqliteStore};
+use ferrysync_tests::fakes::{assert_bad_reply_changes_nothing, filled, raw_sync, request_of};
 use ferrysync_tests::workload::Size;
 use ferrysync_tests::{view, TestServer};
 use flate2::write::GzEncoder;
@@ -40,13 +40,7 @@ async fn post(
     encoding: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::builder()
-        .gzip(false)
-        .build()
-        .unwrap()
-        .post(format!("{}/v1/sync", server.url()))
-        .bearer_auth(token)
-        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE);
+    let mut req = raw_sync(server, token);
     if let Some(e) = encoding {
         req = req.header(reqwest::header::CONTENT_ENCODING, e);
     }
