@@ -103,10 +103,10 @@ impl Push {
         let started = Instant::now();
         let reply = direct::sync(&store, hash, &device, params(), &self.request).unwrap();
         let took = started.elapsed();
-        let (mappings, upserts) = count_reply(&reply);
-        assert_eq!(mappings, self.records());
+        let count = count_reply(&reply);
+        assert_eq!(count.mappings, self.records());
         // The records the push wrote are not sent back.
-        assert_eq!(upserts, 0);
+        assert_eq!(count.upserts, 0);
         took
     }
 
@@ -115,24 +115,36 @@ impl Push {
     }
 }
 
-/// Mappings and upserts of a reply stream.
-fn count_reply(mut bytes: &[u8]) -> (u64, u64) {
+/// What a reply stream holds: its mappings, its upserts, and its `Done` cursor.
+struct ReplyCount {
+    mappings: u64,
+    upserts: u64,
+    cursor: Option<u64>,
+}
+
+/// Walks a reply stream (every frame and item must decode) and counts it.
+fn count_reply(mut bytes: &[u8]) -> ReplyCount {
     let mut dec = Box::new(FrameDecoder::<MAX_FRAME>::new());
-    let (mut mappings, mut upserts) = (0, 0);
+    let mut count = ReplyCount {
+        mappings: 0,
+        upserts: 0,
+        cursor: None,
+    };
     while !bytes.is_empty() {
         let fed = dec.feed::<Reply<'_>>(bytes);
         bytes = &bytes[fed.consumed..];
         if let Some(msg) = fed.result.expect("a good frame") {
             for item in msg.items() {
                 match item.expect("a good item") {
-                    Reply::Mapping(_) => mappings += 1,
-                    Reply::Upsert(_) => upserts += 1,
+                    Reply::Mapping(_) => count.mappings += 1,
+                    Reply::Upsert(_) => count.upserts += 1,
+                    Reply::Done(d) => count.cursor = Some(d.cursor),
                     _ => {}
                 }
             }
         }
     }
-    (mappings, upserts)
+    count
 }
 
 fn bench(c: &mut Criterion) {
@@ -255,7 +267,9 @@ fn delta(n: u32, m: u32, loops: usize) {
         &pull_request(None),
     )
     .unwrap();
-    let mut pull_cursor = reply_cursor(&first_pull);
+    let mut pull_cursor = count_reply(&first_pull)
+        .cursor
+        .expect("the reply ends with Done");
     let mut pulled = Vec::new();
     let (mut applied, mut replied) = (Vec::new(), Vec::new());
     for round in 0..loops {
@@ -311,12 +325,13 @@ fn delta(n: u32, m: u32, loops: usize) {
             .unwrap()
         });
         pulled.push(reply.0);
+        let count = count_reply(&reply.1);
         assert_eq!(
-            count_reply(&reply.1).1,
+            count.upserts,
             renamed.len() as u64,
             "the pull has every rename"
         );
-        pull_cursor = reply_cursor(&reply.1);
+        pull_cursor = count.cursor.expect("the reply ends with Done");
     }
     let mut sorted = applied.clone();
     sorted.sort();
@@ -345,20 +360,6 @@ fn measured_pull(run: impl FnOnce() -> Vec<u8>) -> (Duration, Vec<u8>) {
     let started = Instant::now();
     let reply = run();
     (started.elapsed(), reply)
-}
-
-/// The `Done` cursor of a reply.
-fn reply_cursor(mut bytes: &[u8]) -> u64 {
-    let mut dec = FrameDecoder::<MAX_FRAME>::new();
-    let mut cursor = None;
-    while !bytes.is_empty() {
-        let fed = dec.feed::<Reply<'_>>(bytes);
-        bytes = &bytes[fed.consumed..];
-        if let Ok(Some(Reply::Done(d))) = fed.result {
-            cursor = Some(d.cursor);
-        }
-    }
-    cursor.expect("the reply ends with Done")
 }
 
 /// A loop of one kind of run, for a profiler.
