@@ -926,8 +926,8 @@ mod tests {
     /// database file soon after; dropping the store ends the thread.
     #[test]
     fn the_checkpointer_copies_the_log_after_a_commit() {
+        use crate::store::testkit::{company, params};
         use crate::store::{Incoming, OwnedChange};
-        use ferrysync_core::body::encode;
         use ferrysync_core::wire::Op;
         use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
 
@@ -940,35 +940,24 @@ mod tests {
         std::thread::sleep(CHECKPOINT_REST * 2);
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let before = size(&path);
-        let mut buf = [0u8; 128];
-        let t = &ferrysync_core::schema::EXAMPLE.tables[0];
         let changes: Vec<_> = (1..=500u32)
             .map(|l| {
-                let name = format!("Company {l} with a name long enough to fill pages");
-                let body = encode(
-                    t,
-                    &[Value::Text(&name), Value::Text("c"), Value::Text("p")],
-                    &mut buf,
-                )
-                .unwrap()
-                .to_vec();
                 Incoming::Change(OwnedChange {
                     table: TableId(0),
                     op: Op::Add,
                     key: RecordRef::Local(LocalId(l)),
                     parent: None,
                     modified_at: Hlc::new(999_000, 0, dev.id),
-                    body,
+                    body: company(&format!(
+                        "Company {l} with a name long enough to fill pages"
+                    )),
                 })
             })
             .chain(std::iter::once(Incoming::Commit))
             .collect();
-        let params = SyncParams {
-            now_ms: 1_000_000,
-            max_skew_ms: 1_000,
-            tombstone_retention_ms: 10_000,
-        };
-        let out = store.sync(&dev, params, &mut changes.into_iter()).unwrap();
+        let out = store
+            .sync(&dev, params(), &mut changes.into_iter())
+            .unwrap();
         assert_eq!(out.applied, 500);
         let wal = dir.path().join("s.db-wal");
         assert!(size(&wal) > 500 * 40, "the commit wrote the log");

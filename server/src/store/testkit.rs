@@ -6,7 +6,7 @@ use ferrysync_core::wire::{Mode, Op};
 use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
 
 /// Body of an example-schema company.
-fn company(name: &str) -> Vec<u8> {
+pub(crate) fn company(name: &str) -> Vec<u8> {
     let mut buf = [0u8; 128];
     let t = &ferrysync_core::schema::EXAMPLE.tables[0];
     encode(
@@ -19,7 +19,7 @@ fn company(name: &str) -> Vec<u8> {
 }
 
 /// Server time 1,000 s, 1 s of skew, 10 s of tombstones.
-fn params() -> SyncParams {
+pub(crate) fn params() -> SyncParams {
     SyncParams {
         now_ms: 1_000_000,
         max_skew_ms: 1_000,
