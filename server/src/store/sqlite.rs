@@ -894,31 +894,35 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn commits_only_on_commit() {
+    /// A store for the example schema on a file in a new temporary folder (kept alive by the
+    /// returned guard).
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn commits_only_on_commit() {
+        let (_dir, store) = fresh();
         crate::store::testkit::commits_only_on_commit(&store);
     }
 
     #[test]
     fn large_mixed_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        let (_dir, store) = fresh();
         crate::store::testkit::large_mixed_batches(&store);
     }
 
     #[test]
     fn sync_reply_leaves_out_what_the_sync_wrote() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        let (_dir, store) = fresh();
         crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);
     }
 
     #[test]
     fn updates_keep_or_move_the_parent() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        let (_dir, store) = fresh();
         crate::store::testkit::updates_keep_or_move_the_parent(&store);
     }
 
