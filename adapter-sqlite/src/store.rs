@@ -2431,22 +2431,29 @@ mod tests {
         });
     }
 
+    /// A store in a transaction whose company table was empty when first asked about (so it is
+    /// fresh), holding the companies `(local, server, mark, name)` put since.
+    async fn fresh_table_with(puts: &[(u32, u64, u32, &str)]) -> SqliteStore {
+        let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
+        s.begin().await.expect("begin");
+        let first = puts.first().map_or(1, |p| p.1);
+        assert_eq!(
+            s.by_server(TableId(0), ServerId(first)).await.expect("ask"),
+            None
+        );
+        for &(local, server, mark, name) in puts {
+            s.put(&record(local, server, mark), Some(&company(name)))
+                .await
+                .expect("put");
+        }
+        s
+    }
+
     /// In a fresh table, records put with different marks are swept as usual.
     #[test]
     fn a_fresh_table_with_mixed_marks_is_swept() {
         block_on(async {
-            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
-            s.begin().await.expect("begin");
-            assert_eq!(
-                s.by_server(TableId(0), ServerId(1)).await.expect("ask"),
-                None
-            );
-            s.put(&record(1, 1, 1), Some(&company("old")))
-                .await
-                .expect("put");
-            s.put(&record(2, 2, 2), Some(&company("new")))
-                .await
-                .expect("put");
+            let mut s = fresh_table_with(&[(1, 1, 1, "old"), (2, 2, 2, "new")]).await;
             s.sweep(TableId(0), 2).await.expect("sweep");
             s.commit(&DeviceState::default()).await.expect("commit");
             assert_eq!(names(&s), vec![(2, 2, "new".to_owned())]);
@@ -2524,18 +2531,7 @@ mod tests {
     #[test]
     fn a_duplicate_server_id_among_new_rows_fails_the_transaction() {
         block_on(async {
-            let mut s = SqliteStore::open_in_memory(EXAMPLE).expect("open");
-            s.begin().await.expect("begin");
-            assert_eq!(
-                s.by_server(TableId(0), ServerId(7)).await.expect("ask"),
-                None
-            );
-            s.put(&record(1, 7, 1), Some(&company("a")))
-                .await
-                .expect("put");
-            s.put(&record(2, 7, 1), Some(&company("b")))
-                .await
-                .expect("put");
+            let mut s = fresh_table_with(&[(1, 7, 1, "a"), (2, 7, 1, "b")]).await;
             assert!(s.commit(&DeviceState::default()).await.is_err());
             s.rollback().await.expect("rollback");
             assert_eq!(names(&s), vec![]);
