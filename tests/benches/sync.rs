@@ -9,8 +9,11 @@
 //! 3. bytes on the wire per record, push and replies, vs the bare postcard bodies and JSON, and
 //!    what gzip would make of them;
 //! 4. a delta sync after the 1 % update vs its full alternative (in process): the pull vs a
-//!    full refresh, the push vs the same push in full mode, beside the floors of the same
-//!    renames as bare rusqlite `UPDATE`s (durable, and committed without fsync);
+//!    full refresh, the push vs the same push in full mode, beside the floors of each in bare
+//!    rusqlite tables at 4 KiB and 1 KiB pages (the push's: the renames as `UPDATE`s by id,
+//!    durable and committed without fsync; the pull's: the renamed rows read by id and the
+//!    renames committed without fsync); three times as many turns as the other items, ratios
+//!    the median of the turns' ratios;
 //! 5. end to end over HTTP: a phone's first sync of N + M new records, a fresh phone's pull
 //!    (plain, then with HTTP gzip, then with brotli replies, its bytes counted as they travel),
 //!    then 1 % incremental syncs, beside the issue's PouchDB reference.
@@ -75,7 +78,8 @@ fn main() {
             ],
         ),
         delta: Table::new(
-            "Item 4: 1 % delta sync vs full refresh (in process, phones on SQLite files)",
+            "Item 4: 1 % delta sync vs full refresh (in process, phones on SQLite files; medians \
+             of runs taken in turns; ratio: median of the turns' ratios)",
             &[
                 "size",
                 "measure",
@@ -378,6 +382,15 @@ fn apply_full(reply: &[u8], records: usize) -> Duration {
     took
 }
 
+/// Page sizes of item 4's floors: SQLite's default (the stores') and 1 KiB, which writes a
+/// quarter of the bytes for a row changed on its own page (and makes a full refresh slower).
+const FLOOR_PAGES: [u32; 2] = [DEFAULT_PAGE, 1024];
+
+/// Turns of item 4 per turn of the other items: a turn costs about a full refresh and a full
+/// push, and the ratios of small deltas move with the host's load more than those of whole
+/// syncs, so more turns keep one disturbed turn from moving the median.
+const DELTA_TURNS: usize = 3;
+
 fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     let size = w.size;
     let d = tempfile::tempdir().expect("tempdir");
@@ -391,13 +404,21 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     block_on(b.sync(&mut DirectLink::new(&db, &dev_b), Mode::Delta)).expect("first pull");
     let mut c = phone_on_file(&d.path().join("c.db"));
     block_on(c.sync(&mut DirectLink::new(&db, &dev_c), Mode::Delta)).expect("first pull");
-    // The floors: the same renames as bare UPDATEs in plain tables, durable (what the server
-    // must do at least) and committed without fsync (what the phone must do at least).
-    let mut floor_durable = BareDelta::new(d.path(), "floor-durable.db", w, Commit::Durable);
-    let mut floor_lazy = BareDelta::new(d.path(), "floor-lazy.db", w, Commit::Lazy);
+    // The floors, at each page size: the same renames as bare UPDATEs in plain tables, durable
+    // (what the server must write at least) and committed without fsync (what the phone must
+    // write at least), and those rows read back by id (what the server must read at least).
+    let mut floors: Vec<(BareDelta, BareDelta)> = (FLOOR_PAGES.iter())
+        .map(|&page| {
+            let file = |kind: &str| format!("floor-{kind}-{page}.db");
+            (
+                BareDelta::new(d.path(), &file("durable"), w, Commit::Durable, page),
+                BareDelta::new(d.path(), &file("lazy"), w, Commit::Lazy, page),
+            )
+        })
+        .collect();
     let renamed = w.renamed_count();
     let mut m = DeltaRuns::default();
-    for _ in 0..runs {
+    for _ in 0..runs * DELTA_TURNS {
         w.rename(&mut a, &locals).expect("rename");
         let mut la = DirectLink::new(&db, &dev_a);
         settle();
@@ -433,39 +454,48 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
         assert_eq!(r.sent as usize, renamed);
         assert!(r.full);
 
-        settle();
-        let (n, took) = floor_durable.rename(w);
-        assert_eq!(n, renamed);
-        m.floor_durable.push(took);
-        settle();
-        let (n, took) = floor_lazy.rename(w);
-        assert_eq!(n, renamed);
-        m.floor_lazy.push(took);
+        let mut turn = Vec::with_capacity(floors.len());
+        for (durable, lazy) in &mut floors {
+            let timed = |f: &mut dyn FnMut() -> (usize, Duration)| {
+                settle();
+                let (n, took) = f();
+                assert_eq!(n, renamed);
+                took
+            };
+            turn.push(FloorTurn {
+                durable: timed(&mut || durable.rename(w)),
+                lazy: timed(&mut || lazy.rename(w)),
+                read: timed(&mut || durable.read(w)),
+            });
+        }
+        m.floors.push(turn);
     }
-    let full = m.full.summary();
-    let full_push = m.full_push.summary();
-    let floor = |v: &[Duration]| Run {
-        time: median(v),
-        ..Run::default()
+    // Each turn's ratios, then their medians: the load of the host moves a turn's syncs
+    // together, so a ratio taken within a turn is steadier than a ratio of medians.
+    let per_turn = |baseline: &[Duration], this: &dyn Fn(usize) -> Duration| -> f64 {
+        let mut v: Vec<f64> = (0..baseline.len())
+            .map(|i| ratio(baseline[i], this(i)))
+            .collect();
+        v.sort_unstable_by(f64::total_cmp);
+        v[v.len() / 2]
     };
-    // Both floors of each turn together: the least any push of these renames costs, server and
-    // phone. When even that is not 20× below the push in full mode, the target is out of reach
-    // for any store on this machine's disk, not only for this one.
-    let both: Vec<Duration> = (m.floor_durable.iter())
-        .zip(&m.floor_lazy)
-        .map(|(a, b)| *a + *b)
-        .collect();
-    let floors = floor(&both);
-    let floors_ratio = ratio(full_push.time, floors.time);
-    // `target`: the verdict's floor ratio (`None`: no floor bounds it), or no target at all.
-    let mut row = |what: &str, this: Run, baseline: Run, target: Option<Option<f64>>| {
-        let rt = ratio(baseline.time, this.time);
-        let rb = baseline.bytes() as f64 / this.bytes() as f64;
+    let (full, full_push) = (&m.full.took, &m.full_push.took);
+    // The least either side of a delta costs in a turn: the cheaper page size.
+    let least = |i: usize, f: &dyn Fn(&FloorTurn) -> Duration| -> Duration {
+        (m.floors[i].iter()).map(f).min().unwrap_or_default()
+    };
+    let pull_floor = |i: usize| least(i, &|f| f.read + f.lazy);
+    let push_floor = |i: usize| least(i, &|f| f.durable + f.lazy);
+    let pull_floor_ratio = per_turn(full, &pull_floor);
+    let push_floor_ratio = per_turn(full_push, &push_floor);
+    // `target`: `Some(floor ratio)` for the rows judged against 20× (the verdict says "out of
+    // reach" when even the floors are not 20× below the baseline), `None` for the others.
+    let mut row = |what: &str, this: Run, rt: f64, rb: Option<f64>, target: Option<f64>| {
         let status = match target {
             Some(_) if size != Size::DEFAULT => String::new(),
             None => String::new(),
-            Some(_) if rt >= 20.0 && rb >= 20.0 => verdict(true).to_owned(),
-            Some(Some(f)) if f < 20.0 => format!("out of reach: the floors are {}", x(f)),
+            Some(_) if rt >= 20.0 && rb.is_none_or(|rb| rb >= 20.0) => verdict(true).to_owned(),
+            Some(f) if f < 20.0 => format!("out of reach: the floors are {}", x(f)),
             Some(_) => verdict(false).to_owned(),
         };
         t.delta.row(vec![
@@ -476,11 +506,7 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
             this.sent.map(bytes).unwrap_or_default(),
             this.received.map(bytes).unwrap_or_default(),
             x(rt),
-            if this.sent.is_some() {
-                x(rb)
-            } else {
-                String::new()
-            },
+            rb.map(x).unwrap_or_default(),
             if target.is_some() {
                 "≥ 20× at 11,000".into()
             } else {
@@ -489,49 +515,75 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
             status,
         ]);
     };
+    let bytes_ratio = |baseline: &Runs, this: &Runs| {
+        Some(baseline.summary().bytes() as f64 / this.summary().bytes() as f64)
+    };
     row(
         &format!("1 % delta pull on another phone ({renamed} records); baseline: full refresh"),
         m.pull.summary(),
-        full,
-        Some(None),
+        per_turn(full, &|i| m.pull.took[i]),
+        bytes_ratio(&m.full, &m.pull),
+        Some(pull_floor_ratio),
     );
-    row("full refresh of the same data", full, full, None);
+    row(
+        "full refresh of the same data",
+        m.full.summary(),
+        1.0,
+        Some(1.0),
+        None,
+    );
     row(
         &format!(
             "1 % delta push ({renamed} renames) and its reply; baseline: the same push in full \
              mode"
         ),
         m.push.summary(),
-        full_push,
-        Some(Some(floors_ratio)),
+        per_turn(full_push, &|i| m.push.took[i]),
+        bytes_ratio(&m.full_push, &m.push),
+        Some(push_floor_ratio),
     );
     row(
         "the same push in full mode (the whole data set back, as a sync without deltas)",
-        full_push,
-        full_push,
+        m.full_push.summary(),
+        1.0,
+        Some(1.0),
         None,
     );
-    row(
-        "floor: the same renames as bare rusqlite `UPDATE`s by id, one durable transaction \
-         (what the server must write); baseline: the push in full mode",
-        floor(&m.floor_durable),
-        full_push,
-        None,
-    );
-    row(
-        "floor: the same, committed without fsync (what the phone must write); baseline: the \
-         push in full mode",
-        floor(&m.floor_lazy),
-        full_push,
-        None,
-    );
-    row(
-        "both floors, server and phone: the least a push of these renames costs; baseline: \
-         the push in full mode",
-        floors,
-        full_push,
-        None,
-    );
+    // The floors at each page size; "server part": the server's share of the floor.
+    let turns = m.floors.len();
+    for (k, page) in FLOOR_PAGES.iter().enumerate() {
+        let of = |f: &dyn Fn(&FloorTurn) -> Duration| -> Vec<Duration> {
+            (0..turns).map(|i| f(&m.floors[i][k])).collect()
+        };
+        let floor = |both: &[Duration], server: &[Duration]| Run {
+            time: median(both),
+            server: Some(median(server)),
+            ..Run::default()
+        };
+        let kib = page / 1024;
+        row(
+            &format!(
+                "floor of the pull, {kib} KiB pages: the renamed rows read by id (server part) \
+                 and written by bare `UPDATE`s committed without fsync, as a phone commits a \
+                 reply; baseline: full refresh"
+            ),
+            floor(&of(&|f| f.read + f.lazy), &of(&|f| f.read)),
+            per_turn(full, &|i| m.floors[i][k].read + m.floors[i][k].lazy),
+            None,
+            None,
+        );
+        row(
+            &format!(
+                "floor of the push, {kib} KiB pages: the renames as bare `UPDATE`s by id, one \
+                 durable transaction (server part, what the server must write) and the same \
+                 committed without fsync (the phone's); baseline: the push in full mode"
+            ),
+            floor(&of(&|f| f.durable + f.lazy), &of(&|f| f.durable)),
+            per_turn(full_push, &|i| m.floors[i][k].durable + m.floors[i][k].lazy),
+            None,
+            None,
+        );
+    }
 }
 
 /// The runs of [`delta_vs_full`].
@@ -541,8 +593,18 @@ struct DeltaRuns {
     pull: Runs,
     full: Runs,
     full_push: Runs,
-    floor_durable: Vec<Duration>,
-    floor_lazy: Vec<Duration>,
+    /// Per turn, the floors at each of [`FLOOR_PAGES`].
+    floors: Vec<Vec<FloorTurn>>,
+}
+
+/// One turn's floors at one page size (see [`BareDelta`]).
+struct FloorTurn {
+    /// The renames, one durable transaction.
+    durable: Duration,
+    /// The renames, committed without fsync.
+    lazy: Duration,
+    /// The renamed rows read by id.
+    read: Duration,
 }
 
 /// Times of one kind of sync, the server's part of each, and the bytes of the last.

@@ -160,16 +160,23 @@ pub enum Commit {
 /// a fresh file, WAL, committed as `commit` says (the same as the side it is compared with).
 /// Times the transaction, from `BEGIN` to the end of `COMMIT`.
 pub fn bare_bulk_insert(dir: &Path, w: &Workload, commit: Commit) -> Duration {
-    let mut c = bare_db(&dir.join("bare.db"), commit);
+    let mut c = bare_db(&dir.join("bare.db"), commit, DEFAULT_PAGE);
     let started = Instant::now();
     bare_insert(&mut c, w);
     started.elapsed()
 }
 
-/// A fresh file with the bare baseline's plain tables, WAL, `synchronous` as `commit` says.
-fn bare_db(path: &Path, commit: Commit) -> rusqlite::Connection {
+/// SQLite's default page size, the one the server's and the phone's files use.
+pub const DEFAULT_PAGE: u32 = 4096;
+
+/// A fresh file with the bare baseline's plain tables, WAL, `synchronous` as `commit` says,
+/// pages of `page_size` bytes.
+fn bare_db(path: &Path, commit: Commit, page_size: u32) -> rusqlite::Connection {
     let _ = std::fs::remove_file(path);
     let c = rusqlite::Connection::open(path).expect("open bare db");
+    // Before the first write (the file is new), so it holds.
+    c.pragma_update(None, "page_size", page_size)
+        .expect("page_size");
     let _: String = c
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .expect("WAL");
@@ -227,18 +234,61 @@ fn bare_insert(c: &mut rusqlite::Connection, w: &Workload) {
 }
 
 /// The floor of a 1 % delta: the bare baseline's tables holding the whole workload, in which
-/// [`BareDelta::rename`] writes the 1 % renames as bare `UPDATE`s by primary key.
+/// [`BareDelta::rename`] writes the 1 % renames as bare `UPDATE`s by primary key and
+/// [`BareDelta::read`] reads those rows back.
 pub struct BareDelta {
     conn: rusqlite::Connection,
     round: usize,
 }
 
 impl BareDelta {
-    /// The workload in a fresh [`bare_db`] file `name` in `dir`, committed as `commit` says.
-    pub fn new(dir: &Path, name: &str, w: &Workload, commit: Commit) -> BareDelta {
-        let mut conn = bare_db(&dir.join(name), commit);
+    /// The workload in a fresh [`bare_db`] file `name` in `dir`, committed as `commit` says,
+    /// pages of `page_size` bytes (a small page writes fewer bytes for a row changed on its
+    /// own page).
+    pub fn new(dir: &Path, name: &str, w: &Workload, commit: Commit, page_size: u32) -> BareDelta {
+        let mut conn = bare_db(&dir.join(name), commit, page_size);
         bare_insert(&mut conn, w);
         BareDelta { conn, round: 0 }
+    }
+
+    /// Reads every contact the 1 % update renames, all its columns, one prepared `SELECT ...
+    /// WHERE id = ?` each, in one read transaction (what a server must read at least to send
+    /// them); returns how many and the time from `BEGIN` to the end of `COMMIT`.
+    pub fn read(&mut self, w: &Workload) -> (usize, Duration) {
+        let ids: Vec<i64> = (0..w.contacts.len())
+            .filter(|&j| ferrysync_core::workload::is_renamed(j))
+            .map(|j| j as i64 + 1)
+            .collect();
+        let started = Instant::now();
+        let tx = self.conn.transaction().expect("begin");
+        let mut n = 0;
+        {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT id, company_id, name, email, phone FROM contact WHERE id = ?1",
+                )
+                .expect("prepare");
+            for id in &ids {
+                let mut rows = get.query([id]).expect("select");
+                while let Some(row) = rows.next().expect("row") {
+                    // Every column, as the server reads them to send the row.
+                    let mut len = 0;
+                    for i in 2..5 {
+                        len += row
+                            .get_ref(i)
+                            .expect("column")
+                            .as_str()
+                            .expect("text")
+                            .len();
+                    }
+                    let ids: i64 =
+                        row.get::<_, i64>(0).expect("id") + row.get::<_, i64>(1).expect("fk");
+                    n += usize::from(len > 0 && ids > 0);
+                }
+            }
+        }
+        tx.commit().expect("commit");
+        (n, started.elapsed())
     }
 
     /// Renames every contact the 1 % update renames (to its new name, or back in every other
