@@ -104,19 +104,21 @@ fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(c)
 }
 
+// Every sync reads and writes `_meta` (its sequence, the tombstone floor) and asks for expired
+// tombstones: their statements come from the connection's cache, as the record statements do
+// (parsing them again was 7 % of a server's part of a 1 % delta pull).
 fn meta_get(c: &Connection, key: &str) -> Result<Option<i64>, rusqlite::Error> {
-    c.query_row("SELECT value FROM _meta WHERE key = ?1", [key], |r| {
-        r.get(0)
-    })
-    .optional()
+    c.prepare_cached("SELECT value FROM _meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
 }
 
 fn meta_set(c: &Connection, key: &str, value: i64) -> Result<(), rusqlite::Error> {
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO _meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -556,16 +558,16 @@ impl SyncTx for LiteTx<'_> {
     }
 
     fn tombstones_max_seq_before(&mut self, cutoff: i64) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT max(seq) FROM _tombstone WHERE at <= ?1",
-            [cutoff],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM _tombstone WHERE at <= ?1")?
+            .query_row([cutoff], |r| r.get(0))?)
     }
 
     fn prune_tombstones(&mut self, cutoff: i64) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM _tombstone WHERE at <= ?1", [cutoff])?;
+            .prepare_cached("DELETE FROM _tombstone WHERE at <= ?1")?
+            .execute([cutoff])?;
         Ok(())
     }
 
