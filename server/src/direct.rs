@@ -290,13 +290,18 @@ pub fn sync(
             return Err(DirectError::Stream(StreamError::Truncated))
         }
     };
-    let mut source = changes
-        .into_iter()
-        .map(Incoming::Change)
-        .chain(std::iter::once(Incoming::Commit));
-    let outcome = store
-        .sync(device, params, &mut source)
-        .map_err(DirectError::Store)?;
+    // A request without changes (a pull) takes no write transaction, as over HTTP.
+    let outcome = if changes.is_empty() {
+        SyncOutcome::default()
+    } else {
+        let mut source = changes
+            .into_iter()
+            .map(Incoming::Change)
+            .chain(std::iter::once(Incoming::Commit));
+        store
+            .sync(device, params, &mut source)
+            .map_err(DirectError::Store)?
+    };
     let mut out = Vec::new();
     write_reply(
         store,

@@ -736,8 +736,15 @@ async fn receive(
     .await;
     match (read, db, dec.hello()) {
         (Ok(()), db, Some(hello)) => {
-            let db = db.unwrap_or_else(|| DbTask::start(server, device));
             let pending = std::mem::take(&mut dec.sink().changes);
+            let db = match db {
+                Some(db) => db,
+                // Nothing to write (a pull): no write transaction, so a pull never queues
+                // behind the single writer, which a push streaming in over a slow link may
+                // hold for as long as its body takes. Its reply reads a snapshot as any other.
+                None if pending.is_empty() => return Ok((hello, SyncOutcome::default())),
+                None => DbTask::start(server, device),
+            };
             // A send error means the task ended early; `finish` reports why.
             if !pending.is_empty() {
                 let _ = db.tx.send(ToDb::Changes(pending)).await;

@@ -196,7 +196,9 @@ pub(crate) fn check_schema_hash<T: SyncTx>(
 }
 
 /// Applies a sync inside the store's open transaction: prunes expired tombstones, applies
-/// the changes as `changes` yields them, advances `_meta.seq`. Returns
+/// the changes as `changes` yields them, advances `_meta.seq`. (The server does not open one
+/// for a request without changes, so expired tombstones go with the next sync that writes;
+/// until then a device's cursor finds them still there.) Returns
 /// [`StoreError::Aborted`] when the source ends without `Commit` (the caller rolls back);
 /// on `Ok` the caller commits.
 ///

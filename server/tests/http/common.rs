@@ -734,6 +734,25 @@ pub fn change_frame(c: &Chg) -> Vec<u8> {
     }))
 }
 
+/// A request body that arrives in two parts: the test sends `head`, then `tail`, through
+/// `tx`; until the tail arrives the sync holds its slot.
+pub fn split_body(
+    body: &[u8],
+    at: usize,
+) -> (
+    http_body_util::channel::Sender<Bytes, io::Error>,
+    ReqBody,
+    Bytes,
+    Bytes,
+) {
+    let (tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
+    let (head, tail) = (
+        Bytes::copy_from_slice(&body[..at]),
+        Bytes::copy_from_slice(&body[at..]),
+    );
+    (tx, chan.boxed(), head, tail)
+}
+
 /// Hello, the changes, End.
 pub fn encode_request(hello: Hello, changes: &[Chg]) -> Vec<u8> {
     let mut out = frame(&Request::Hello(hello));

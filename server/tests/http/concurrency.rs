@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use ferrysync_core::wire::Mode;
+use std::time::Duration;
 
 store_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,6 +121,57 @@ store_test! {
             &[],
         );
         assert_eq!(wrong, 0);
+        s.stop().await;
+    }
+}
+
+store_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_does_not_wait_for_a_push_that_holds_the_writer() {
+        let s = TestServer::start().await;
+        let (a, b) = (s.device("north"), s.device("north"));
+        let first = s
+            .sync(
+                &a,
+                hello(1, None, Mode::Delta),
+                &[add(COMPANY, 1, None, at(a.id, 0), text3(COMPANY, "ACME", "x", "0"))],
+            )
+            .await;
+        // A push large enough that the server starts applying it before its body ends (past
+        // 8 Ki changes), whose last bytes are late, as over a weak link: it holds the writer.
+        let changes: Vec<Chg> = (2..=9_000)
+            .map(|i| add(COMPANY, i, None, at(a.id, 1), text3(COMPANY, "C", "y", "1")))
+            .collect();
+        let body = encode_request(hello(2, None, Mode::Delta), &changes);
+        let (mut tx, chan, head, tail) = split_body(&body, body.len() - 10);
+        let push = s.post_sync_body(Some(&a.token), chan);
+        let others = async {
+            tx.send_data(head).await.unwrap();
+            for _ in 0..500 {
+                if s.writer_busy() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(s.writer_busy(), "the push never took the writer");
+            // Another phone's pull answers meanwhile, from what is committed.
+            let pull = tokio::time::timeout(
+                Duration::from_secs(10),
+                s.post_sync(Some(&b.token), encode_request(hello(1, None, Mode::Delta), &[])),
+            )
+            .await
+            .expect("the pull waited for the push's transaction");
+            assert_eq!(pull.status.as_u16(), 200, "{}", pull.text());
+            let pull = decode_reply(1, &pull.body).unwrap();
+            assert_eq!(pull.ids(COMPANY), vec![first.mapped(COMPANY, 1)]);
+            assert!(s.writer_busy(), "the push ended before the pull");
+            tx.send_data(tail).await.unwrap();
+            drop(tx);
+        };
+        let (push, ()) = tokio::join!(push, others);
+        assert_eq!(push.status.as_u16(), 200, "{}", push.text());
+        assert_eq!(decode_reply(2, &push.body).unwrap().mappings.len(), 8_999);
+        assert_eq!(s.count("company"), 9_000);
         s.stop().await;
     }
 }

@@ -167,17 +167,36 @@ store_test! {
             )],
         )
         .await;
-        // The next sync prunes that tombstone (retention 0); B's cursor predates it.
-        let ra = s.sync(&a, hello(3, None, Mode::Full), &[]).await;
+        // A sync without changes writes nothing: the tombstone stays.
+        s.sync(&a, hello(3, None, Mode::Full), &[]).await;
+        assert_eq!(s.count("_tombstone"), 1);
+        // The next sync that writes prunes it (retention 0); B's cursor predates it.
+        let ra = s
+            .sync(
+                &a,
+                hello(4, None, Mode::Full),
+                &[add(
+                    COMPANY,
+                    3,
+                    None,
+                    at(a.id, 2),
+                    text3(COMPANY, "C3", "x", "0"),
+                )],
+            )
+            .await;
         assert_eq!(s.count("_tombstone"), 0);
         let delta = s
             .sync(&b, hello(2, Some(rb.done.cursor), Mode::Delta), &[])
             .await;
         assert!(delta.reset, "old cursor must give a full reply");
-        assert_eq!(delta.ids(COMPANY), vec![r.mapped(COMPANY, 2)]);
+        let mut live = vec![r.mapped(COMPANY, 2), ra.mapped(COMPANY, 3)];
+        live.sort_unstable();
+        let mut got = delta.ids(COMPANY);
+        got.sort_unstable();
+        assert_eq!(got, live);
         // A cursor at or past the floor still gets a delta.
         let d2 = s
-            .sync(&a, hello(4, Some(ra.done.cursor), Mode::Delta), &[])
+            .sync(&a, hello(5, Some(ra.done.cursor), Mode::Delta), &[])
             .await;
         assert!(!d2.reset);
         s.stop().await;

@@ -7,25 +7,6 @@ use ferrysync_server::{Config, CONTENT_TYPE_V1};
 use http_body_util::BodyExt;
 use std::io;
 
-/// A request body that arrives in two parts: the test sends `head`, then `tail`, through
-/// `tx`; until the tail arrives the sync holds its slot.
-fn split_body(
-    body: &[u8],
-    at: usize,
-) -> (
-    http_body_util::channel::Sender<Bytes, io::Error>,
-    ReqBody,
-    Bytes,
-    Bytes,
-) {
-    let (tx, chan) = http_body_util::channel::Channel::<Bytes, io::Error>::new(4);
-    let (head, tail) = (
-        Bytes::copy_from_slice(&body[..at]),
-        Bytes::copy_from_slice(&body[at..]),
-    );
-    (tx, chan.boxed(), head, tail)
-}
-
 /// A server with some data, and a device of its scope.
 async fn seeded(config: Config) -> (TestServer, Dev) {
     let s = TestServer::with_config(config).await;
