@@ -16,7 +16,10 @@
 //!
 //! `cargo bench -p ferrysync-server --bench reconcile` runs criterion on the default size
 //! (1,000 + 10,000), then prints a summary: for each of the three sizes the medians of runs
-//! taken in turns (each side first in its turn) and the ratios to the bulk insert.
+//! taken in turns (each side first in its turn) and the ratios to the bulk insert. With
+//! `FERRYSYNC_TEST_POSTGRES` set (an admin URL, as for the tests), the summary also times
+//! `direct` on a [`PostgresStore`] in a database of its own (emptied between runs, untimed),
+//! in the same turns, and gives its ratio to `direct` on SQLite.
 //! `FERRYSYNC_BENCH_PROFILE=reconcile` (or `direct`, `bulk`, `delta`: a 1 % update push) runs only that, in a loop of
 //! `FERRYSYNC_BENCH_LOOPS` (default 20), on size `FERRYSYNC_BENCH_SIZE` (0, 1 or 2; default
 //! 1), for a profiler.
@@ -30,7 +33,7 @@ use ferrysync_core::wire::{End, Hello, Mode, Op, Reply, Request, PROTOCOL_VERSIO
 use ferrysync_core::{Hlc, RecordRef, ServerId, TableId};
 use ferrysync_server::direct;
 use ferrysync_server::store::{Device, Incoming, OwnedChange, ReplyPlan, SyncParams};
-use ferrysync_server::{LoadedSchema, ServerStore, SqliteStore, MAX_FRAME};
+use ferrysync_server::{LoadedSchema, PostgresStore, ServerStore, SqliteStore, MAX_FRAME};
 use std::time::{Duration, Instant};
 use workload::*;
 
@@ -113,6 +116,88 @@ impl Push {
     fn bulk(&self) -> Duration {
         bare_bulk_insert(&self.bare)
     }
+
+    /// [`Push::direct`] on PostgreSQL, into `pg`'s emptied tables.
+    fn direct_pg(&self, pg: &mut PgSide) -> Duration {
+        pg.empty();
+        let hash = LoadedSchema::example().hash();
+        let started = Instant::now();
+        let reply = direct::sync(&pg.store, hash, &pg.device, params(), &self.request).unwrap();
+        let took = started.elapsed();
+        let count = count_reply(&reply);
+        assert_eq!(count.mappings, self.records());
+        assert_eq!(count.upserts, 0);
+        took
+    }
+}
+
+/// A [`PostgresStore`] in a new database of `FERRYSYNC_TEST_POSTGRES`'s server, with one
+/// device of scope `bench`; the database is dropped with it.
+struct PgSide {
+    admin: postgres::Client,
+    name: String,
+    /// Empties the tables between runs.
+    client: postgres::Client,
+    store: PostgresStore,
+    device: Device,
+}
+
+impl PgSide {
+    /// `None` when `FERRYSYNC_TEST_POSTGRES` is not set.
+    fn new() -> Option<PgSide> {
+        let url = std::env::var("FERRYSYNC_TEST_POSTGRES").ok()?;
+        if url.trim().is_empty() {
+            return None;
+        }
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let name = format!("ferrysync_bench_{}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let mut cfg: postgres::Config = url.parse().unwrap();
+        cfg.dbname(&name);
+        let client = cfg.connect(postgres::NoTls).unwrap();
+        let host = match &cfg.get_hosts()[0] {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            _ => "localhost".into(),
+        };
+        let url = format!(
+            "host={host} port={} user={} dbname={name}",
+            cfg.get_ports().first().copied().unwrap_or(5432),
+            cfg.get_user().unwrap_or("postgres"),
+        );
+        let store = PostgresStore::open(&url, LoadedSchema::example()).unwrap();
+        let device = store.add_device("bench", &[7; 32], 0).unwrap();
+        Some(PgSide {
+            admin,
+            name,
+            client,
+            store,
+            device,
+        })
+    }
+
+    /// Back to a fresh store's tables (the device stays), then a checkpoint so the run does
+    /// not pay for the writeback of the run before it.
+    fn empty(&mut self) {
+        self.client
+            .batch_execute(
+                "TRUNCATE company, contact, _idmap, _tombstone RESTART IDENTITY;
+                 UPDATE _meta SET value = 0 WHERE key IN ('seq', 'tombstone_floor');
+                 CHECKPOINT;",
+            )
+            .unwrap();
+    }
+}
+
+impl Drop for PgSide {
+    fn drop(&mut self) {
+        let _ = self.admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
 }
 
 /// What a reply stream holds: its mappings, its upserts, and its `Done` cursor.
@@ -170,11 +255,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Medians of runs taken in turns, per size, and their ratios to the bulk insert.
+/// Medians of runs taken in turns, per size, and their ratios to the bulk insert; with
+/// PostgreSQL, its `direct` and that one's ratio to SQLite's.
 fn summary() {
+    let mut pg = PgSide::new();
     println!(
         "\nsummary: first push, medians of runs taken in turns (each side first in its turn)\n\
-         {:>16} {:>6} {:>14} {:>12} {:>12} {:>13} {:>10} {:>10}",
+         {:>16} {:>6} {:>14} {:>12} {:>12} {:>13} {:>10} {:>10}{}",
         "companies+contacts",
         "runs",
         "reconcile ms",
@@ -182,25 +269,42 @@ fn summary() {
         "bulk ms",
         "reconcile µs/rec",
         "rec/bulk",
-        "dir/bulk"
+        "dir/bulk",
+        if pg.is_some() {
+            format!(" {:>14} {:>12}", "pg direct ms", "pg/sqlite")
+        } else {
+            String::new()
+        }
     );
+    let sides = if pg.is_some() { 4 } else { 3 };
     for (n, m) in SIZES {
         let push = Push::new(n, m);
         let runs = if n + m > 50_000 { 6 } else { 15 };
-        let (mut r, mut d, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut r, mut d, mut b, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..runs {
-            // Each side goes first, second and third in turn.
-            for k in 0..3 {
-                match (round + k) % 3 {
+            // Each side goes first, second, third (and fourth) in turn.
+            for k in 0..sides {
+                match (round + k) % sides {
                     0 => r.push(push.reconcile()),
                     1 => d.push(push.direct()),
-                    _ => b.push(push.bulk()),
+                    2 => b.push(push.bulk()),
+                    _ => p.extend(pg.as_mut().map(|pg| push.direct_pg(pg))),
                 }
             }
         }
         let (r, d, b) = (median(r), median(d), median(b));
+        let pg_cols = if p.is_empty() {
+            String::new()
+        } else {
+            let p = median(p);
+            format!(
+                " {:>14.2} {:>11.2}x",
+                ms(p),
+                p.as_secs_f64() / d.as_secs_f64()
+            )
+        };
         println!(
-            "{:>18} {:>6} {:>14.2} {:>12.2} {:>12.2} {:>16.3} {:>9.2}x {:>9.2}x",
+            "{:>18} {:>6} {:>14.2} {:>12.2} {:>12.2} {:>16.3} {:>9.2}x {:>9.2}x{pg_cols}",
             format!("{n}+{m}"),
             runs,
             ms(r),
