@@ -276,6 +276,46 @@ pub(crate) fn insert_rows(schema: &Schema<'static>, ti: usize, rows: usize) -> S
     )
 }
 
+/// PostgreSQL's insert of any number of new records of table `ti` with explicit ids, in one
+/// statement of one shape whatever the count: one array parameter per column, zipped by
+/// `unnest`. `$first` is the scope of every row; then the arrays, one element per row: `id`
+/// (`$first + 1`), the fields, the foreign key (detail tables), `_seq, _wall, _counter,
+/// _device`.
+pub(crate) fn insert_unnest(schema: &Schema<'static>, ti: usize, first: usize) -> String {
+    let t = &schema.tables[ti];
+    let d = &POSTGRES;
+    let mut cols: Vec<String> = t.fields.iter().map(|f| q(f.name)).collect();
+    let mut types: Vec<&str> = t
+        .fields
+        .iter()
+        .map(|f| match f.ty {
+            FieldType::Text => "TEXT",
+            FieldType::I64 | FieldType::U64 => d.integer,
+            FieldType::Bool => d.boolean,
+            FieldType::F64 => d.real,
+            FieldType::Bytes => d.blob,
+        })
+        .collect();
+    if let Some(pf) = t.parent_field {
+        cols.push(q(pf));
+        types.push(d.integer);
+    }
+    let arrays: Vec<String> = std::iter::once(d.integer)
+        .chain(types)
+        .chain([d.integer; 4])
+        .enumerate()
+        .map(|(i, ty)| format!("{}::{ty}[]", (d.param)(first + 1 + i)))
+        .collect();
+    format!(
+        "INSERT INTO {} (id, {}, _seq, _wall, _counter, _device, _scope) \
+         SELECT u.*, {}::TEXT FROM unnest({}) AS u",
+        q(t.name),
+        cols.join(", "),
+        (d.param)(first),
+        arrays.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +342,19 @@ mod tests {
         assert_eq!(
             p[0].children[0].1,
             "SELECT id FROM \"contact\" WHERE \"company_id\" = $1"
+        );
+    }
+
+    #[test]
+    fn the_unnest_insert_binds_one_array_per_column() {
+        let s = ferrysync_core::schema::EXAMPLE;
+        let sql = insert_unnest(&s, 1, 4);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"contact\" (id, \"name\", \"email\", \"phone\", \"company_id\", \
+             _seq, _wall, _counter, _device, _scope) SELECT u.*, $4::TEXT FROM unnest(\
+             $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::BIGINT[], \
+             $11::BIGINT[], $12::BIGINT[], $13::BIGINT[]) AS u"
         );
     }
 }

@@ -427,3 +427,191 @@ pub(crate) fn updates_keep_or_move_the_parent(store: &dyn ServerStore) {
         assert_eq!(parent_of_x(), (Some(want), body), "step {k}");
     }
 }
+
+/// Live records of scope `north` read back in full, with their parents:
+/// `(table, server id) → parent`.
+fn read_parents(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64), Option<u64>> {
+    let plan = ReplyPlan {
+        scope: "north",
+        mode: Mode::Full,
+        cursor: None,
+        extra: &[],
+    };
+    let mut rows = std::collections::BTreeMap::new();
+    store
+        .read_reply(&plan, &mut |i| {
+            if let ReplyItem::Upsert(u) = i {
+                rows.insert((u.table.0, u.id.0), u.parent.map(|p| p.0));
+            }
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+/// A batch of thousands of records per table (more than any store writes in one statement),
+/// details under masters of the same batch, then an update of a detail and a delete of a
+/// master added in it: every record lands once, under its master, with distinct ids; the
+/// whole batch retried changes nothing and gives the same mappings.
+pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
+    const N: u32 = 2_500;
+    let dev = store.add_device("north", &[12; 32], 1).unwrap();
+    let at = |ms: u64| Hlc::new(ms, 0, dev.id);
+    let local = |l: u32| RecordRef::Local(LocalId(l));
+    let mut batch: Vec<OwnedChange> = Vec::new();
+    for l in 1..=N {
+        batch.push(OwnedChange {
+            table: TableId(0),
+            op: Op::Add,
+            key: local(l),
+            parent: None,
+            modified_at: at(999_000),
+            body: company(&format!("co{l}")),
+        });
+    }
+    // Contact j under company j * 7 % N + 1: spread over the whole batch.
+    let master = |j: u32| j * 7 % N + 1;
+    for j in 1..=N {
+        batch.push(OwnedChange {
+            table: TableId(1),
+            op: Op::Add,
+            key: local(j),
+            parent: Some(local(master(j))),
+            modified_at: at(999_000),
+            body: contact(&format!("ct{j}")),
+        });
+    }
+    batch.push(OwnedChange {
+        table: TableId(1),
+        op: Op::Update,
+        key: local(N),
+        parent: None,
+        modified_at: at(999_001),
+        body: contact("renamed"),
+    });
+    // Company 8: the master of the contacts j with j * 7 % N == 7, contact 1 among them.
+    let gone = 8;
+    batch.push(OwnedChange {
+        table: TableId(0),
+        op: Op::Delete,
+        key: local(gone),
+        parent: None,
+        modified_at: at(999_001),
+        body: Vec::new(),
+    });
+    let sync = |changes: &[OwnedChange]| {
+        let mut source = changes
+            .iter()
+            .cloned()
+            .map(Incoming::Change)
+            .chain([Incoming::Commit]);
+        store.sync(&dev, params(), &mut source).unwrap()
+    };
+    let out = sync(&batch);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected.first());
+    assert_eq!(out.mappings.len(), 2 * N as usize);
+    let mut server = std::collections::HashMap::new();
+    for m in &out.mappings {
+        assert!(
+            server.insert((m.table.0, m.local.0), m.server.0).is_none(),
+            "{m:?} mapped twice"
+        );
+    }
+    let mut ids: Vec<(u8, u64)> = server.iter().map(|(k, v)| (k.0, *v)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 2 * N as usize, "a server id given twice");
+    let dropped: Vec<u32> = (1..=N).filter(|&j| master(j) == gone).collect();
+    assert!(!dropped.is_empty());
+    let rows = read_parents(store);
+    assert_eq!(rows.len(), 2 * N as usize - 1 - dropped.len());
+    for j in 1..=N {
+        let got = rows.get(&(1, server[&(1, j)]));
+        if dropped.contains(&j) {
+            assert_eq!(got, None, "contact {j} outlived its master");
+        } else {
+            assert_eq!(got, Some(&Some(server[&(0, master(j))])), "contact {j}");
+        }
+    }
+    assert!(!rows.contains_key(&(0, server[&(0, gone)])));
+    let bodies = read_all(store);
+    assert_eq!(bodies[&(1, server[&(1, N)])], contact("renamed"));
+    assert_eq!(bodies[&(1, server[&(1, 2)])], contact("ct2"));
+    // The whole batch again (a lost reply): the same mappings, nothing written.
+    let again = sync(&batch);
+    assert_eq!(again.applied, 0);
+    assert_eq!(again.written.after, again.written.upto);
+    assert_eq!(again.mappings.len(), out.mappings.len());
+    for m in &again.mappings {
+        assert_eq!(m.server.0, server[&(m.table.0, m.local.0)], "{m:?}");
+    }
+    assert_eq!(read_parents(store), rows);
+}
+
+/// A batch of thousands of adds cut before its end leaves no record and no mapping: the same
+/// adds sent again are all new.
+pub(crate) fn a_cut_batch_leaves_nothing(store: &dyn ServerStore) {
+    const N: u32 = 2_500;
+    let dev = store.add_device("north", &[13; 32], 1).unwrap();
+    let adds = || {
+        (1..=N).flat_map(|l| {
+            [
+                OwnedChange {
+                    table: TableId(0),
+                    op: Op::Add,
+                    key: RecordRef::Local(LocalId(l)),
+                    parent: None,
+                    modified_at: Hlc::new(999_000, 0, dev.id),
+                    body: company(&format!("co{l}")),
+                },
+                OwnedChange {
+                    table: TableId(1),
+                    op: Op::Add,
+                    key: RecordRef::Local(LocalId(l)),
+                    parent: Some(RecordRef::Local(LocalId(l))),
+                    modified_at: Hlc::new(999_000, 0, dev.id),
+                    body: contact(&format!("ct{l}")),
+                },
+            ]
+        })
+    };
+    let mut cut = adds().map(Incoming::Change);
+    assert!(matches!(
+        store.sync(&dev, params(), &mut cut),
+        Err(StoreError::Aborted)
+    ));
+    assert!(read_all(store).is_empty());
+    let mut whole = adds().map(Incoming::Change).chain([Incoming::Commit]);
+    let out = store.sync(&dev, params(), &mut whole).unwrap();
+    assert_eq!(
+        out.applied,
+        u64::from(2 * N),
+        "a mapping of the cut batch was kept"
+    );
+    assert_eq!(read_all(store).len(), 2 * N as usize);
+}
+
+/// The checks above that `sqlite.rs`'s tests do not run yet, on a [`super::SqliteStore`]
+/// (`postgres.rs`'s tests run them on PostgreSQL).
+mod on_sqlite {
+    use crate::store::SqliteStore;
+    use crate::LoadedSchema;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn batches_past_any_statement_size() {
+        let (_dir, store) = fresh();
+        super::batches_past_any_statement_size(&store);
+    }
+
+    #[test]
+    fn a_cut_batch_leaves_nothing() {
+        let (_dir, store) = fresh();
+        super::a_cut_batch_leaves_nothing(&store);
+    }
+}
