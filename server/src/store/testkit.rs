@@ -450,9 +450,10 @@ fn read_parents(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64)
 }
 
 /// A batch of thousands of records per table (more than any store writes in one statement),
-/// details under masters of the same batch, then an update of a detail and a delete of a
-/// master added in it: every record lands once, under its master, with distinct ids; the
-/// whole batch retried changes nothing and gives the same mappings.
+/// details under masters of the same batch, then right after them a delete of a master whose
+/// only detail is the last one added, and an update of a detail right after its add: every
+/// record lands once, under its master, with distinct ids, the cascade takes the detail, the
+/// update wins; the whole batch retried changes nothing and gives the same mappings.
 pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
     const N: u32 = 2_500;
     let dev = store.add_device("north", &[12; 32], 1).unwrap();
@@ -481,16 +482,8 @@ pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
             body: contact(&format!("ct{j}")),
         });
     }
-    batch.push(OwnedChange {
-        table: TableId(1),
-        op: Op::Update,
-        key: local(N),
-        parent: None,
-        modified_at: at(999_001),
-        body: contact("renamed"),
-    });
-    // Company 8: the master of the contacts j with j * 7 % N == 7, contact 1 among them.
-    let gone = 8;
+    // Company 1: the master of contact N only (j * 7 % N == 0).
+    let gone = master(N);
     batch.push(OwnedChange {
         table: TableId(0),
         op: Op::Delete,
@@ -498,6 +491,22 @@ pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
         parent: None,
         modified_at: at(999_001),
         body: Vec::new(),
+    });
+    batch.push(OwnedChange {
+        table: TableId(1),
+        op: Op::Add,
+        key: local(N + 1),
+        parent: Some(local(2)),
+        modified_at: at(999_000),
+        body: contact("added"),
+    });
+    batch.push(OwnedChange {
+        table: TableId(1),
+        op: Op::Update,
+        key: local(N + 1),
+        parent: None,
+        modified_at: at(999_001),
+        body: contact("renamed"),
     });
     let sync = |changes: &[OwnedChange]| {
         let mut source = changes
@@ -509,7 +518,7 @@ pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
     };
     let out = sync(&batch);
     assert!(out.rejected.is_empty(), "{:?}", out.rejected.first());
-    assert_eq!(out.mappings.len(), 2 * N as usize);
+    assert_eq!(out.mappings.len(), 2 * N as usize + 1);
     let mut server = std::collections::HashMap::new();
     for m in &out.mappings {
         assert!(
@@ -520,11 +529,11 @@ pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
     let mut ids: Vec<(u8, u64)> = server.iter().map(|(k, v)| (k.0, *v)).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 2 * N as usize, "a server id given twice");
+    assert_eq!(ids.len(), 2 * N as usize + 1, "a server id given twice");
     let dropped: Vec<u32> = (1..=N).filter(|&j| master(j) == gone).collect();
-    assert!(!dropped.is_empty());
+    assert_eq!(dropped, [N]);
     let rows = read_parents(store);
-    assert_eq!(rows.len(), 2 * N as usize - 1 - dropped.len());
+    assert_eq!(rows.len(), 2 * N as usize - 1);
     for j in 1..=N {
         let got = rows.get(&(1, server[&(1, j)]));
         if dropped.contains(&j) {
@@ -535,8 +544,9 @@ pub(crate) fn batches_past_any_statement_size(store: &dyn ServerStore) {
     }
     assert!(!rows.contains_key(&(0, server[&(0, gone)])));
     let bodies = read_all(store);
-    assert_eq!(bodies[&(1, server[&(1, N)])], contact("renamed"));
-    assert_eq!(bodies[&(1, server[&(1, 2)])], contact("ct2"));
+    assert_eq!(bodies[&(1, server[&(1, N + 1)])], contact("renamed"));
+    assert_eq!(rows[&(1, server[&(1, N + 1)])], Some(server[&(0, 2)]));
+    assert_eq!(bodies[&(1, server[&(1, 1)])], contact("ct1"));
     // The whole batch again (a lost reply): the same mappings, nothing written.
     let again = sync(&batch);
     assert_eq!(again.applied, 0);
