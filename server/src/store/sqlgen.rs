@@ -306,9 +306,13 @@ pub(crate) fn insert_unnest(schema: &Schema<'static>, ti: usize, first: usize) -
         .enumerate()
         .map(|(i, ty)| format!("{}::{ty}[]", (d.param)(first + 1 + i)))
         .collect();
+    // Built as a list: a table may have no fields nor parent.
+    let cols: Vec<String> = std::iter::once("id".to_string())
+        .chain(cols)
+        .chain(["_seq", "_wall", "_counter", "_device", "_scope"].map(String::from))
+        .collect();
     format!(
-        "INSERT INTO {} (id, {}, _seq, _wall, _counter, _device, _scope) \
-         SELECT u.*, {}::TEXT FROM unnest({}) AS u",
+        "INSERT INTO {} ({}) SELECT u.*, {}::TEXT FROM unnest({}) AS u",
         q(t.name),
         cols.join(", "),
         (d.param)(first),
