@@ -141,6 +141,11 @@ pub enum SchemaError {
         /// The offending table.
         table: TableId,
     },
+    /// A table without fields: its records would carry no data.
+    NoFields {
+        /// The offending table.
+        table: TableId,
+    },
 }
 
 impl fmt::Display for SchemaError {
@@ -164,6 +169,9 @@ impl fmt::Display for SchemaError {
             ),
             SchemaError::Name { table } => {
                 write!(f, "{table}: empty or duplicate table or field name")
+            }
+            SchemaError::NoFields { table } => {
+                write!(f, "{table}: a table needs at least one field")
             }
         }
     }
@@ -228,6 +236,9 @@ impl<'a> Schema<'a> {
                 }
                 (None, None) => {}
                 _ => return Err(SchemaError::ParentField { table: id }),
+            }
+            if t.fields.is_empty() {
+                return Err(SchemaError::NoFields { table: id });
             }
             if let Some(sf) = t.scope_field {
                 let ok = t.parent.is_none()
@@ -418,5 +429,11 @@ mod tests {
             Err(SchemaError::ScopeField { table: TableId(0) })
         );
         assert_eq!(Schema::try_new(&[]), Err(SchemaError::Empty));
+        tables = [EXAMPLE.tables[0], EXAMPLE.tables[1]];
+        tables[1].fields = &[];
+        assert_eq!(
+            Schema::try_new(&tables),
+            Err(SchemaError::NoFields { table: TableId(1) })
+        );
     }
 }

@@ -264,10 +264,10 @@ mod tests {
             name = "b"
             parent = "a"
             parent_field = "a_id"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
             [[table]]
             name = "a"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
         "#;
         assert!(LoadedSchema::parse(order)
             .unwrap_err()
@@ -282,6 +282,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown type"));
+        // A table without fields (its records would carry no data; its SQL had no columns to
+        // list), refused with the table it is.
+        let no_fields = r#"
+            [[table]]
+            name = "a"
+            fields = [ { name = "x", type = "text" } ]
+            [[table]]
+            name = "b"
+            fields = []
+        "#;
+        let err = LoadedSchema::parse(no_fields).unwrap_err().to_string();
+        assert!(err.contains("at least one field"), "{err}");
         let unknown_key = r#"
             [[table]]
             name = "a"
@@ -301,24 +313,24 @@ mod tests {
         let internal = r#"
             [[table]]
             name = "SQLite_stat"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
         "#;
         assert!(LoadedSchema::parse(internal).is_err());
         let like_index = r#"
             [[table]]
             name = "a"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
             [[table]]
             name = "a__scope_seq"
             parent = "a"
             parent_field = "scope_seq"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
             [[table]]
             name = "b_fk"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
             [[table]]
             name = "b"
-            fields = []
+            fields = [ { name = "x", type = "text" } ]
         "#;
         let schema = LoadedSchema::parse(like_index).unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -246,7 +246,11 @@ fn errors_are_one_line() {
 
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("schema.toml");
-    std::fs::write(&schema, "[[table]]\nname = \"_bad\"\nfields = []\n").unwrap();
+    std::fs::write(
+        &schema,
+        "[[table]]\nname = \"_bad\"\nfields = [ { name = \"x\", type = \"text\" } ]\n",
+    )
+    .unwrap();
     let db = dir.path().join("s.db");
     let o = ferrysync(&[
         "serve",
