@@ -917,6 +917,18 @@ mod tests {
     }
 
     #[test]
+    fn batches_past_any_statement_size() {
+        let (_dir, store) = fresh();
+        crate::store::testkit::batches_past_any_statement_size(&store);
+    }
+
+    #[test]
+    fn a_cut_batch_leaves_nothing() {
+        let (_dir, store) = fresh();
+        crate::store::testkit::a_cut_batch_leaves_nothing(&store);
+    }
+
+    #[test]
     fn sync_reply_leaves_out_what_the_sync_wrote() {
         let (_dir, store) = fresh();
         crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);

@@ -600,28 +600,3 @@ pub(crate) fn a_cut_batch_leaves_nothing(store: &dyn ServerStore) {
     );
     assert_eq!(read_all(store).len(), 2 * N as usize);
 }
-
-/// The checks above that `sqlite.rs`'s tests do not run yet, on a [`super::SqliteStore`]
-/// (`postgres.rs`'s tests run them on PostgreSQL).
-mod on_sqlite {
-    use crate::store::SqliteStore;
-    use crate::LoadedSchema;
-
-    fn fresh() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), LoadedSchema::example()).unwrap();
-        (dir, store)
-    }
-
-    #[test]
-    fn batches_past_any_statement_size() {
-        let (_dir, store) = fresh();
-        super::batches_past_any_statement_size(&store);
-    }
-
-    #[test]
-    fn a_cut_batch_leaves_nothing() {
-        let (_dir, store) = fresh();
-        super::a_cut_batch_leaves_nothing(&store);
-    }
-}
