@@ -213,9 +213,10 @@ fn value_of(ty: FieldType, optional: bool) -> BoxedStrategy<Owned> {
     }
 }
 
-/// A table of 0..=10 random fields and one value per field.
+/// A table of 1..=10 random fields (a schema refuses a table without any) and one value per
+/// field.
 fn table_and_values() -> impl Strategy<Value = (Vec<(FieldType, bool)>, Vec<Owned>)> {
-    proptest::collection::vec((field_type(), any::<bool>()), 0..=NAMES.len()).prop_flat_map(
+    proptest::collection::vec((field_type(), any::<bool>()), 1..=NAMES.len()).prop_flat_map(
         |fields| {
             let values: Vec<_> = fields.iter().map(|&(t, o)| value_of(t, o)).collect();
             (Just(fields), values)
