@@ -6,14 +6,21 @@
 //! - for every table, a body encoded from default values (false, 0, 0, 0.0, "", empty bytes;
 //!   and once more with null in every optional field) validates and decodes to those values;
 //! - the server can serve it: `SqliteStore::open` on an in-memory database succeeds (every
-//!   name the parser lets through is usable in the generated SQL).
+//!   name the parser lets through is usable in the generated SQL), and one sync that adds a
+//!   record to every table (default values, the scope field set to the device's scope, each
+//!   detail under its parent table's record) applies them all and a full reply reads every one
+//!   back (every statement the server generates for the schema runs).
 
 use crate::invariant;
 use crate::planted;
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::schema::{FieldType, TableDef};
-use ferrysync_server::{LoadedSchema, SqliteStore};
+use ferrysync_core::wire::{Mode, Op};
+use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
+use ferrysync_server::store::{Incoming, OwnedChange, ReplyItem, ReplyPlan, SyncParams};
+use ferrysync_server::{LoadedSchema, ServerStore, SqliteStore};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn default_value(ty: FieldType) -> Value<'static> {
     match ty {
@@ -103,10 +110,96 @@ pub fn run(input: &[u8]) {
         roundtrip(t, false);
         roundtrip(t, true);
     }
-    if let Err(e) = SqliteStore::open(Path::new(":memory:"), loaded) {
-        invariant!(
-            false,
-            "the server cannot open a store for an accepted schema: {e}\n{text}"
-        );
+    // One in-memory database shared by the store's connections (its writer and its readers),
+    // a new one per input: a plain ":memory:" would give each connection its own.
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let db = format!(
+        "file:fuzz-schema-{}?mode=memory&cache=shared",
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+    let store = match SqliteStore::open(Path::new(&db), loaded) {
+        Ok(store) => store,
+        Err(e) => {
+            invariant!(
+                false,
+                "the server cannot open a store for an accepted schema: {e}\n{text}"
+            );
+            return;
+        }
+    };
+    stores_a_record_per_table(&store, s.tables, text);
+}
+
+/// One sync adding a default record to every table of `tables` (the scope field set to the
+/// device's scope, each detail under its parent table's record) applies them all, and a full
+/// reply reads every one back.
+fn stores_a_record_per_table(store: &SqliteStore, tables: &[TableDef<'_>], text: &str) {
+    const SCOPE: &str = "fuzz";
+    let device = match ferrysync_server::auth::add_device(store, SCOPE) {
+        Ok((device, _token)) => device,
+        Err(e) => {
+            invariant!(false, "no device for an accepted schema: {e}\n{text}");
+            return;
+        }
+    };
+    let now_ms = 1_000_000;
+    let mut changes = Vec::with_capacity(tables.len() + 1);
+    for (i, t) in tables.iter().enumerate() {
+        let values: Vec<Value<'_>> = (t.fields.iter())
+            .map(|f| {
+                if Some(f.name) == t.scope_field {
+                    Value::Text(SCOPE)
+                } else {
+                    default_value(f.ty)
+                }
+            })
+            .collect();
+        let mut buf = vec![0u8; 16 + SCOPE.len() + 10 * t.fields.len()];
+        let body = match body::encode(t, &values, &mut buf) {
+            Ok(b) => b.to_vec(),
+            Err(e) => panic!("invariant broken: body of {} does not encode: {e}", t.name),
+        };
+        // Local ids count from 1, one record per table; parents are listed first.
+        let local = |table: usize| RecordRef::Local(LocalId(table as u32 + 1));
+        changes.push(Incoming::Change(OwnedChange {
+            table: TableId(i as u8),
+            op: Op::Add,
+            key: local(i),
+            parent: t.parent.map(|p| local(usize::from(p.0))),
+            modified_at: Hlc::new(now_ms, 0, device.id),
+            body,
+        }));
     }
+    changes.push(Incoming::Commit);
+    let params = SyncParams {
+        now_ms,
+        max_skew_ms: 1_000,
+        tombstone_retention_ms: 10_000,
+    };
+    let out = store.sync(&device, params, &mut changes.into_iter());
+    match out {
+        Ok(out) => invariant!(
+            out.applied as usize == tables.len() && out.rejected.is_empty(),
+            "a record per table: {} applied, rejected {:?}\n{text}",
+            out.applied,
+            out.rejected
+        ),
+        Err(e) => invariant!(false, "a record per table failed: {e}\n{text}"),
+    }
+    let plan = ReplyPlan {
+        scope: SCOPE,
+        mode: Mode::Full,
+        cursor: None,
+        extra: &[],
+    };
+    let mut upserts = 0;
+    let read = store.read_reply(&plan, &mut |item| {
+        upserts += usize::from(matches!(item, ReplyItem::Upsert(_)));
+        Ok(())
+    });
+    invariant!(
+        read.is_ok() && upserts == tables.len(),
+        "a full reply read {upserts} of {} records: {read:?}\n{text}",
+        tables.len()
+    );
 }
