@@ -319,66 +319,130 @@ fn summary() {
 
 /// A 1 % delta push on a store that holds the first push: every contact `j` with
 /// `j % 100 == 0` renamed by the device that added it, as updates keyed by server id. Times
-/// the reconcile (with its commit) and the reply read apart, per run.
+/// the reconcile (with its commit) and the reply read apart, per run. With
+/// `FERRYSYNC_TEST_POSTGRES` set, the same rounds run on a [`PostgresStore`] too, in turns
+/// with SQLite's (each side first in its turn), and its medians and ratio are printed below.
 fn delta(n: u32, m: u32, loops: usize) {
     let (_dir, store, device) = fresh_store();
-    let wall = ferrysync_server::now_ms();
-    let first = changes(n, m, device.id, wall);
-    let mut source = first
-        .into_iter()
-        .map(Incoming::Change)
-        .chain(std::iter::once(Incoming::Commit));
-    let out = store.sync(&device, params(), &mut source).unwrap();
-    let server_of = |t: TableId, local: u32| {
-        out.mappings
-            .iter()
-            .find(|x| x.table == t && x.local.0 == local)
-            .map(|x| x.server)
-            .unwrap()
-    };
-    let renamed: Vec<(ServerId, ServerId, u32)> = (0..m)
-        .step_by(100)
-        .map(|j| {
-            let c = server_of(CONTACT, j + 1);
-            let p = server_of(COMPANY, company_of(j, n) + 1);
-            (c, p, j)
-        })
-        .collect();
-    let mut cursor = out.written.upto;
-    // A second device pulls each round's changes through `direct::sync` (decode, an empty
-    // sync, the reply read and encoded): the server's part of a 1 % delta pull.
-    let puller = ferrysync_server::auth::add_device(&store, "bench")
-        .unwrap()
-        .0;
-    let pull_request = |cursor: Option<u64>| {
-        let mut enc = ferrysync_core::frame::FrameEncoder::<MAX_FRAME>::new();
-        let hello = Request::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            schema_hash: LoadedSchema::example().hash(),
-            batch_id: 1,
-            cursor,
-            mode: Mode::Delta,
-        });
-        let mut out = enc.encode(&hello).unwrap().to_vec();
-        out.extend_from_slice(enc.encode(&Request::End(End { count: 0 })).unwrap());
-        out
-    };
-    let first_pull = direct::sync(
-        &store,
-        LoadedSchema::example().hash(),
-        &puller,
-        params(),
-        &pull_request(None),
-    )
-    .unwrap();
-    let mut pull_cursor = count_reply(&first_pull)
-        .cursor
-        .expect("the reply ends with Done");
-    let mut pulled = Vec::new();
-    let (mut applied, mut replied) = (Vec::new(), Vec::new());
+    let mut sqlite = DeltaSide::new(&store, &device, n, m);
+    let pg = PgSide::new();
+    let mut pg_side = pg
+        .as_ref()
+        .map(|pg| DeltaSide::new(&pg.store, &pg.device, n, m));
     for round in 0..loops {
-        let at = Hlc::new(wall + 1 + round as u64, 0, device.id);
-        let mut source = renamed
+        if round % 2 == 0 || pg_side.is_none() {
+            sqlite.round(round);
+            pg_side.iter_mut().for_each(|s| s.round(round));
+        } else {
+            pg_side.iter_mut().for_each(|s| s.round(round));
+            sqlite.round(round);
+        }
+    }
+    let lite = sqlite.report("delta", loops);
+    if let Some(side) = pg_side {
+        let p = side.report("postgres delta", loops);
+        println!(
+            "postgres/sqlite, reconcile + commit medians: {:.2}x",
+            p.as_secs_f64() / lite.as_secs_f64()
+        );
+    }
+}
+
+/// One store's side of [`delta`]: its renamed contacts, the pushing device's cursor, and a
+/// second device that pulls each round's changes.
+struct DeltaSide<'s> {
+    store: &'s dyn ServerStore,
+    device: &'s Device,
+    n: u32,
+    m: u32,
+    wall: u64,
+    renamed: Vec<(ServerId, ServerId, u32)>,
+    cursor: u64,
+    puller: Device,
+    pull_cursor: u64,
+    applied: Vec<Duration>,
+    replied: Vec<Duration>,
+    pulled: Vec<Duration>,
+}
+
+/// A delta pull request (no changes) from `cursor`.
+fn pull_request(cursor: Option<u64>) -> Vec<u8> {
+    let mut enc = ferrysync_core::frame::FrameEncoder::<MAX_FRAME>::new();
+    let hello = Request::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        schema_hash: LoadedSchema::example().hash(),
+        batch_id: 1,
+        cursor,
+        mode: Mode::Delta,
+    });
+    let mut out = enc.encode(&hello).unwrap().to_vec();
+    out.extend_from_slice(enc.encode(&Request::End(End { count: 0 })).unwrap());
+    out
+}
+
+impl<'s> DeltaSide<'s> {
+    /// Pushes the workload into `store` (untimed) and pulls it once on a second device.
+    fn new(store: &'s dyn ServerStore, device: &'s Device, n: u32, m: u32) -> Self {
+        let wall = ferrysync_server::now_ms();
+        let first = changes(n, m, device.id, wall);
+        let mut source = first
+            .into_iter()
+            .map(Incoming::Change)
+            .chain(std::iter::once(Incoming::Commit));
+        let out = store.sync(device, params(), &mut source).unwrap();
+        let server_of = |t: TableId, local: u32| {
+            out.mappings
+                .iter()
+                .find(|x| x.table == t && x.local.0 == local)
+                .map(|x| x.server)
+                .unwrap()
+        };
+        let renamed: Vec<(ServerId, ServerId, u32)> = (0..m)
+            .step_by(100)
+            .map(|j| {
+                let c = server_of(CONTACT, j + 1);
+                let p = server_of(COMPANY, company_of(j, n) + 1);
+                (c, p, j)
+            })
+            .collect();
+        // A second device pulls each round's changes through `direct::sync` (decode, an empty
+        // sync, the reply read and encoded): the server's part of a 1 % delta pull.
+        let puller = ferrysync_server::auth::add_device(store, "bench")
+            .unwrap()
+            .0;
+        let first_pull = direct::sync(
+            store,
+            LoadedSchema::example().hash(),
+            &puller,
+            params(),
+            &pull_request(None),
+        )
+        .unwrap();
+        let pull_cursor = count_reply(&first_pull)
+            .cursor
+            .expect("the reply ends with Done");
+        DeltaSide {
+            store,
+            device,
+            n,
+            m,
+            wall,
+            renamed,
+            cursor: out.written.upto,
+            puller,
+            pull_cursor,
+            applied: Vec::new(),
+            replied: Vec::new(),
+            pulled: Vec::new(),
+        }
+    }
+
+    /// One timed push of the renames, its reply read, and another device's pull of them.
+    fn round(&mut self, round: usize) {
+        let (store, device, n) = (self.store, self.device, self.n);
+        let at = Hlc::new(self.wall + 1 + round as u64, 0, device.id);
+        let mut source = self
+            .renamed
             .iter()
             .map(|&(c, p, j)| {
                 let [mut name, email, phone] = contact(j, n);
@@ -395,66 +459,74 @@ fn delta(n: u32, m: u32, loops: usize) {
             .chain(std::iter::once(Incoming::Commit));
         settle();
         let started = Instant::now();
-        let out = store.sync(&device, params(), &mut source).unwrap();
+        let out = store.sync(device, params(), &mut source).unwrap();
         let synced = started.elapsed();
-        assert_eq!(out.applied as usize, renamed.len());
+        assert_eq!(out.applied as usize, self.renamed.len());
         let plan = ReplyPlan {
             scope: &device.scope,
             mode: Mode::Delta,
-            cursor: Some(cursor),
+            cursor: Some(self.cursor),
             extra: &out.losers,
         };
         let mut items = 0;
         let started = Instant::now();
-        cursor = store
+        self.cursor = store
             .read_sync_reply(&plan, out.written, &mut |_| {
                 items += 1;
                 Ok(())
             })
             .unwrap();
-        replied.push(started.elapsed());
-        applied.push(synced);
+        self.replied.push(started.elapsed());
+        self.applied.push(synced);
         assert_eq!(items, 0, "the sync's own rows are not sent back");
 
-        let request = pull_request(Some(pull_cursor));
+        let request = pull_request(Some(self.pull_cursor));
         settle();
         let reply = measured_pull(|| {
             direct::sync(
-                &store,
+                store,
                 LoadedSchema::example().hash(),
-                &puller,
+                &self.puller,
                 params(),
                 &request,
             )
             .unwrap()
         });
-        pulled.push(reply.0);
+        self.pulled.push(reply.0);
         let count = count_reply(&reply.1);
         assert_eq!(
             count.upserts,
-            renamed.len() as u64,
+            self.renamed.len() as u64,
             "the pull has every rename"
         );
-        pull_cursor = count.cursor.expect("the reply ends with Done");
+        self.pull_cursor = count.cursor.expect("the reply ends with Done");
     }
-    let mut sorted = applied.clone();
-    sorted.sort();
-    let worst = sorted.last().copied().unwrap_or_default();
-    let p90 = sorted
-        .get(sorted.len() * 9 / 10)
-        .copied()
-        .unwrap_or_default();
-    println!(
-        "delta {n}+{m}: {} updates, {loops} runs; medians: reconcile + commit {:.3} ms \
-         (p90 {:.3} ms, worst {:.3} ms), reply read {:.3} ms; another device's pull of them \
-         through direct::sync {:.3} ms",
-        renamed.len(),
-        ms(median(applied)),
-        ms(p90),
-        ms(worst),
-        ms(median(replied)),
-        ms(median(pulled)),
-    );
+
+    /// Prints the medians under `label`; returns the reconcile + commit median.
+    fn report(self, label: &str, loops: usize) -> Duration {
+        let mut sorted = self.applied.clone();
+        sorted.sort();
+        let worst = sorted.last().copied().unwrap_or_default();
+        let p90 = sorted
+            .get(sorted.len() * 9 / 10)
+            .copied()
+            .unwrap_or_default();
+        let applied = median(self.applied);
+        println!(
+            "{label} {}+{}: {} updates, {loops} runs; medians: reconcile + commit {:.3} ms \
+             (p90 {:.3} ms, worst {:.3} ms), reply read {:.3} ms; another device's pull of them \
+             through direct::sync {:.3} ms",
+            self.n,
+            self.m,
+            self.renamed.len(),
+            ms(applied),
+            ms(p90),
+            ms(worst),
+            ms(median(self.replied)),
+            ms(median(self.pulled)),
+        );
+        applied
+    }
 }
 
 /// Times `run`: a pull of [`delta`], apart so a profiler can collect inside it only
