@@ -161,6 +161,17 @@ pub(crate) trait SyncTx {
     fn finish(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// How many changes [`run_sync`] reads from its source before it applies them, and
+    /// shows to [`SyncTx::prefetch`] first; at most 1 (the default) applies each change as it
+    /// comes.
+    const READ_AHEAD: usize = 1;
+    /// Called with the next changes before any of them is applied (only when
+    /// [`SyncTx::READ_AHEAD`] is above 1): a store may read ahead what applying them will ask
+    /// ([`SyncTx::row_meta`]), as long as every answer it gives stays what it would read when
+    /// asked (each of this trait's writes comes in between).
+    fn prefetch(&mut self, _changes: &[OwnedChange]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The bounds of stored local ids read as `min(local), max(local)`: `None` when there are
@@ -235,11 +246,45 @@ pub(crate) fn run_sync<T: SyncTx>(
         metas: Memo::default(),
         bounds: vec![Bounds::Unread; schema.tables.len()],
     };
-    loop {
-        match changes.next() {
-            Some(Incoming::Change(c)) => apply.change(c)?,
-            Some(Incoming::Commit) => break,
-            None => return Err(StoreError::Aborted),
+    if T::READ_AHEAD <= 1 {
+        loop {
+            match changes.next() {
+                Some(Incoming::Change(c)) => apply.change(c)?,
+                Some(Incoming::Commit) => break,
+                None => return Err(StoreError::Aborted),
+            }
+        }
+    } else {
+        // Up to `READ_AHEAD` changes, shown to the store, then applied in order; the commit
+        // waits for the source's end in any case.
+        let mut window = Vec::with_capacity(T::READ_AHEAD);
+        loop {
+            let mut end = None;
+            while window.len() < T::READ_AHEAD {
+                match changes.next() {
+                    Some(Incoming::Change(c)) => window.push(c),
+                    Some(Incoming::Commit) => {
+                        end = Some(true);
+                        break;
+                    }
+                    None => {
+                        end = Some(false);
+                        break;
+                    }
+                }
+            }
+            if end == Some(false) {
+                return Err(StoreError::Aborted);
+            }
+            if !window.is_empty() {
+                apply.tx.prefetch(&window)?;
+            }
+            for c in window.drain(..) {
+                apply.change(c)?;
+            }
+            if end == Some(true) {
+                break;
+            }
         }
     }
     let (seq, mut out) = (apply.seq, apply.out);

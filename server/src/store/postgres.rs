@@ -35,6 +35,12 @@
 //! is held, so the sync's reads see its own writes, and its last step writes the rest before
 //! the commit. A first push of 1,000 + 10,000 records is a few dozen round trips, not 11,000.
 //!
+//! **Changes are read ahead.** A sync reads up to [`READ_AHEAD`] changes from its source
+//! before applying them, and first reads, one query per table, the stored clock, scope and
+//! parent of every record they update or delete by server id (and of the masters their adds
+//! name by server id); last-write-wins and the scope checks then take them from there
+//! instead of one round trip per change, and the sync's own writes keep them current.
+//!
 //! Connections: a pool of at most [`POOL_MAX`] synchronous `postgres` clients, each with its
 //! own prepared statements; a broken connection is dropped, not reused. Plain TCP (no TLS):
 //! run the database on a trusted network. Like every store method, these block: call them
@@ -47,13 +53,15 @@ use super::engine::{
 use super::lock;
 use super::sqlgen::{self, TableSql, POSTGRES};
 use super::{
-    ChangeSource, Device, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome, SyncParams,
-    Written,
+    ChangeSource, Device, OwnedChange, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncOutcome,
+    SyncParams, Written,
 };
 use crate::schema_file::LoadedSchema;
 use bytes::BytesMut;
 use ferrysync_core::body::Value;
 use ferrysync_core::schema::{FieldType, TableDef};
+use ferrysync_core::wire::Op;
+use ferrysync_core::RecordRef;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
 use std::collections::HashMap;
@@ -78,6 +86,9 @@ const HOLD_ROWS: usize = 1024;
 const IDS_FIRST: usize = 16;
 /// Largest block of reserved ids.
 const IDS_MAX: usize = 4096;
+/// Changes a sync reads before applying them, so that one query per table reads the metas
+/// of the records they update or delete ([`SyncTx::prefetch`]).
+const READ_AHEAD: usize = 256;
 
 const SYSTEM_DDL: &str = "
 CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
@@ -175,6 +186,8 @@ struct BatchSql {
     /// in one statement: `$1` the device, `$2` the table name, `$3` the local ids (an array,
     /// in the order of the records' ids, `$5`).
     insert: String,
+    /// The metas of the records whose ids are in the array `$1` ([`sqlgen::meta_any`]).
+    metas: String,
 }
 
 impl BatchSql {
@@ -207,6 +220,7 @@ impl BatchSql {
                  AS m (l, s)",
                 sqlgen::insert_unnest(schema, ti, 4)
             ),
+            metas: sqlgen::meta_any(schema, ti),
         }
     }
 }
@@ -412,6 +426,7 @@ impl PostgresStore {
                 sql: &self.sql,
                 batch: &self.batch,
                 held,
+                ahead: HashMap::new(),
             };
             let r = f(&mut ops)?;
             tx.commit()?;
@@ -596,6 +611,10 @@ struct PgTx<'a, 'c> {
     batch: &'a [BatchSql],
     /// Per schema table.
     held: Vec<Held>,
+    /// `(table, id) → meta` (`None`: no such row) of the records the changes read ahead
+    /// update, delete or add details under ([`SyncTx::prefetch`]), kept as the sync's writes
+    /// change them; [`SyncTx::row_meta`] answers from it.
+    ahead: HashMap<(usize, i64), Option<RowMeta>>,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -675,6 +694,8 @@ impl PgTx<'_, '_> {
         params.extend([&device as &(dyn ToSql + Sync), &table, &local, &k]);
         let r = self.tx.query_one(&st, &params)?;
         let id = r.try_get(0)?;
+        // A change read ahead may have named this id before it existed.
+        self.ahead.remove(&(ti, id));
         self.keep_ids(ti, r.try_get(1)?);
         self.held[ti].started = true;
         Ok(id)
@@ -779,6 +800,8 @@ impl SyncTx for PgTx<'_, '_> {
             self.flush()?;
         }
         let id = self.next_id(ti)?;
+        // A change read ahead may have named this id before it existed.
+        self.ahead.remove(&(ti, id));
         let t = &self.schema.ok_or(StoreError::NoSchema)?.schema().tables[ti];
         let h = &mut self.held[ti];
         if h.rows() == 0 {
@@ -821,10 +844,20 @@ impl SyncTx for PgTx<'_, '_> {
         self.flush()?;
         let st = self.stmt(self.sql[ti].update_sql(keep_parent))?;
         self.tx.execute(&st, &args_of(args))?;
+        // The record's id is the last argument; its meta is read again if asked.
+        match args.last() {
+            Some(Arg::I(id)) => {
+                self.ahead.remove(&(ti, *id));
+            }
+            _ => self.ahead.clear(),
+        }
         Ok(())
     }
 
     fn row_meta(&mut self, ti: usize, id: i64) -> Result<Option<RowMeta>, StoreError> {
+        if let Some(m) = self.ahead.get(&(ti, id)) {
+            return Ok(m.clone());
+        }
         self.flush()?;
         let st = self.stmt(&self.sql[ti].meta)?;
         match self.tx.query_opt(&st, &[&id])? {
@@ -862,6 +895,9 @@ impl SyncTx for PgTx<'_, '_> {
         self.flush()?;
         let st = self.stmt(&self.sql[ti].delete)?;
         self.tx.execute(&st, &[&id])?;
+        if self.ahead.contains_key(&(ti, id)) {
+            self.ahead.insert((ti, id), None);
+        }
         Ok(())
     }
 
@@ -884,6 +920,62 @@ impl SyncTx for PgTx<'_, '_> {
 
     fn finish(&mut self) -> Result<(), StoreError> {
         self.flush()
+    }
+
+    const READ_AHEAD: usize = READ_AHEAD;
+
+    /// Reads, one query per table, the metas of the records the changes update or delete by
+    /// server id and of the parents their adds name by server id (what applying them asks
+    /// first), instead of one round trip each.
+    fn prefetch(&mut self, changes: &[OwnedChange]) -> Result<(), StoreError> {
+        self.ahead.clear();
+        let tables = self.schema.ok_or(StoreError::NoSchema)?.schema().tables;
+        let mut ids: Vec<Vec<i64>> = vec![Vec::new(); tables.len()];
+        let server = |r: Option<RecordRef>| match r {
+            Some(RecordRef::Server(s)) => i64::try_from(s.0).ok(),
+            _ => None,
+        };
+        for c in changes {
+            let ti = c.table.0 as usize;
+            let Some(t) = tables.get(ti) else { continue };
+            match c.op {
+                Op::Update | Op::Delete => ids[ti].extend(server(Some(c.key))),
+                // An update's parent is looked up only when it moves (rarely): not read.
+                Op::Add => {
+                    if let (Some(pt), Some(id)) = (t.parent, server(c.parent)) {
+                        if let Some(v) = ids.get_mut(pt.0 as usize) {
+                            v.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        if ids.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
+        // Held rows are read like any other.
+        self.flush()?;
+        for (ti, mut ids) in ids.into_iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            let st = self.stmt(&self.batch[ti].metas)?;
+            let rows = self.tx.query(&st, &[&ids])?;
+            self.ahead.extend(ids.iter().map(|&id| ((ti, id), None)));
+            for r in &rows {
+                let meta = RowMeta::from_columns(
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                );
+                self.ahead.insert((ti, r.try_get(0)?), Some(meta));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1137,6 +1229,14 @@ mod tests {
         with_db(|url| {
             let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
             crate::store::testkit::updates_keep_or_move_the_parent(&store);
+        });
+    }
+
+    #[test]
+    fn batch_changes_see_the_batchs_own_writes() {
+        with_db(|url| {
+            let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
+            crate::store::testkit::batch_changes_see_the_batchs_own_writes(&store);
         });
     }
 

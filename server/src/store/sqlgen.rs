@@ -320,6 +320,22 @@ pub(crate) fn insert_unnest(schema: &Schema<'static>, ti: usize, first: usize) -
     )
 }
 
+/// PostgreSQL's read of the metas of any number of records of table `ti`: `id` then what
+/// `TableSql::meta` returns (`_scope, _wall, _counter, _device, fk-or-NULL`) of the rows whose
+/// id is in the array `$1`.
+pub(crate) fn meta_any(schema: &Schema<'static>, ti: usize) -> String {
+    let t = &schema.tables[ti];
+    let fk_or_null = t
+        .parent_field
+        .map(q)
+        .unwrap_or_else(|| POSTGRES.null_integer.into());
+    format!(
+        "SELECT id, _scope, _wall, _counter, _device, {fk_or_null} FROM {} \
+         WHERE id = ANY($1::BIGINT[])",
+        q(t.name)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

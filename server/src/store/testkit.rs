@@ -600,3 +600,129 @@ pub(crate) fn a_cut_batch_leaves_nothing(store: &dyn ServerStore) {
     );
     assert_eq!(read_all(store).len(), 2 * N as usize);
 }
+
+/// A batch whose changes depend on the batch's own earlier writes, across more changes than
+/// a store reads ahead at once: updates of records added earlier in it (through their local
+/// ids), three updates of one record (each sees the one before: the stale one loses), an
+/// update losing to the stored clock, updates of a record deleted earlier in it and of a
+/// detail its delete cascaded to, a second delete, an update of an id that cannot exist;
+/// then, past hundreds of adds, more of the same on records the first part wrote. Every
+/// reply part (applied, mappings, rejections in order, losers in order) and every stored row
+/// is what applying them one by one gives.
+pub(crate) fn batch_changes_see_the_batchs_own_writes(store: &dyn ServerStore) {
+    use ferrysync_core::wire::RejectReason;
+    use ferrysync_core::ServerId;
+    const PAD: u32 = 300;
+    let dev = store.add_device("north", &[13; 32], 1).unwrap();
+    let change =
+        |t: u8, op: Op, key: RecordRef, parent: Option<RecordRef>, ms: u64, body| OwnedChange {
+            table: TableId(t),
+            op,
+            key,
+            parent,
+            modified_at: Hlc::new(ms, 0, dev.id),
+            body,
+        };
+    let local = |l: u32| RecordRef::Local(LocalId(l));
+    let run = |list: Vec<OwnedChange>| {
+        let mut source = list
+            .into_iter()
+            .map(Incoming::Change)
+            .chain(std::iter::once(Incoming::Commit));
+        store.sync(&dev, params(), &mut source).unwrap()
+    };
+    let out = run(vec![
+        change(0, Op::Add, local(1), None, 990_000, company("A")),
+        change(0, Op::Add, local(2), None, 990_000, company("B")),
+        change(0, Op::Add, local(3), None, 990_000, company("C")),
+        change(1, Op::Add, local(1), Some(local(1)), 990_000, contact("x")),
+        change(1, Op::Add, local(2), Some(local(2)), 990_000, contact("y")),
+        change(1, Op::Add, local(3), Some(local(3)), 990_000, contact("z")),
+    ]);
+    let sid = |t: u8, l: u32| {
+        let m = out
+            .mappings
+            .iter()
+            .find(|m| m.table.0 == t && m.local.0 == l);
+        m.unwrap().server
+    };
+    let (a, b, c) = (sid(0, 1), sid(0, 2), sid(0, 3));
+    let (x, y, z) = (sid(1, 1), sid(1, 2), sid(1, 3));
+    let srv = RecordRef::Server;
+    let never = ServerId(i64::MAX as u64);
+    let upd = |t: u8, key: RecordRef, ms: u64, body| change(t, Op::Update, key, None, ms, body);
+    let del = |t: u8, key: RecordRef| change(t, Op::Delete, key, None, 996_000, Vec::new());
+    let mut batch = vec![
+        upd(1, srv(x), 995_000, contact("x1")),
+        change(0, Op::Add, local(4), None, 995_000, company("D")),
+        change(1, Op::Add, local(4), Some(local(4)), 995_000, contact("w")),
+        upd(0, local(4), 995_100, company("D1")),
+        upd(1, local(4), 995_100, contact("w1")),
+        upd(1, srv(x), 995_001, contact("x2")),
+        // Older than the batch's own "x2": loses.
+        upd(1, srv(x), 994_000, contact("x-stale")),
+        // Older than the stored "y": loses.
+        upd(1, srv(y), 980_000, contact("y-stale")),
+        del(0, srv(c)),
+        upd(1, srv(z), 996_500, contact("z1")),
+        upd(0, srv(c), 996_500, company("C1")),
+        del(0, srv(c)),
+        upd(0, srv(never), 996_500, company("nobody")),
+    ];
+    batch.extend((100..100 + PAD).map(|l| {
+        let name = format!("p{l}");
+        change(0, Op::Add, local(l), None, 995_000, company(&name))
+    }));
+    batch.extend([
+        upd(1, srv(x), 995_002, contact("x3")),
+        upd(0, srv(a), 995_000, company("A1")),
+        upd(1, srv(z), 996_600, contact("z2")),
+        upd(0, local(150), 995_500, company("p150b")),
+        del(0, srv(a)),
+        upd(1, srv(x), 999_000, contact("x4")),
+    ]);
+    let out = run(batch);
+    assert_eq!(out.applied, 11 + u64::from(PAD));
+    let mapped: Vec<(u8, u32)> = out
+        .mappings
+        .iter()
+        .map(|m| (m.table.0, m.local.0))
+        .collect();
+    let mut want_mapped = vec![(0, 4), (1, 4)];
+    want_mapped.extend((100..100 + PAD).map(|l| (0, l)));
+    assert_eq!(mapped, want_mapped);
+    let rejected: Vec<(u8, RecordRef, RejectReason)> = out
+        .rejected
+        .iter()
+        .map(|r| (r.table.0, r.key, r.reason))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (1, srv(z), RejectReason::Deleted),
+            (0, srv(c), RejectReason::Deleted),
+            (0, srv(never), RejectReason::UnknownRecord),
+            (1, srv(z), RejectReason::Deleted),
+            (1, srv(x), RejectReason::Deleted),
+        ]
+    );
+    assert_eq!(out.losers, [(TableId(1), x), (TableId(1), y)]);
+    let d = out.mappings[0].server.0;
+    let w = out.mappings[1].server.0;
+    let mut want = std::collections::BTreeMap::new();
+    want.insert((0, b.0), company("B"));
+    want.insert((0, d), company("D1"));
+    want.insert((1, y.0), contact("y"));
+    want.insert((1, w), contact("w1"));
+    for m in &out.mappings[2..] {
+        let name = match m.local.0 {
+            150 => "p150b".to_string(),
+            l => format!("p{l}"),
+        };
+        want.insert((0, m.server.0), company(&name));
+    }
+    assert_eq!(read_all(store), want);
+    let parents = read_parents(store);
+    assert_eq!(parents[&(1, w)], Some(d));
+    assert_eq!(parents[&(1, y.0)], Some(b.0));
+}
