@@ -35,7 +35,7 @@
 //! is held, so the sync's reads see its own writes, and its last step writes the rest before
 //! the commit. A first push of 1,000 + 10,000 records is a few dozen round trips, not 11,000.
 //!
-//! **Changes are read ahead.** A sync reads up to [`READ_AHEAD`] changes from its source
+//! **Changes are read ahead.** A sync reads up to 256 changes (`READ_AHEAD`) from its source
 //! before applying them, and first reads, one query per table, the stored clock, scope and
 //! parent of every record they update or delete by server id (and of the masters their adds
 //! name by server id); last-write-wins and the scope checks then take them from there
