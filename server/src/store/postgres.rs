@@ -40,6 +40,9 @@
 //! parent of every record they update or delete by server id (and of the masters their adds
 //! name by server id); last-write-wins and the scope checks then take them from there
 //! instead of one round trip per change, and the sync's own writes keep them current.
+//! Updates of records that keep their parent (most) are held back like new records and
+//! written a table at a time, up to 1,024 in one statement (`UPDATE ... FROM unnest(...)`);
+//! a statement that reads or writes records first writes them, as for new records.
 //!
 //! Connections: a pool of at most [`POOL_MAX`] synchronous `postgres` clients, each with its
 //! own prepared statements; a broken connection is dropped, not reused. Plain TCP (no TLS):
@@ -188,6 +191,8 @@ struct BatchSql {
     insert: String,
     /// The metas of the records whose ids are in the array `$1` ([`sqlgen::meta_any`]).
     metas: String,
+    /// Any number of updates of records that keep their parent ([`sqlgen::update_unnest`]).
+    update: String,
 }
 
 impl BatchSql {
@@ -221,6 +226,7 @@ impl BatchSql {
                 sqlgen::insert_unnest(schema, ti, 4)
             ),
             metas: sqlgen::meta_any(schema, ti),
+            update: sqlgen::update_unnest(schema, ti),
         }
     }
 }
@@ -333,6 +339,34 @@ impl Held {
     }
 }
 
+/// Updates of one table held back by a sync (of records that keep their parent), column by
+/// column, as [`sqlgen::update_unnest`] binds them.
+#[derive(Debug)]
+struct HeldUpdates {
+    /// Distinct: a second update of a held record first writes the held ones.
+    ids: Vec<i64>,
+    /// One per field.
+    fields: Vec<Column>,
+    /// `_seq, _wall, _counter, _device`.
+    sync: [Vec<i64>; 4],
+}
+
+impl HeldUpdates {
+    fn new(t: &TableDef<'_>) -> HeldUpdates {
+        HeldUpdates {
+            ids: Vec::new(),
+            fields: t.fields.iter().map(|f| Column::of(f.ty)).collect(),
+            sync: Default::default(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.fields.iter_mut().for_each(|c| c.truncate(0));
+        self.sync.iter_mut().for_each(Vec::clear);
+    }
+}
+
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:pass@host:port/db`, or key=value
     /// pairs) for serving `schema`: creates the system tables and one table per schema table
@@ -415,10 +449,9 @@ impl PostgresStore {
                     .read_only(true)
                     .start()?,
             };
-            let held = match self.schema {
-                Some(ls) => ls.schema().tables.iter().map(Held::new).collect(),
-                None => Vec::new(),
-            };
+            let tables = self.schema.map_or(&[][..], |ls| ls.schema().tables);
+            let held = tables.iter().map(Held::new).collect();
+            let updates = tables.iter().map(HeldUpdates::new).collect();
             let mut ops = PgTx {
                 tx: &mut tx,
                 stmts,
@@ -426,6 +459,7 @@ impl PostgresStore {
                 sql: &self.sql,
                 batch: &self.batch,
                 held,
+                updates,
                 ahead: HashMap::new(),
             };
             let r = f(&mut ops)?;
@@ -611,6 +645,8 @@ struct PgTx<'a, 'c> {
     batch: &'a [BatchSql],
     /// Per schema table.
     held: Vec<Held>,
+    /// Per schema table: the updates held back.
+    updates: Vec<HeldUpdates>,
     /// `(table, id) → meta` (`None`: no such row) of the records the changes read ahead
     /// update, delete or add details under ([`SyncTx::prefetch`]), kept as the sync's writes
     /// change them; [`SyncTx::row_meta`] answers from it.
@@ -632,7 +668,7 @@ impl PgTx<'_, '_> {
 
     /// Writes every held record and its `_idmap` row: one statement per table, in schema
     /// order (parents first, so the foreign keys hold).
-    fn flush(&mut self) -> Result<(), StoreError> {
+    fn flush_new(&mut self) -> Result<(), StoreError> {
         for ti in 0..self.held.len() {
             if self.held[ti].rows() == 0 {
                 continue;
@@ -653,6 +689,72 @@ impl PgTx<'_, '_> {
             self.held[ti].clear();
         }
         Ok(())
+    }
+
+    /// Writes every held record and update ([`PgTx::flush_new`], then the updates a table at
+    /// a time).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        // After the new rows: a held update may be of one of them.
+        self.flush_new()?;
+        for ti in 0..self.updates.len() {
+            if self.updates[ti].ids.is_empty() {
+                continue;
+            }
+            let st = self.stmt(&self.batch[ti].update)?;
+            let u = &self.updates[ti];
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&u.ids];
+            params.extend(u.fields.iter().map(Column::param));
+            params.extend(u.sync.iter().map(|c| c as &(dyn ToSql + Sync)));
+            self.tx.execute(&st, &params)?;
+            self.updates[ti].clear();
+        }
+        Ok(())
+    }
+
+    /// Holds back an update of a record that keeps its parent (`args` as
+    /// [`SyncTx::update`] takes them); `false` when they are not of that shape (nothing held).
+    fn hold_update(&mut self, ti: usize, args: &[Arg<'_>]) -> Result<bool, StoreError> {
+        let t = &self.schema.ok_or(StoreError::NoSchema)?.schema().tables[ti];
+        let n = t.fields.len();
+        let (values, sync) = match args.split_at_checked(n) {
+            Some((values, sync)) if sync.len() == 5 => (values, sync),
+            _ => return Ok(false),
+        };
+        let mut ints = [0i64; 5];
+        for (k, a) in sync.iter().enumerate() {
+            match a {
+                Arg::I(i) => ints[k] = *i,
+                _ => return Ok(false),
+            }
+        }
+        let [seq, wall, counter, device, id] = ints;
+        if self.updates[ti].ids.contains(&id) {
+            // One statement updates a record once.
+            self.flush()?;
+        }
+        let u = &mut self.updates[ti];
+        for (k, ((col, a), f)) in u.fields.iter_mut().zip(values).zip(t.fields).enumerate() {
+            let ok = match a {
+                Arg::V(v) => col.push(v),
+                _ => false,
+            };
+            if !ok {
+                // Undo this update's cells (the held ones stay whole).
+                let rows = u.ids.len();
+                for c in &mut u.fields[..=k] {
+                    c.truncate(rows);
+                }
+                return Err(bad_column(t, f));
+            }
+        }
+        u.ids.push(id);
+        for (c, v) in u.sync.iter_mut().zip([seq, wall, counter, device]) {
+            c.push(v);
+        }
+        if u.ids.len() >= HOLD_ROWS {
+            self.flush()?;
+        }
+        Ok(true)
     }
 
     /// The next id for a new record of table `ti`, reserving a block from its sequence when
@@ -766,7 +868,8 @@ impl SyncTx for PgTx<'_, '_> {
     }
 
     fn idmap_bounds(&mut self, device: u32, table: &str) -> Result<Option<(u32, u32)>, StoreError> {
-        self.flush()?;
+        // Held updates do not touch `_idmap`: they stay held.
+        self.flush_new()?;
         // Two subqueries: each of min and max alone is one probe of the primary key.
         let st = self.stmt(
             "SELECT (SELECT min(local) FROM _idmap WHERE device = $1 AND tbl = $2),
@@ -783,7 +886,7 @@ impl SyncTx for PgTx<'_, '_> {
         table: &str,
         local: u32,
     ) -> Result<Option<i64>, StoreError> {
-        self.flush()?;
+        self.flush_new()?;
         self.opt_i64(
             "SELECT server FROM _idmap WHERE device = $1 AND tbl = $2 AND local = $3",
             &[&i64::from(device), &table, &i64::from(local)],
@@ -841,9 +944,13 @@ impl SyncTx for PgTx<'_, '_> {
     }
 
     fn update(&mut self, ti: usize, keep_parent: bool, args: &[Arg<'_>]) -> Result<(), StoreError> {
-        self.flush()?;
-        let st = self.stmt(self.sql[ti].update_sql(keep_parent))?;
-        self.tx.execute(&st, &args_of(args))?;
+        // Most updates keep their parent: held, and written a table at a time. One that moves
+        // its record writes at once (its new parent may be held).
+        if !(keep_parent && self.hold_update(ti, args)?) {
+            self.flush()?;
+            let st = self.stmt(self.sql[ti].update_sql(keep_parent))?;
+            self.tx.execute(&st, &args_of(args))?;
+        }
         // The record's id is the last argument; its meta is read again if asked.
         match args.last() {
             Some(Arg::I(id)) => {
@@ -873,7 +980,8 @@ impl SyncTx for PgTx<'_, '_> {
     }
 
     fn tombstone_scope(&mut self, table: &str, id: i64) -> Result<Option<String>, StoreError> {
-        self.flush()?;
+        // Held updates do not touch `_tombstone`: they stay held.
+        self.flush_new()?;
         let st = self.stmt("SELECT scope FROM _tombstone WHERE tbl = $1 AND id = $2")?;
         Ok(match self.tx.query_opt(&st, &[&table, &id])? {
             Some(r) => Some(r.try_get(0)?),
@@ -1328,6 +1436,69 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(rows, n as usize - 1);
+        });
+    }
+
+    /// An update PostgreSQL refuses (text with a NUL) among held ones: the sync fails when
+    /// they are written, and none of its updates stays.
+    #[test]
+    fn a_refused_held_update_rolls_the_sync_back() {
+        use crate::store::testkit::{company, params};
+        use crate::store::{Incoming, OwnedChange};
+        use ferrysync_core::wire::Op;
+        use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
+        with_db(|url| {
+            let store = PostgresStore::open(url, LoadedSchema::example()).unwrap();
+            let dev = store.add_device("north", &[4; 32], 1).unwrap();
+            let change = |op: Op, key: RecordRef, ms: u64, name: &str| {
+                Incoming::Change(OwnedChange {
+                    table: TableId(0),
+                    op,
+                    key,
+                    parent: None,
+                    modified_at: Hlc::new(ms, 0, dev.id),
+                    body: company(name),
+                })
+            };
+            let adds: Vec<Incoming> = (1..=3)
+                .map(|l| change(Op::Add, RecordRef::Local(LocalId(l)), 990_000, "co"))
+                .chain([Incoming::Commit])
+                .collect();
+            let out = store.sync(&dev, params(), &mut adds.into_iter()).unwrap();
+            let keys: Vec<RecordRef> = out
+                .mappings
+                .iter()
+                .map(|m| RecordRef::Server(m.server))
+                .collect();
+            let updates = vec![
+                change(Op::Update, keys[0], 995_000, "a"),
+                change(Op::Update, keys[1], 995_000, "bad\0name"),
+                change(Op::Update, keys[2], 995_000, "c"),
+                Incoming::Commit,
+            ];
+            let err = store
+                .sync(&dev, params(), &mut updates.into_iter())
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Postgres(_)), "{err:?}");
+            let names = store
+                .with_conn(|c| {
+                    let rows = c
+                        .client
+                        .query("SELECT name FROM company ORDER BY id", &[])?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| r.get::<_, String>(0))
+                        .collect::<Vec<_>>())
+                })
+                .unwrap();
+            assert_eq!(names, ["co", "co", "co"]);
+            let seq = store
+                .with_conn(|c| {
+                    let q = "SELECT value FROM _meta WHERE key = 'seq'";
+                    Ok(c.client.query_one(q, &[])?.get::<_, i64>(0))
+                })
+                .unwrap();
+            assert_eq!(seq, 3);
         });
     }
 

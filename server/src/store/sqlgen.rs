@@ -336,6 +336,51 @@ pub(crate) fn meta_any(schema: &Schema<'static>, ti: usize) -> String {
     )
 }
 
+/// PostgreSQL's update of any number of records of table `ti` that keep their parent, in one
+/// statement of one shape whatever the count (the form of `TableSql::update_fields`, the rows
+/// zipped by `unnest`): one array parameter per column, one element per record: `id` (`$1`),
+/// the fields, `_seq, _wall, _counter, _device`. The ids must be distinct (a row joined twice
+/// would take either).
+pub(crate) fn update_unnest(schema: &Schema<'static>, ti: usize) -> String {
+    let t = &schema.tables[ti];
+    let d = &POSTGRES;
+    let types = std::iter::once(d.integer)
+        .chain(t.fields.iter().map(|f| match f.ty {
+            FieldType::Text => "TEXT",
+            FieldType::I64 | FieldType::U64 => d.integer,
+            FieldType::Bool => d.boolean,
+            FieldType::F64 => d.real,
+            FieldType::Bytes => d.blob,
+        }))
+        .chain([d.integer; 4]);
+    let arrays: Vec<String> = types
+        .enumerate()
+        .map(|(i, ty)| format!("{}::{ty}[]", (d.param)(1 + i)))
+        .collect();
+    // `v`'s columns: `id`, `c0..` (the fields), then the four sync columns.
+    let names: Vec<String> = t
+        .fields
+        .iter()
+        .map(|f| q(f.name))
+        .chain(["_seq", "_wall", "_counter", "_device"].map(String::from))
+        .collect();
+    let sets: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = v.c{i}"))
+        .collect();
+    let aliases: Vec<String> = std::iter::once("id".to_string())
+        .chain((0..names.len()).map(|i| format!("c{i}")))
+        .collect();
+    format!(
+        "UPDATE {} AS t SET {} FROM unnest({}) AS v ({}) WHERE t.id = v.id",
+        q(t.name),
+        sets.join(", "),
+        arrays.join(", "),
+        aliases.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -606,7 +606,8 @@ pub(crate) fn a_cut_batch_leaves_nothing(store: &dyn ServerStore) {
 /// ids), three updates of one record (each sees the one before: the stale one loses), an
 /// update losing to the stored clock, updates of a record deleted earlier in it and of a
 /// detail its delete cascaded to, a second delete, an update of an id that cannot exist;
-/// then, past hundreds of adds, more of the same on records the first part wrote. Every
+/// then, past hundreds of adds, more of the same on records the first part wrote (an add of
+/// it updated, a master updated three times). Every
 /// reply part (applied, mappings, rejections in order, losers in order) and every stored row
 /// is what applying them one by one gives.
 pub(crate) fn batch_changes_see_the_batchs_own_writes(store: &dyn ServerStore) {
@@ -678,11 +679,15 @@ pub(crate) fn batch_changes_see_the_batchs_own_writes(store: &dyn ServerStore) {
         upd(0, srv(a), 995_000, company("A1")),
         upd(1, srv(z), 996_600, contact("z2")),
         upd(0, local(150), 995_500, company("p150b")),
+        // A master updated twice, then with a stale clock: loses to the batch's own.
+        upd(0, srv(b), 995_000, company("B1")),
+        upd(0, srv(b), 995_001, company("B2")),
+        upd(0, srv(b), 995_000, company("B-stale")),
         del(0, srv(a)),
         upd(1, srv(x), 999_000, contact("x4")),
     ]);
     let out = run(batch);
-    assert_eq!(out.applied, 11 + u64::from(PAD));
+    assert_eq!(out.applied, 13 + u64::from(PAD));
     let mapped: Vec<(u8, u32)> = out
         .mappings
         .iter()
@@ -706,11 +711,14 @@ pub(crate) fn batch_changes_see_the_batchs_own_writes(store: &dyn ServerStore) {
             (1, srv(x), RejectReason::Deleted),
         ]
     );
-    assert_eq!(out.losers, [(TableId(1), x), (TableId(1), y)]);
+    assert_eq!(
+        out.losers,
+        [(TableId(1), x), (TableId(1), y), (TableId(0), b)]
+    );
     let d = out.mappings[0].server.0;
     let w = out.mappings[1].server.0;
     let mut want = std::collections::BTreeMap::new();
-    want.insert((0, b.0), company("B"));
+    want.insert((0, b.0), company("B2"));
     want.insert((0, d), company("D1"));
     want.insert((1, y.0), contact("y"));
     want.insert((1, w), contact("w1"));
