@@ -929,6 +929,12 @@ mod tests {
     }
 
     #[test]
+    fn batch_changes_see_the_batchs_own_writes() {
+        let (_dir, store) = fresh();
+        crate::store::testkit::batch_changes_see_the_batchs_own_writes(&store);
+    }
+
+    #[test]
     fn sync_reply_leaves_out_what_the_sync_wrote() {
         let (_dir, store) = fresh();
         crate::store::testkit::sync_reply_leaves_out_what_the_sync_wrote(&store);
