@@ -2,7 +2,7 @@
 
 use super::{Incoming, OwnedChange, ReplyItem, ReplyPlan, ServerStore, StoreError, SyncParams};
 use ferrysync_core::body::{encode, Value};
-use ferrysync_core::wire::{Mode, Op};
+use ferrysync_core::wire::{Mode, Op, Upsert};
 use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
 
 /// Body of an example-schema company.
@@ -96,8 +96,11 @@ fn contact(name: &str) -> Vec<u8> {
     .to_vec()
 }
 
-/// Live records of scope `north` read back in full: `(table, server id) → body`.
-fn read_all(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64), Vec<u8>> {
+/// Live records of scope `north` read back in full: `(table, server id) → what` of each.
+fn read_live<T>(
+    store: &dyn ServerStore,
+    what: impl Fn(&Upsert<'_>) -> T,
+) -> std::collections::BTreeMap<(u8, u64), T> {
     let plan = ReplyPlan {
         scope: "north",
         mode: Mode::Full,
@@ -108,12 +111,17 @@ fn read_all(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64), Ve
     store
         .read_reply(&plan, &mut |i| {
             if let ReplyItem::Upsert(u) = i {
-                rows.insert((u.table.0, u.id.0), u.body.to_vec());
+                rows.insert((u.table.0, u.id.0), what(&u));
             }
             Ok(())
         })
         .unwrap();
     rows
+}
+
+/// Live records of scope `north` read back in full: `(table, server id) → body`.
+fn read_all(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64), Vec<u8>> {
+    read_live(store, |u| u.body.to_vec())
 }
 
 /// A batch larger than any write batch of a store, adds of both tables interleaved with
@@ -431,22 +439,7 @@ pub(crate) fn updates_keep_or_move_the_parent(store: &dyn ServerStore) {
 /// Live records of scope `north` read back in full, with their parents:
 /// `(table, server id) → parent`.
 fn read_parents(store: &dyn ServerStore) -> std::collections::BTreeMap<(u8, u64), Option<u64>> {
-    let plan = ReplyPlan {
-        scope: "north",
-        mode: Mode::Full,
-        cursor: None,
-        extra: &[],
-    };
-    let mut rows = std::collections::BTreeMap::new();
-    store
-        .read_reply(&plan, &mut |i| {
-            if let ReplyItem::Upsert(u) = i {
-                rows.insert((u.table.0, u.id.0), u.parent.map(|p| p.0));
-            }
-            Ok(())
-        })
-        .unwrap();
-    rows
+    read_live(store, |u| u.parent.map(|p| p.0))
 }
 
 /// A batch of thousands of records per table (more than any store writes in one statement),
