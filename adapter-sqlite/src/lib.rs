@@ -26,4 +26,4 @@ pub use http::{HttpError, HttpTransport, CONTENT_TYPE};
 pub use phone::{Error, OwnedValue, Phone, RejectedRow, Row, MAX_FRAME};
 /// The rusqlite this crate is built on, for the app's own queries on [`SqliteStore::connection`].
 pub use rusqlite;
-pub use store::{check_ident, SqliteStore, StoreError, RESERVED};
+pub use store::{check_ident, is_reserved, SqliteStore, StoreError, RESERVED};

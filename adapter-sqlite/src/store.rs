@@ -81,7 +81,12 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-/// Column names the adapter uses itself; a schema field may not take them.
+/// Whether `name` is one of [`RESERVED`], ignoring ASCII case as SQLite does for column names.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// Column names the adapter uses itself; a schema field may not take them (in any case).
 pub const RESERVED: &[&str] = &[
     "id",
     "server_id",
@@ -244,7 +249,7 @@ impl TableSql {
         let parent_col = def.parent_field.unwrap_or("NULL");
         if let Some(p) = def.parent_field {
             check_ident(p)?;
-            if RESERVED.contains(&p) {
+            if is_reserved(p) {
                 return Err(StoreError::Schema(format!(
                     "`{p}` is a reserved column name"
                 )));
@@ -252,7 +257,7 @@ impl TableSql {
         }
         for f in def.fields {
             check_ident(f.name)?;
-            if RESERVED.contains(&f.name) {
+            if is_reserved(f.name) {
                 return Err(StoreError::Schema(format!(
                     "field `{}` of `{}` is a reserved column name",
                     f.name, def.name

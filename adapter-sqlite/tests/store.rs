@@ -730,6 +730,48 @@ fn a_file_made_for_another_schema_is_refused() {
     }
 }
 
+/// A field (or parent field) named like one of the store's own columns, in any case, is refused
+/// with the store's message, not SQLite's "duplicate column name".
+#[test]
+fn fields_named_like_the_stores_columns_are_refused() {
+    use ferrysync_core::schema::{FieldDef, FieldType};
+    for name in [
+        "edits",
+        "Edits",
+        "SYNC_PENDING",
+        "Server_Id",
+        "refresh_mark",
+    ] {
+        let fields: &'static [FieldDef<'static>] = Box::leak(Box::new([FieldDef {
+            name: Box::leak(name.to_string().into_boxed_str()),
+            ty: FieldType::Text,
+            optional: false,
+        }]));
+        let mut tables = [EXAMPLE.tables[0], EXAMPLE.tables[1]];
+        tables[0].fields = fields;
+        let schema = ferrysync_core::Schema {
+            tables: Box::leak(Box::new(tables)),
+        };
+        match SqliteStore::open_in_memory(schema) {
+            Err(StoreError::Schema(e)) => assert!(e.contains("reserved column name"), "{e}"),
+            Err(e) => panic!("{name}: {e}"),
+            Ok(_) => panic!("{name}: opened"),
+        }
+        let mut tables = [EXAMPLE.tables[0], EXAMPLE.tables[1]];
+        tables[1].parent_field = Some(Box::leak(name.to_string().into_boxed_str()));
+        let schema = ferrysync_core::Schema {
+            tables: Box::leak(Box::new(tables)),
+        };
+        assert!(
+            matches!(
+                SqliteStore::open_in_memory(schema),
+                Err(StoreError::Schema(_))
+            ),
+            "{name} as a parent field"
+        );
+    }
+}
+
 /// A file of another store format (an older one has no `format` row) is refused with a typed
 /// error, and left as it was.
 #[test]

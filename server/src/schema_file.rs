@@ -142,7 +142,9 @@ fn check_names(schema: &Schema<'static>) -> Result<(), SchemaFileError> {
         SchemaFileError::Invalid(format!(
             "{what} name {name:?} is not usable: names must match [A-Za-z][A-Za-z0-9_]* \
              (at most 63 characters, no leading `_`), be unique ignoring case, and not be `id` \
-             (nor, for a table, start with `sqlite_`)"
+             (nor, for a table, start with `sqlite_`; nor, for a field, be a column phones keep \
+             for themselves: {})",
+            ferrysync_sqlite::RESERVED.join(", ")
         ))
     };
     let mut table_names: Vec<String> = Vec::new();
@@ -156,7 +158,9 @@ fn check_names(schema: &Schema<'static>) -> Result<(), SchemaFileError> {
         let names = t.fields.iter().map(|f| f.name).chain(t.parent_field);
         for n in names {
             let lower = n.to_ascii_lowercase();
-            if !is_valid_ident(n) || cols.contains(&lower) {
+            // Phones store each table with sync columns of their own: a field by one of
+            // their names would be a schema the server serves and no phone can open.
+            if !is_valid_ident(n) || cols.contains(&lower) || ferrysync_sqlite::is_reserved(n) {
                 return Err(bad("field", n));
             }
             cols.push(lower);
@@ -282,6 +286,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown type"));
+        // A field named like a column phones keep for themselves (in any case): the server
+        // would serve a schema no phone can open.
+        for field in [
+            "edits",
+            "Sync_Pending",
+            "SERVER_ID",
+            "modified_wall",
+            "refresh_mark",
+        ] {
+            let text = format!(
+                "[[table]]\nname = \"a\"\nfields = [ {{ name = \"{field}\", type = \"text\" }} ]\n"
+            );
+            let err = LoadedSchema::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("phones keep"), "{field}: {err}");
+        }
+        let parent = r#"
+            [[table]]
+            name = "a"
+            fields = [ { name = "x", type = "text" } ]
+            [[table]]
+            name = "b"
+            parent = "a"
+            parent_field = "Edits"
+            fields = [ { name = "x", type = "text" } ]
+        "#;
+        assert!(LoadedSchema::parse(parent)
+            .unwrap_err()
+            .to_string()
+            .contains("phones keep"));
         // A table without fields (its records would carry no data; its SQL had no columns to
         // list), refused with the table it is.
         let no_fields = r#"
