@@ -9,7 +9,9 @@
 //!   name the parser lets through is usable in the generated SQL), and one sync that adds a
 //!   record to every table (default values, the scope field set to the device's scope, each
 //!   detail under its parent table's record) applies them all and a full reply reads every one
-//!   back (every statement the server generates for the schema runs).
+//!   back (every statement the server generates for the schema runs);
+//! - phones can use it: a phone store in memory opens with it, takes the same record in every
+//!   table and lists them as pending.
 
 use crate::invariant;
 use crate::planted;
@@ -128,6 +130,59 @@ pub fn run(input: &[u8]) {
         }
     };
     stores_a_record_per_table(&store, s.tables, text);
+    phones_store_a_record_per_table(s, text);
+}
+
+/// The body of `t`'s default record: default values, the scope field (if any) set to `scope`.
+fn default_record(t: &TableDef<'_>, scope: &str) -> Vec<u8> {
+    let values: Vec<Value<'_>> = (t.fields.iter())
+        .map(|f| {
+            if Some(f.name) == t.scope_field {
+                Value::Text(scope)
+            } else {
+                default_value(f.ty)
+            }
+        })
+        .collect();
+    let mut buf = vec![0u8; 16 + scope.len() + 10 * t.fields.len()];
+    match body::encode(t, &values, &mut buf) {
+        Ok(b) => b.to_vec(),
+        Err(e) => panic!("invariant broken: body of {} does not encode: {e}", t.name),
+    }
+}
+
+/// A phone store in memory opens with the schema, takes a default record in every table (each
+/// detail under its parent table's record) and lists them all as pending.
+fn phones_store_a_record_per_table(schema: ferrysync_core::Schema<'static>, text: &str) {
+    let store = match ferrysync_sqlite::SqliteStore::open_in_memory(schema) {
+        Ok(store) => store,
+        Err(e) => {
+            invariant!(false, "a phone cannot open an accepted schema: {e}\n{text}");
+            return;
+        }
+    };
+    let mut phone = ferrysync_sqlite::Phone::with_store(store);
+    let mut locals: Vec<LocalId> = Vec::with_capacity(schema.tables.len());
+    for (i, t) in schema.tables.iter().enumerate() {
+        let parent = t.parent.and_then(|p| locals.get(usize::from(p.0)).copied());
+        match phone.insert_body(TableId(i as u8), parent, &default_record(t, "fuzz")) {
+            Ok(id) => locals.push(id),
+            Err(e) => {
+                invariant!(
+                    false,
+                    "a phone cannot store a {} record: {e}\n{text}",
+                    t.name
+                );
+                return;
+            }
+        }
+    }
+    let pending = phone.pending().map(|p| p.len());
+    invariant!(
+        pending.as_ref().ok() == Some(&schema.tables.len()),
+        "a phone lists {pending:?} pending records of {}\n{text}",
+        schema.tables.len()
+    );
 }
 
 /// One sync adding a default record to every table of `tables` (the scope field set to the
@@ -145,20 +200,7 @@ fn stores_a_record_per_table(store: &SqliteStore, tables: &[TableDef<'_>], text:
     let now_ms = 1_000_000;
     let mut changes = Vec::with_capacity(tables.len() + 1);
     for (i, t) in tables.iter().enumerate() {
-        let values: Vec<Value<'_>> = (t.fields.iter())
-            .map(|f| {
-                if Some(f.name) == t.scope_field {
-                    Value::Text(SCOPE)
-                } else {
-                    default_value(f.ty)
-                }
-            })
-            .collect();
-        let mut buf = vec![0u8; 16 + SCOPE.len() + 10 * t.fields.len()];
-        let body = match body::encode(t, &values, &mut buf) {
-            Ok(b) => b.to_vec(),
-            Err(e) => panic!("invariant broken: body of {} does not encode: {e}", t.name),
-        };
+        let body = default_record(t, SCOPE);
         // Local ids count from 1, one record per table; parents are listed first.
         let local = |table: usize| RecordRef::Local(LocalId(table as u32 + 1));
         changes.push(Incoming::Change(OwnedChange {
