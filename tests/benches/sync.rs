@@ -421,25 +421,19 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     for _ in 0..runs * DELTA_TURNS {
         w.rename(&mut a, &locals).expect("rename");
         let mut la = DirectLink::new(&db, &dev_a);
-        settle();
-        let started = Instant::now();
-        let r = block_on(a.sync(&mut la, Mode::Delta)).expect("delta push");
-        m.push.add(started.elapsed(), &la);
+        let (took, r) = block_on(timed_sync(&mut a, &mut la, Mode::Delta, "delta push"));
+        m.push.add(took, &la);
         assert_eq!(r.sent as usize, renamed);
 
         let mut lb = DirectLink::new(&db, &dev_b);
-        settle();
-        let started = Instant::now();
-        let r = block_on(b.sync(&mut lb, Mode::Delta)).expect("delta pull");
-        m.pull.add(started.elapsed(), &lb);
+        let (took, r) = block_on(timed_sync(&mut b, &mut lb, Mode::Delta, "delta pull"));
+        m.pull.add(took, &lb);
         assert!(!r.full);
         assert_eq!(r.upserts as usize, renamed);
 
         let mut lc = DirectLink::new(&db, &dev_c);
-        settle();
-        let started = Instant::now();
-        let r = block_on(c.sync(&mut lc, Mode::Full)).expect("full refresh");
-        m.full.add(started.elapsed(), &lc);
+        let (took, r) = block_on(timed_sync(&mut c, &mut lc, Mode::Full, "full refresh"));
+        m.full.add(took, &lc);
         assert!(r.full);
         assert_eq!(r.upserts as usize, w.records());
 
@@ -447,10 +441,8 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
         // as a sync without deltas answers (DESIGN.md's first protocol).
         w.rename(&mut a, &locals).expect("rename");
         let mut la = DirectLink::new(&db, &dev_a);
-        settle();
-        let started = Instant::now();
-        let r = block_on(a.sync(&mut la, Mode::Full)).expect("full push");
-        m.full_push.add(started.elapsed(), &la);
+        let (took, r) = block_on(timed_sync(&mut a, &mut la, Mode::Full, "full push"));
+        m.full_push.add(took, &la);
         assert_eq!(r.sent as usize, renamed);
         assert!(r.full);
 
@@ -586,6 +578,23 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables) {
     }
 }
 
+/// One sync of `phone` through `link` in `mode`, after [`settle`]: its time and its report
+/// (`what` names it if it fails).
+async fn timed_sync<T: Transport>(
+    phone: &mut Phone,
+    link: &mut T,
+    mode: Mode,
+    what: &str,
+) -> (Duration, engine::SyncReport)
+where
+    T::Error: std::fmt::Debug,
+{
+    settle();
+    let started = Instant::now();
+    let report = phone.sync(link, mode).await.expect(what);
+    (started.elapsed(), report)
+}
+
 /// The runs of [`delta_vs_full`].
 #[derive(Default)]
 struct DeltaRuns {
@@ -678,19 +687,15 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         let mut p1 = s.phone("p1");
         let locals = fill_fast(w, &mut p1);
         let mut l1 = HttpTransport::new(&s.url(), &t1);
-        settle();
-        let started = Instant::now();
-        let r = p1.sync(&mut l1, Mode::Delta).await.expect("first sync");
-        first.push(started.elapsed());
+        let (took, r) = timed_sync(&mut p1, &mut l1, Mode::Delta, "first sync").await;
+        first.push(took);
         assert_eq!(r.mapped as usize, w.records());
         first_b = (l1.bytes_sent, l1.bytes_received);
 
         let mut p2 = s.phone("p2");
         let mut l2 = HttpTransport::new(&s.url(), &t2);
-        settle();
-        let started = Instant::now();
-        let r = p2.sync(&mut l2, Mode::Delta).await.expect("pull");
-        pull.push(started.elapsed());
+        let (took, r) = timed_sync(&mut p2, &mut l2, Mode::Delta, "pull").await;
+        pull.push(took);
         assert_eq!(r.upserts as usize, w.records());
         pull_b = (l2.bytes_sent, l2.bytes_received);
 
@@ -698,10 +703,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         let t3 = s.enrol("bench");
         let mut p3 = s.phone("p3");
         let mut l3 = HttpTransport::new(&s.url(), &t3).gzip(true);
-        settle();
-        let started = Instant::now();
-        let r = p3.sync(&mut l3, Mode::Delta).await.expect("gzip pull");
-        gz_pull.push(started.elapsed());
+        let (took, r) = timed_sync(&mut p3, &mut l3, Mode::Delta, "gzip pull").await;
+        gz_pull.push(took);
         assert_eq!(r.upserts as usize, w.records());
         gz_pull_b = (l3.wire_bytes_sent, l3.wire_bytes_received);
 
@@ -711,13 +714,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         let mut p5 = s.phone("p5");
         fill_fast(w, &mut p5);
         let mut l5 = HttpTransport::new(&s.url(), &t5).gzip(true);
-        settle();
-        let started = Instant::now();
-        let r = p5
-            .sync(&mut l5, Mode::Delta)
-            .await
-            .expect("gzip first sync");
-        gz_first.push(started.elapsed());
+        let (took, r) = timed_sync(&mut p5, &mut l5, Mode::Delta, "gzip first sync").await;
+        gz_first.push(took);
         assert_eq!(r.mapped as usize, w.records());
         gz_first_b = (l5.wire_bytes_sent, l5.wire_bytes_received);
 
@@ -725,10 +723,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         let t6 = s.enrol("bench");
         let mut p6 = s.phone("p6");
         let mut l6 = HttpTransport::new(&s.url(), &t6).gzip(true).brotli(true);
-        settle();
-        let started = Instant::now();
-        let r = p6.sync(&mut l6, Mode::Delta).await.expect("brotli pull");
-        br_pull.push(started.elapsed());
+        let (took, r) = timed_sync(&mut p6, &mut l6, Mode::Delta, "brotli pull").await;
+        br_pull.push(took);
         assert_eq!(r.upserts as usize, w.records());
         assert_eq!(l6.reply_coding, Some("br"));
         br_pull_b = (l6.wire_bytes_sent, l6.wire_bytes_received);
@@ -739,13 +735,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         let mut p7 = s.phone("p7");
         fill_fast(w, &mut p7);
         let mut l7 = HttpTransport::new(&s.url(), &t7).gzip(true).brotli(true);
-        settle();
-        let started = Instant::now();
-        let r = p7
-            .sync(&mut l7, Mode::Delta)
-            .await
-            .expect("brotli first sync");
-        br_first.push(started.elapsed());
+        let (took, r) = timed_sync(&mut p7, &mut l7, Mode::Delta, "brotli first sync").await;
+        br_first.push(took);
         assert_eq!(r.mapped as usize, w.records());
         br_first_b = (l7.wire_bytes_sent, l7.wire_bytes_received);
 
@@ -753,18 +744,14 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         for _ in 0..INCREMENTAL_ROUNDS {
             w.rename(&mut p1, &locals).expect("rename");
             let mut l1 = HttpTransport::new(&s.url(), &t1);
-            settle();
-            let started = Instant::now();
-            let r = p1.sync(&mut l1, Mode::Delta).await.expect("1 % push");
-            inc.push(started.elapsed());
+            let (took, r) = timed_sync(&mut p1, &mut l1, Mode::Delta, "1 % push").await;
+            inc.push(took);
             assert_eq!(r.sent as usize, renamed);
             inc_b = (l1.bytes_sent, l1.bytes_received);
 
             let mut l2 = HttpTransport::new(&s.url(), &t2);
-            settle();
-            let started = Instant::now();
-            let r = p2.sync(&mut l2, Mode::Delta).await.expect("1 % pull");
-            inc_pull.push(started.elapsed());
+            let (took, r) = timed_sync(&mut p2, &mut l2, Mode::Delta, "1 % pull").await;
+            inc_pull.push(took);
             assert_eq!(r.upserts as usize, renamed);
             inc_pull_b = (l2.bytes_sent, l2.bytes_received);
         }
