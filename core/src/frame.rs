@@ -27,14 +27,15 @@ pub const FRAME_OVERHEAD_SMALL: usize = 4 + 2 + 1;
 /// CRC-32/ISO-HDLC (the zip and Ethernet CRC), little-endian after the message.
 pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
-/// The CRC of a received message, [`CRC32`]'s. Hosts (feature `std`: a phone checks every byte
-/// of a full refresh) use crc32fast's SIMD; a firmware keeps [`CRC32`]'s 1 KiB table.
+/// The CRC of a message, [`CRC32`]'s: of a received one on every target, of one to send on
+/// hosts (firmwares send through postcard's CRC flavor). Hosts (feature `std`: a phone checks
+/// every byte of a full refresh) use crc32fast's SIMD; a firmware keeps [`CRC32`]'s 1 KiB table.
 #[cfg(feature = "std")]
-fn check_crc32(msg: &[u8]) -> u32 {
+fn message_crc(msg: &[u8]) -> u32 {
     crc32fast::hash(msg)
 }
 #[cfg(not(feature = "std"))]
-fn check_crc32(msg: &[u8]) -> u32 {
+fn message_crc(msg: &[u8]) -> u32 {
     CRC32.checksum(msg)
 }
 
@@ -178,7 +179,7 @@ fn encode_by_flavors<'b, M: Serialize + ?Sized>(
 /// Frame encoding on hosts: postcard into a scratch buffer, then crc32fast and corncobs.
 #[cfg(feature = "std")]
 mod host {
-    use super::{EncodeError, Serialize};
+    use super::{message_crc, EncodeError, Serialize};
     use core::cell::RefCell;
     use std::vec::Vec;
 
@@ -204,7 +205,7 @@ mod host {
                 Ok(m) => m.len(),
                 Err(_) => return Some(Err(EncodeError::TooLarge)),
             };
-            let crc = crc32fast::hash(&raw[..len]);
+            let crc = message_crc(&raw[..len]);
             let with_crc = len + 4;
             // The worst case, and the code byte below.
             if corncobs::max_encoded_len(with_crc) + 1 > buf.len() {
@@ -398,7 +399,7 @@ fn decode_frame<'d, M: Deserialize<'d>>(
     let (msg, crc) = frame[..n].split_at(n - 4);
     let mut want = [0u8; 4];
     want.copy_from_slice(crc);
-    if check_crc32(msg) != u32::from_le_bytes(want) {
+    if message_crc(msg) != u32::from_le_bytes(want) {
         return Err(FrameError::Crc);
     }
     *msg_len = Some(msg.len());
@@ -425,10 +426,10 @@ pub fn decode<'d, M: Deserialize<'d>>(frame: &'d mut [u8]) -> Result<M, FrameErr
 mod tests {
     use super::*;
 
-    /// The check of received frames computes [`CRC32`] exactly, on every length and alignment
+    /// The message CRC computes [`CRC32`] exactly, on every length and alignment
     /// (crc32fast takes its SIMD path from 64 bytes on).
     #[test]
-    fn the_check_crc_is_crc32() {
+    fn the_message_crc_is_crc32() {
         let data: [u8; 600] = core::array::from_fn(|i| (i * 7 + i / 13) as u8);
         for start in 0..9 {
             for end in [
@@ -441,10 +442,10 @@ mod tests {
                 600,
             ] {
                 let msg = &data[start..end];
-                assert_eq!(check_crc32(msg), CRC32.checksum(msg), "{start}..{end}");
+                assert_eq!(message_crc(msg), CRC32.checksum(msg), "{start}..{end}");
             }
         }
-        assert_eq!(check_crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(message_crc(b"123456789"), 0xCBF4_3926);
     }
 
     /// Messages of bytes with runs of zeros and non-zeros around COBS's 254-byte blocks.
