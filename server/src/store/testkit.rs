@@ -360,20 +360,26 @@ pub(crate) fn sync_reply_leaves_out_what_the_sync_wrote(store: &dyn ServerStore)
     );
 }
 
+/// Builds changes of device `device`: `(table, op, key, parent, wall ms, body)`, stamped on the
+/// device's clock at that wall time.
+fn changes_of(
+    device: u32,
+) -> impl Fn(u8, Op, RecordRef, Option<RecordRef>, u64, Vec<u8>) -> OwnedChange {
+    move |t, op, key, parent, ms, body| OwnedChange {
+        table: TableId(t),
+        op,
+        key,
+        parent,
+        modified_at: Hlc::new(ms, 0, device),
+        body,
+    }
+}
+
 /// Updates of a detail that name its parent again, name none, or name another one: the
 /// foreign key stays, stays, then moves, and the fields change every time.
 pub(crate) fn updates_keep_or_move_the_parent(store: &dyn ServerStore) {
     let dev = store.add_device("north", &[11; 32], 1).unwrap();
-    let at = |ms: u64| Hlc::new(ms, 0, dev.id);
-    let change =
-        |t: u8, op: Op, key: RecordRef, parent: Option<RecordRef>, ms: u64, body| OwnedChange {
-            table: TableId(t),
-            op,
-            key,
-            parent,
-            modified_at: at(ms),
-            body,
-        };
+    let change = changes_of(dev.id);
     let local = |l: u32| RecordRef::Local(LocalId(l));
     let changes = |list: Vec<OwnedChange>| {
         list.into_iter()
@@ -608,15 +614,7 @@ pub(crate) fn batch_changes_see_the_batchs_own_writes(store: &dyn ServerStore) {
     use ferrysync_core::ServerId;
     const PAD: u32 = 300;
     let dev = store.add_device("north", &[13; 32], 1).unwrap();
-    let change =
-        |t: u8, op: Op, key: RecordRef, parent: Option<RecordRef>, ms: u64, body| OwnedChange {
-            table: TableId(t),
-            op,
-            key,
-            parent,
-            modified_at: Hlc::new(ms, 0, dev.id),
-            body,
-        };
+    let change = changes_of(dev.id);
     let local = |l: u32| RecordRef::Local(LocalId(l));
     let run = |list: Vec<OwnedChange>| {
         let mut source = list
