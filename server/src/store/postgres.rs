@@ -67,7 +67,7 @@ use ferrysync_core::wire::Op;
 use ferrysync_core::RecordRef;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -345,6 +345,8 @@ impl Held {
 struct HeldUpdates {
     /// Distinct: a second update of a held record first writes the held ones.
     ids: Vec<i64>,
+    /// The same ids, to find a held record without a scan of `ids` per update.
+    held: HashSet<i64>,
     /// One per field.
     fields: Vec<Column>,
     /// `_seq, _wall, _counter, _device`.
@@ -355,6 +357,7 @@ impl HeldUpdates {
     fn new(t: &TableDef<'_>) -> HeldUpdates {
         HeldUpdates {
             ids: Vec::new(),
+            held: HashSet::new(),
             fields: t.fields.iter().map(|f| Column::of(f.ty)).collect(),
             sync: Default::default(),
         }
@@ -362,6 +365,7 @@ impl HeldUpdates {
 
     fn clear(&mut self) {
         self.ids.clear();
+        self.held.clear();
         self.fields.iter_mut().for_each(|c| c.truncate(0));
         self.sync.iter_mut().for_each(Vec::clear);
     }
@@ -728,7 +732,7 @@ impl PgTx<'_, '_> {
             }
         }
         let [seq, wall, counter, device, id] = ints;
-        if self.updates[ti].ids.contains(&id) {
+        if self.updates[ti].held.contains(&id) {
             // One statement updates a record once.
             self.flush()?;
         }
@@ -748,6 +752,7 @@ impl PgTx<'_, '_> {
             }
         }
         u.ids.push(id);
+        u.held.insert(id);
         for (c, v) in u.sync.iter_mut().zip([seq, wall, counter, device]) {
             c.push(v);
         }
