@@ -388,8 +388,8 @@ fn rename(phone: &mut SqliteStore, w: &Workload) -> u32 {
 /// The phone's side of a 1 % delta push of `renamed` changes ([`rename`]): the engine builds
 /// and sends the request and applies the server's reply (`Accepted`, `Done`: every change
 /// confirmed). No server: its time is not the phone's.
-fn push(phone: &mut SqliteStore, renamed: u32) -> Duration {
-    let reply = ReplyWriter::new(2, false, Hlc::new(3_000, 0, 0)).finish(u64::MAX / 2);
+fn push(phone: &mut SqliteStore, renamed: u32, batch: u64) -> Duration {
+    let reply = ReplyWriter::new(batch, false, Hlc::new(3_000, 0, 0)).finish(u64::MAX / 2);
     let mut link = ScriptLink::replying(reply);
     settle();
     let start = Instant::now();
@@ -501,7 +501,7 @@ fn summary(w: &Workload) {
         let dir = tempdir();
         let mut phone = synced_phone(dir.path(), &w.first);
         let renamed = rename(&mut phone, w);
-        pushed.push(push(&mut phone, renamed));
+        pushed.push(push(&mut phone, renamed, 2));
     }
     let (engine, bare, floor) = (median(engine), median(bare), median(floor));
     let (delta, full, pushed) = (median(delta), median(full), median(pushed));
@@ -578,7 +578,9 @@ fn only(w: &Workload, side: &str) {
         "push" => {
             let mut phone = synced_phone(dir.path(), &w.first);
             let renamed = rename(&mut phone, w);
-            measured(|| push(&mut phone, renamed))
+            push(&mut phone, renamed, 2);
+            let renamed = rename(&mut phone, w);
+            measured(|| push(&mut phone, renamed, 3))
         }
         "delta_reopened" => {
             let mut phone = reopened_phone(dir.path(), &w.first);

@@ -64,6 +64,11 @@
 //! transaction's own writes. A body that does not fit the schema still fails its own `put`;
 //! an SQLite error of a gathered write surfaces at the call that writes it, after which the
 //! transaction only accepts `rollback` ([`StoreError::TransactionFailed`]).
+//!
+//! At a reply's `Done`, [`LocalStore::confirm`] is one `DELETE` and one `UPDATE` per table
+//! through the pending index, instead of the engine's walk writing each record: a 1 % push
+//! (100 renames) went from 3.43M to 3.14M instructions on the phone, and the transaction's
+//! index is brought up to date by the same test in memory.
 
 use ferrysync_core::body::{self, Value};
 use ferrysync_core::hlc::Hlc;
@@ -213,6 +218,11 @@ struct TableSql {
     /// need no query.
     ahead_send: String,
     sweep: String,
+    /// [`LocalStore::confirm`]'s writes, through the pending index: the active records sent
+    /// (`edits <= ?1`) and mapped made clean (`[1]`: taking the mark `?2` too); the deleted
+    /// ones sent removed ([`ServerIndex::confirm`] does the same to what the index holds).
+    confirm: [String; 2],
+    confirm_remove: String,
 }
 
 /// Columns of [`HEADER_COLS`].
@@ -423,6 +433,23 @@ impl TableSql {
             sweep: format!(
                 "DELETE FROM {name} WHERE server_id IS NOT NULL AND sync_pending = 0 \
                  AND refresh_mark != ?1"
+            ),
+            // `INDEXED BY`: the planner otherwise takes the server-id index for
+            // `server_id IS NOT NULL`, a scan of every synced record. `OR IGNORE`: the update
+            // sets two NOT NULL columns to integers and touches no unique or key column, so
+            // no constraint can fail, and SQLite then needs no statement journal (which
+            // spilled to a temporary file for a 100-row push and made the statement three
+            // times as slow as 100 one-row updates).
+            confirm: ["", ", refresh_mark = ?2"].map(|set_mark| {
+                format!(
+                    "UPDATE OR IGNORE {name} INDEXED BY {name}_pending \
+                     SET sync_pending = 0{set_mark} WHERE sync_pending != 0 \
+                     AND sync_pending & {DELETED} = 0 AND edits <= ?1 AND server_id IS NOT NULL"
+                )
+            }),
+            confirm_remove: format!(
+                "DELETE FROM {name} INDEXED BY {name}_pending WHERE sync_pending != 0 \
+                 AND sync_pending & {DELETED} != 0 AND edits <= ?1"
             ),
         };
         Ok((sql, ddl))
@@ -744,6 +771,27 @@ impl ServerIndex {
         if let Some(s) = self.by_local.remove(&local.0) {
             self.known.remove(&s);
         }
+    }
+
+    /// What [`TableSql::confirm`] and [`TableSql::confirm_remove`] did to the table, done to
+    /// the records known: the same test on the same metadata, so the index stays exact.
+    fn confirm(&mut self, sent: u32, mark: Option<u32>) {
+        let by_local = &mut self.by_local;
+        self.known.retain(|_, rec| {
+            if !rec.meta.is_pending() || rec.meta.edited_after(sent) {
+                return true;
+            }
+            if !rec.meta.is_active {
+                by_local.remove(&rec.local.0);
+                return false;
+            }
+            // Known records all have a server id (`learn` keeps only those).
+            rec.meta.confirm(sent);
+            if let Some(mark) = mark {
+                rec.mark = mark;
+            }
+            true
+        });
     }
 
     /// `rec` is now stored as given.
@@ -1983,6 +2031,34 @@ impl LocalStore for SqliteStore {
         if let Some(ix) = self.index.get_mut(table.0 as usize) {
             // Which records went is not known here: start over.
             *ix = ServerIndex::default();
+        }
+        Ok(())
+    }
+
+    async fn confirm(
+        &mut self,
+        table: TableId,
+        sent: u32,
+        mark: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.flush()?;
+        self.ahead.walk = None;
+        let t = table.0 as usize;
+        let sql = (self.tables.get(t)).ok_or_else(|| StoreError::Corrupt(format!("no {table}")))?;
+        // Outside a transaction there is no index to keep (as for `remove`).
+        let mut no_index = ServerIndex::default();
+        let ix = self.index.get_mut(t).unwrap_or(&mut no_index);
+        let upto = i64::from(sent);
+        let mut changed = (self.conn.prepare_cached(&sql.confirm_remove)?).execute([upto])?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql.confirm[usize::from(mark.is_some())])?;
+        changed += match mark {
+            Some(m) => stmt.execute([upto, i64::from(m)])?,
+            None => stmt.execute([upto])?,
+        };
+        if changed > 0 {
+            ix.confirm(sent, mark);
         }
         Ok(())
     }

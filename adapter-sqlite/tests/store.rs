@@ -345,6 +345,10 @@ enum StoreOp {
         parent: Option<u8>,
         body: Option<u8>,
         pending: bool,
+        /// Deleted locally (`!is_active`).
+        deleted: bool,
+        /// Not on the server yet (`!is_from_server`).
+        new: bool,
         mark: u8,
     },
     /// `count` puts with bodies in a row (locals and server ids `10 + start..`): enough to
@@ -361,6 +365,8 @@ enum StoreOp {
     Body(bool, u8),
     Next(bool, Option<u8>, u8),
     Sweep(bool, u8),
+    /// `confirm(table, sent, mark)`.
+    Confirm(bool, u8, Option<u8>),
 }
 
 fn store_op() -> impl Strategy<Value = StoreOp> {
@@ -370,9 +376,10 @@ fn store_op() -> impl Strategy<Value = StoreOp> {
         1 => Just(StoreOp::Commit),
         1 => Just(StoreOp::Rollback),
         8 => (any::<bool>(), small(), proptest::option::of(small()), proptest::option::of(small()),
-              proptest::option::of(small()), any::<bool>(), 0..2u8)
-            .prop_map(|(contact, local, server, parent, body, pending, mark)| StoreOp::Put {
-                contact, local, server, parent, body, pending, mark,
+              proptest::option::of(small()), any::<bool>(), proptest::bool::weighted(0.2),
+              proptest::bool::weighted(0.2), 0..2u8)
+            .prop_map(|(contact, local, server, parent, body, pending, deleted, new, mark)| {
+                StoreOp::Put { contact, local, server, parent, body, pending, deleted, new, mark }
             }),
         1 => (any::<bool>(), 0..40u8, 1..80u8, any::<bool>())
             .prop_map(|(contact, start, count, pending)| StoreOp::Burst { contact, start, count, pending }),
@@ -385,6 +392,8 @@ fn store_op() -> impl Strategy<Value = StoreOp> {
         2 => (any::<bool>(), proptest::option::of(small()), 0..3u8)
             .prop_map(|(t, a, f)| StoreOp::Next(t, a, f)),
         1 => (any::<bool>(), 0..2u8).prop_map(|(t, m)| StoreOp::Sweep(t, m)),
+        2 => (any::<bool>(), 2..6u8, proptest::option::of(0..3u8))
+            .prop_map(|(t, sent, m)| StoreOp::Confirm(t, sent, m)),
     ]
 }
 
@@ -421,6 +430,8 @@ async fn play<S: LocalStore>(s: &mut S, ops: &[StoreOp]) -> Vec<String> {
                 parent,
                 body,
                 pending,
+                deleted,
+                new,
                 mark,
             } => {
                 // A server id names one record: the SQLite store refuses a second holder, the
@@ -440,7 +451,9 @@ async fn play<S: LocalStore>(s: &mut S, ops: &[StoreOp]) -> Vec<String> {
                 } else {
                     let mut meta = SyncMeta::from_server(Hlc::new(u64::from(local) * 7, 1, 2));
                     meta.is_modified = pending;
-                    meta.edits = u32::from(mark) + 3;
+                    meta.is_active = !deleted;
+                    meta.is_from_server = !new;
+                    meta.edits = u32::from(mark) + u32::from(local % 3) + 2;
                     let rec = Record {
                         table: table(c),
                         local: LocalId(u32::from(local)),
@@ -509,6 +522,9 @@ async fn play<S: LocalStore>(s: &mut S, ops: &[StoreOp]) -> Vec<String> {
                 show(s.next(table(c), after, filter).await)
             }
             StoreOp::Sweep(c, m) => show(s.sweep(table(c), u32::from(m)).await),
+            StoreOp::Confirm(c, sent, m) => {
+                show(s.confirm(table(c), u32::from(sent), m.map(u32::from)).await)
+            }
         };
         log.push(line);
     }

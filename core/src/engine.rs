@@ -616,38 +616,15 @@ impl<const N: usize> Apply<'_, '_, N> {
         store: &mut S,
         d: &Done,
     ) -> Res<(), S, T> {
+        // The server holds the versions it confirmed and does not send them back: in a full
+        // refresh a confirmation is the record's delivery (the server removes one it no longer
+        // has, a retried add deleted since, in the reply), so it takes the refresh's mark.
+        let mark = self.report.full.then_some(self.state.refresh);
         for t in 0..self.schema.tables.len() {
-            let table = TableId(t as u8);
-            let mut after = None;
-            while let Some(mut rec) = store
-                .next(table, after, Filter::Pending)
+            store
+                .confirm(TableId(t as u8), self.sent, mark)
                 .await
-                .map_err(SyncError::Store)?
-            {
-                after = Some(rec.local);
-                if rec.meta.edited_after(self.sent) {
-                    continue;
-                }
-                if rec.meta.is_active {
-                    if rec.server.is_none() {
-                        // Neither mapped nor refused: the server did not take it; resend.
-                        continue;
-                    }
-                    rec.meta.confirm(self.sent);
-                    if self.report.full {
-                        // The server holds this very version and does not send it back: in a
-                        // full refresh its confirmation is its delivery (the server removes
-                        // one it no longer has, a retried add deleted since, in the reply).
-                        rec.mark = self.state.refresh;
-                    }
-                    store.put(&rec, None).await.map_err(SyncError::Store)?;
-                } else {
-                    store
-                        .remove(table, rec.local)
-                        .await
-                        .map_err(SyncError::Store)?;
-                }
-            }
+                .map_err(SyncError::Store)?;
         }
         if self.report.full {
             for t in 0..self.schema.tables.len() {

@@ -222,6 +222,56 @@ pub trait LocalStore {
     async fn sweep(&mut self, table: TableId, mark: u32) -> Result<(), Self::Error> {
         sweep_by_walking(self, table, mark).await
     }
+
+    /// Confirms what a sync sent, at its reply's `Done`: each pending record of `table` whose
+    /// edit number is at most `sent` (the request carried it) is made clean, or removed for
+    /// good if it was deleted locally; an active one the server has not mapped yet (no server
+    /// id) stays pending and is sent again. With `mark` (a full refresh), the records made
+    /// clean take it, as delivered. A record edited since the request (edit number above
+    /// `sent`) is left as it is. Part of the open transaction.
+    ///
+    /// The default walks the pending records with [`next`](Self::next) and writes each one
+    /// ([`confirm_by_walking`]); a store that can select by these columns (SQLite: one
+    /// `UPDATE` and one `DELETE`) should do it in one step.
+    async fn confirm(
+        &mut self,
+        table: TableId,
+        sent: u32,
+        mark: Option<u32>,
+    ) -> Result<(), Self::Error> {
+        confirm_by_walking(self, table, sent, mark).await
+    }
+}
+
+/// [`LocalStore::confirm`] by walking the pending records of `table` with
+/// [`next`](LocalStore::next) and writing each one: the trait's default.
+pub async fn confirm_by_walking<S: LocalStore + ?Sized>(
+    store: &mut S,
+    table: TableId,
+    sent: u32,
+    mark: Option<u32>,
+) -> Result<(), S::Error> {
+    let mut after = None;
+    while let Some(mut rec) = store.next(table, after, Filter::Pending).await? {
+        after = Some(rec.local);
+        if rec.meta.edited_after(sent) {
+            continue;
+        }
+        if rec.meta.is_active {
+            if rec.server.is_none() {
+                // Neither mapped nor refused: the server did not take it; resend.
+                continue;
+            }
+            rec.meta.confirm(sent);
+            if let Some(mark) = mark {
+                rec.mark = mark;
+            }
+            store.put(&rec, None).await?;
+        } else {
+            store.remove(table, rec.local).await?;
+        }
+    }
+    Ok(())
 }
 
 /// [`LocalStore::sweep`] by walking `table` with [`next`](LocalStore::next) and removing each
