@@ -22,7 +22,8 @@
 //! in the same turns, and gives its ratio to `direct` on SQLite.
 //! `FERRYSYNC_BENCH_PROFILE=reconcile` (or `direct`, `bulk`, `delta`: a 1 % update push) runs only that, in a loop of
 //! `FERRYSYNC_BENCH_LOOPS` (default 20), on size `FERRYSYNC_BENCH_SIZE` (0, 1 or 2; default
-//! 1), for a profiler.
+//! 1), for a profiler: in `delta`, the push's reconcile and commit run inside `measured_push`
+//! and another device's pull inside `measured_pull`, for callgrind's `--toggle-collect`.
 
 #[path = "workload/mod.rs"]
 mod workload;
@@ -458,9 +459,7 @@ impl<'s> DeltaSide<'s> {
             })
             .chain(std::iter::once(Incoming::Commit));
         settle();
-        let started = Instant::now();
-        let out = store.sync(device, params(), &mut source).unwrap();
-        let synced = started.elapsed();
+        let (synced, out) = measured_push(|| store.sync(device, params(), &mut source).unwrap());
         assert_eq!(out.applied as usize, self.renamed.len());
         let plan = ReplyPlan {
             scope: &device.scope,
@@ -527,6 +526,15 @@ impl<'s> DeltaSide<'s> {
         );
         applied
     }
+}
+
+/// Times `run`: the reconcile and commit of a 1 % push of [`delta`], apart so a profiler can
+/// collect inside it only (`valgrind --tool=callgrind --toggle-collect='*measured_push*'`).
+#[inline(never)]
+fn measured_push<T>(run: impl FnOnce() -> T) -> (Duration, T) {
+    let started = Instant::now();
+    let out = run();
+    (started.elapsed(), out)
 }
 
 /// Times `run`: a pull of [`delta`], apart so a profiler can collect inside it only
