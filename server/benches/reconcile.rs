@@ -442,9 +442,9 @@ impl<'s> DeltaSide<'s> {
     fn round(&mut self, round: usize) {
         let (store, device, n) = (self.store, self.device, self.n);
         let at = Hlc::new(self.wall + 1 + round as u64, 0, device.id);
-        let mut source = self
-            .renamed
-            .iter()
+        // The changes are made before the clock starts: the push times the store, not the
+        // formatting of the renamed bodies.
+        let changes: Vec<Incoming> = (self.renamed.iter())
             .map(|&(c, p, j)| {
                 let [mut name, email, phone] = contact(j, n);
                 name.push_str(&format!(" v{round}"));
@@ -457,7 +457,9 @@ impl<'s> DeltaSide<'s> {
                     body: body(CONTACT, &[name, email, phone]),
                 })
             })
-            .chain(std::iter::once(Incoming::Commit));
+            .chain(std::iter::once(Incoming::Commit))
+            .collect();
+        let mut source = changes.into_iter();
         settle();
         let (synced, out) = measured_push(|| store.sync(device, params(), &mut source).unwrap());
         assert_eq!(out.applied as usize, self.renamed.len());
