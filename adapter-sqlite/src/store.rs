@@ -77,7 +77,7 @@ use ferrysync_core::meta::SyncMeta;
 use ferrysync_core::schema::{FieldType, Schema, TableDef};
 use ferrysync_core::store::{DeviceState, Filter, LocalStore, Record, RejectedEntry};
 use ferrysync_core::wire::{Op, RejectReason};
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::OnceCell;
@@ -747,6 +747,9 @@ struct ServerIndex {
     known: HashMap<u64, Record>,
     /// Local id → server id of every record in `known`, to drop an entry its record leaves.
     by_local: HashMap<u32, u64>,
+    /// The server ids in `known` whose record is pending: what [`ServerIndex::confirm`] looks
+    /// at, instead of every record known (the whole table after a full refresh).
+    pending: HashSet<u64>,
     /// Every server id of the table is in `known`: a miss is an answer.
     complete: bool,
     /// `complete` was decided (by one query) in this transaction.
@@ -770,19 +773,35 @@ impl ServerIndex {
     fn forget_local(&mut self, local: LocalId) {
         if let Some(s) = self.by_local.remove(&local.0) {
             self.known.remove(&s);
+            self.pending.remove(&s);
+        }
+    }
+
+    /// Notes whether the record known under server id `s` is pending.
+    fn note_pending(&mut self, s: u64, rec: &Record) {
+        if rec.meta.is_pending() {
+            self.pending.insert(s);
+        } else if !self.pending.is_empty() {
+            // A full refresh learns every record of a table, none of them pending: the test
+            // above keeps that from paying for a lookup each.
+            self.pending.remove(&s);
         }
     }
 
     /// What [`TableSql::confirm`] and [`TableSql::confirm_remove`] did to the table, done to
     /// the records known: the same test on the same metadata, so the index stays exact.
     fn confirm(&mut self, sent: u32, mark: Option<u32>) {
-        let by_local = &mut self.by_local;
-        self.known.retain(|_, rec| {
-            if !rec.meta.is_pending() || rec.meta.edited_after(sent) {
+        let (known, by_local) = (&mut self.known, &mut self.by_local);
+        self.pending.retain(|s| {
+            let Some(rec) = known.get_mut(s) else {
+                return false;
+            };
+            if rec.meta.edited_after(sent) {
                 return true;
             }
             if !rec.meta.is_active {
                 by_local.remove(&rec.local.0);
+                known.remove(s);
                 return false;
             }
             // Known records all have a server id (`learn` keeps only those).
@@ -790,18 +809,21 @@ impl ServerIndex {
             if let Some(mark) = mark {
                 rec.mark = mark;
             }
-            true
+            false
         });
     }
 
     /// `rec` is now stored as given.
     fn learn(&mut self, rec: &Record) {
-        if let Some(old) = rec.server.and_then(|s| self.known.get_mut(&s.0)) {
-            if old.local == rec.local {
-                // Known with this server id already (`by_local` maps it back): one lookup
-                // instead of four, for a record that keeps its keys (a delta's updates).
-                *old = *rec;
-                return;
+        if let Some(s) = rec.server {
+            if let Some(old) = self.known.get_mut(&s.0) {
+                if old.local == rec.local {
+                    // Known with this server id already (`by_local` maps it back): one lookup
+                    // instead of four, for a record that keeps its keys (a delta's updates).
+                    *old = *rec;
+                    self.note_pending(s.0, rec);
+                    return;
+                }
             }
         }
         self.forget_local(rec.local);
@@ -814,6 +836,7 @@ impl ServerIndex {
                 }
             }
             self.by_local.insert(rec.local.0, s.0);
+            self.note_pending(s.0, rec);
         }
     }
 }
