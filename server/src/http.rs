@@ -1,9 +1,10 @@
 //! The HTTP server: `POST /v1/sync`, `GET /healthz`, `GET /metrics`.
 //!
-//! A sync streams both ways. The request body is inflated as it arrives when it says
-//! `Content-Encoding: gzip` (the body limit counts both the bytes as they travel and the
-//! inflated bytes; a bad gzip stream is 400 `bad_gzip`, another encoding 415), decoded frame
-//! by frame (one frame of buffer) and checked by [`RequestReader`], and its changes go through a bounded
+//! A sync streams both ways. The request body is inflated as it arrives, 32 KiB at a time,
+//! when it says `Content-Encoding: gzip` or `br` (the body limit counts both the bytes as they
+//! travel and the inflated bytes; a bad stream is 400 `bad_gzip` or `bad_brotli`, another
+//! encoding 415), decoded frame by frame (one frame of buffer) and checked by
+//! [`RequestReader`], and its changes go through a bounded
 //! channel to a blocking task that applies them inside one database transaction. Only when the
 //! body ended well (an `End` with the right count, nothing after it) is the transaction
 //! committed; any error rolls it back and is answered with a status and a JSON body
@@ -19,8 +20,7 @@ use bytes::Bytes;
 use ferrysync_core::frame::FrameError;
 use ferrysync_core::stream::StreamError;
 use ferrysync_core::wire::Hello;
-use flate2::write::{GzDecoder, GzEncoder};
-use flate2::Compression;
+use ferrysync_sqlite::coding::{Deflater, Inflater};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming as IncomingBody, SizeHint};
 use hyper::header::{
@@ -361,7 +361,7 @@ async fn sync(
             format!("content type must be {CONTENT_TYPE_V1}, got {ct:?}"),
         ));
     }
-    let gzipped = request_gzip(req.headers())?;
+    let inflater = request_inflater(req.headers())?;
     let Some(token) = bearer(&req) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -419,7 +419,7 @@ async fn sync(
     if declared.is_some_and(|n| n > server.config.max_body_bytes) {
         return Err(body_too_large(server));
     }
-    let (hello, outcome) = receive(server, &device, req.into_body(), gzipped).await?;
+    let (hello, outcome) = receive(server, &device, req.into_body(), inflater).await?;
     let rejected: Vec<_> = outcome.rejected.iter().map(|r| r.reason).collect();
     server
         .metrics
@@ -559,55 +559,47 @@ impl Write for Inflated {
     }
 }
 
-/// Input given to the gzip decoder in one step: with zlib's worst ratio (about 1:1032) at
-/// most ~1 MB comes out of it before the changes it completes go to the database.
-const INFLATE_STEP: usize = 1024;
-
-/// The request body's decoder: plain, or gzip inflated as it arrives (one gzip member).
-enum BodyDecoder {
-    Plain(Inflated),
-    Gzip(Box<GzDecoder<Inflated>>),
+/// The request body's decoder: its bytes go to the frame reader as they are, or inflated
+/// step by step ([`Inflater`]: at most 32 KiB out per step, so the changes they complete go to
+/// the database before more is inflated, whatever the ratio).
+struct BodyDecoder {
+    inflater: Option<Inflater>,
+    sink: Inflated,
 }
 
 impl BodyDecoder {
-    fn sink(&mut self) -> &mut Inflated {
-        match self {
-            BodyDecoder::Plain(s) => s,
-            BodyDecoder::Gzip(z) => z.get_mut(),
-        }
-    }
-
     fn hello(&self) -> Option<Hello> {
-        match self {
-            BodyDecoder::Plain(s) => s.reader.hello(),
-            BodyDecoder::Gzip(z) => z.get_ref().reader.hello(),
-        }
+        self.sink.reader.hello()
     }
 
     /// Feeds the start of `data` (bytes as they came on the wire); returns how many were used.
+    /// Some progress is made: bytes used, or (when it returns 0) output put out.
     fn feed(&mut self, data: &[u8], server: &Server) -> Result<usize, ApiError> {
-        let result = match self {
-            BodyDecoder::Plain(s) => s.write_all(data).map(|()| data.len()),
-            BodyDecoder::Gzip(z) => {
-                let step = &data[..data.len().min(INFLATE_STEP)];
-                match z.write(step) {
-                    // Only after the end of the gzip member (see GzDecoder's write).
-                    Ok(0) => Err(io::Error::other("bytes after the end of the gzip stream")),
-                    other => other,
-                }
-            }
+        let result = match &mut self.inflater {
+            None => self.sink.write_all(data).map(|()| data.len()),
+            Some(z) => z
+                .step(data)
+                .and_then(|(used, out)| self.sink.write_all(&out).map(|()| used)),
         };
         result.map_err(|e| self.refusal(&e, server))
     }
 
-    /// Ends the body: checks the end of the gzip stream (its CRC and length), then the frames.
+    /// Ends the body: puts out what the decoder still holds, checks the end of the compressed
+    /// stream (gzip: its CRC and length), then the frames.
     fn finish(&mut self, server: &Server) -> Result<(), ApiError> {
-        if let BodyDecoder::Gzip(z) = self {
-            if let Err(e) = z.try_finish() {
+        if let Some(z) = &mut self.inflater {
+            let mut rest = || -> io::Result<()> {
+                while z.holds_output() {
+                    let (_, out) = z.step(&[])?;
+                    self.sink.write_all(&out)?;
+                }
+                self.sink.write_all(&z.end()?)
+            };
+            if let Err(e) = rest() {
                 return Err(self.refusal(&e, server));
             }
         }
-        self.sink()
+        self.sink
             .reader
             .finish()
             .map(|_| ())
@@ -615,7 +607,7 @@ impl BodyDecoder {
     }
 
     fn refusal(&mut self, e: &io::Error, server: &Server) -> ApiError {
-        match self.sink().refused {
+        match self.sink.refused {
             Some(Refused::Read(r)) => ApiError::read(r),
             Some(Refused::TooLarge) => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -625,18 +617,24 @@ impl BodyDecoder {
                     server.config.max_body_bytes
                 ),
             ),
-            None => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_gzip",
-                format!("the request body is not a valid gzip stream: {e}"),
-            ),
+            None => {
+                let (code, name) = match self.inflater.as_ref().map(Inflater::content_coding) {
+                    Some("br") => ("bad_brotli", "brotli"),
+                    _ => ("bad_gzip", "gzip"),
+                };
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    code,
+                    format!("the request body is not a valid {name} stream: {e}"),
+                )
+            }
         }
     }
 }
 
-/// Whether the request body is gzipped: `Content-Encoding` absent or `identity` (plain), or
-/// `gzip` (or its old name `x-gzip`); anything else is 415.
-fn request_gzip(headers: &hyper::HeaderMap) -> Result<bool, ApiError> {
+/// The request body's decoder, from its `Content-Encoding`: absent or `identity` (plain),
+/// `gzip` (or its old name `x-gzip`) or `br`; anything else is 415.
+fn request_inflater(headers: &hyper::HeaderMap) -> Result<Option<Inflater>, ApiError> {
     let codings: Vec<String> = headers
         .get_all(CONTENT_ENCODING)
         .iter()
@@ -646,26 +644,28 @@ fn request_gzip(headers: &hyper::HeaderMap) -> Result<bool, ApiError> {
         .filter(|c| !c.is_empty() && c != "identity")
         .collect();
     match codings.as_slice() {
-        [] => Ok(false),
-        [c] if c == "gzip" || c == "x-gzip" => Ok(true),
+        [] => Ok(None),
+        [c] if c == "gzip" || c == "x-gzip" => Ok(Some(Inflater::gzip())),
+        [c] if c == "br" => Ok(Some(Inflater::brotli())),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",
             format!(
-                "request content encoding {:?} is not supported: send gzip, or no Content-Encoding",
+                "request content encoding {:?} is not supported: send gzip or br, or no \
+                 Content-Encoding",
                 codings.join(", ")
             ),
         )),
     }
 }
 
-/// Reads and applies the request body (inflating it when `gzip`); returns its hello and the
-/// committed outcome.
+/// Reads and applies the request body (inflating it with `inflater` when it is compressed);
+/// returns its hello and the committed outcome.
 async fn receive(
     server: &Server,
     device: &Device,
     mut body: IncomingBody,
-    gzip: bool,
+    inflater: Option<Inflater>,
 ) -> Result<(Hello, SyncOutcome), ApiError> {
     let cfg = &server.config;
     let sink = Inflated {
@@ -675,11 +675,7 @@ async fn receive(
         limit: cfg.max_body_bytes,
         refused: None,
     };
-    let mut dec = if gzip {
-        BodyDecoder::Gzip(Box::new(GzDecoder::new(sink)))
-    } else {
-        BodyDecoder::Plain(sink)
-    };
+    let mut dec = BodyDecoder { inflater, sink };
     let mut db: Option<DbTask> = None;
     let mut received: u64 = 0;
     let read = async {
@@ -712,7 +708,7 @@ async fn receive(
             while !data.is_empty() {
                 let used = dec.feed(data, server)?;
                 data = &data[used..];
-                let sink = dec.sink();
+                let sink = &mut dec.sink;
                 if db.is_none() && (sink.bytes > SPOOL_BYTES || sink.changes.len() > SPOOL_CHANGES)
                 {
                     db = Some(DbTask::start(server, device));
@@ -736,7 +732,7 @@ async fn receive(
     .await;
     match (read, db, dec.hello()) {
         (Ok(()), db, Some(hello)) => {
-            let pending = std::mem::take(&mut dec.sink().changes);
+            let pending = std::mem::take(&mut dec.sink.changes);
             let db = match db {
                 Some(db) => db,
                 // Nothing to write (a pull): no write transaction, so a pull never queues
@@ -784,51 +780,17 @@ impl ReplyCoding {
     }
 }
 
-/// brotli quality of replies. Full pulls (protocol v3), compressed in one run (release, the
-/// shared 2-core machine; medians, in 200-byte writes as frames come), window 22:
-///
-/// | reply | gzip -6 | brotli 4 | brotli 5 | brotli 6 |
-/// | --- | --- | --- | --- | --- |
-/// | 1,000 / 10,000 (871,854 B) | 196,494 B, 25.6 ms | 179,646 B, 9.4 ms | 155,332 B, 18.6 ms | 149,724 B, 22.7 ms |
-/// | 10,000 / 100,000 (8.72 MB) | 1.921 MB, 261 ms | 1.871 MB, 163 ms | 1.656 MB, 292 ms | 1.520 MB, 352 ms |
-///
-/// 6 is 24 % smaller than gzip at the default size for less CPU here (21 % at the large one for
-/// 35 % more), and 4 % smaller than 5 (9 % at the large size): what takes the pull past 10×
-/// fewer bytes than PouchDB's gzipped one (issue 7). Decoding costs the phone the same as
-/// gunzip (about 1.1 ms against 1.5 ms for the default pull). End to end on 127.0.0.1 (a
-/// fresh phone's whole pull, 9 of each in turns, medians) 6 took 46.6 ms against 39.2 ms
-/// gzipped (5: 0.92× gzip's time): on loopback bytes cost nothing, while the 5.6 kB that 6
-/// saves over 5 take longer than those 7 ms on any link under 6 Mbit/s.
-const BROTLI_QUALITY: u32 = 6;
-/// brotli window (log2 of its size): 22 (4 MiB, the reference encoder's default, within RFC
-/// 7932 for every decoder). 20 gives the same bytes on the default pull but 31 % more on the
-/// large one (1.992 MB at quality 6); 24 saves 1.4 % more there for a 16 MiB window.
-const BROTLI_LGWIN: u32 = 22;
-/// Reply bytes after which the brotli encoder is flushed (its output made whole, to send).
-/// Left to itself, from quality 4 on it holds a meta-block's output until 8 MiB of input
-/// (2^(lgwin + 1)) or the end: the default pull went out in one piece after its last record,
-/// the phone idle until then. Flushed every 64 KiB, the first bytes come out after 2 ms of
-/// compression, for 0.5 % more bytes (150,372 against 149,581 at quality 6) and no more time;
-/// every 32 KiB cost 1 % more bytes.
-const BROTLI_FLUSH: usize = 64 * 1024;
-/// The brotli encoder's input buffer (the writer hands it input in pieces of this size).
-const BROTLI_BUFFER: usize = 4096;
-
-/// The reply's compressor, if any: each writes its output into a `Vec` taken by whole chunks.
-enum Compressor {
-    Gzip(GzEncoder<Vec<u8>>),
-    /// With the reply bytes written since its last flush.
-    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>, usize),
-}
+/// gzip level of replies: zlib's default (the client is on a slow link, or it would not ask;
+/// the fast level left the reply 1.5 times larger, 0.41 against about 0.28 of the bodies).
+const GZIP_LEVEL: u32 = 6;
 
 /// Writes reply frames into chunks sent to the response body, compressed when the client
-/// accepts it. gzip at zlib's default level (the client is on a slow link, or it would not ask;
-/// the fast level left the reply 1.5 times larger, 0.41 against about 0.28 of the bodies);
-/// brotli at [`BROTLI_QUALITY`], flushed every [`BROTLI_FLUSH`] bytes. Compressed output is
-/// sent whenever a chunk of it is ready.
+/// accepts it: gzip at [`GZIP_LEVEL`], or brotli as [`Deflater::brotli`] does (quality
+/// [`BROTLI_QUALITY`](ferrysync_sqlite::coding::BROTLI_QUALITY), flushed as it goes).
+/// Compressed output is sent whenever a chunk of it is ready.
 struct ReplyWriter {
     chunk: Vec<u8>,
-    coder: Option<Compressor>,
+    coder: Option<Deflater>,
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
 }
 
@@ -836,19 +798,8 @@ impl ReplyWriter {
     fn new(coding: ReplyCoding, tx: mpsc::Sender<Result<Bytes, io::Error>>) -> Self {
         let coder = match coding {
             ReplyCoding::Plain => None,
-            ReplyCoding::Gzip => Some(Compressor::Gzip(GzEncoder::new(
-                Vec::with_capacity(CHUNK),
-                Compression::default(),
-            ))),
-            ReplyCoding::Brotli => {
-                let b = brotli::CompressorWriter::new(
-                    Vec::with_capacity(CHUNK),
-                    BROTLI_BUFFER,
-                    BROTLI_QUALITY,
-                    BROTLI_LGWIN,
-                );
-                Some(Compressor::Brotli(Box::new(b), 0))
-            }
+            ReplyCoding::Gzip => Some(Deflater::gzip(GZIP_LEVEL)),
+            ReplyCoding::Brotli => Some(Deflater::brotli()),
         };
         ReplyWriter {
             chunk: Vec::with_capacity(CHUNK + MAX_FRAME),
@@ -858,30 +809,16 @@ impl ReplyWriter {
     }
 
     fn put(&mut self, frame: &[u8]) -> Result<(), StoreError> {
-        let out = match &mut self.coder {
-            Some(Compressor::Gzip(z)) => {
-                z.write_all(frame).map_err(compress_failed)?;
-                z.get_mut()
+        let Some(z) = &mut self.coder else {
+            self.chunk.extend_from_slice(frame);
+            if self.chunk.len() >= CHUNK {
+                self.send()?;
             }
-            Some(Compressor::Brotli(b, unflushed)) => {
-                b.write_all(frame).map_err(compress_failed)?;
-                *unflushed += frame.len();
-                if *unflushed >= BROTLI_FLUSH {
-                    b.flush().map_err(compress_failed)?;
-                    *unflushed = 0;
-                }
-                b.get_mut()
-            }
-            None => {
-                self.chunk.extend_from_slice(frame);
-                if self.chunk.len() >= CHUNK {
-                    self.send()?;
-                }
-                return Ok(());
-            }
+            return Ok(());
         };
-        if out.len() >= CHUNK {
-            self.chunk = std::mem::take(out);
+        z.write(frame).map_err(compress_failed)?;
+        if z.output().len() >= CHUNK {
+            self.chunk = std::mem::take(z.output());
             self.send()?;
         }
         Ok(())
@@ -889,11 +826,8 @@ impl ReplyWriter {
 
     /// Sends what is left, and ends the compressed stream.
     fn finish(&mut self) -> Result<(), StoreError> {
-        match self.coder.take() {
-            Some(Compressor::Gzip(z)) => self.chunk = z.finish().map_err(compress_failed)?,
-            // Ends the stream; it would drop a write error, but writing into a `Vec` has none.
-            Some(Compressor::Brotli(b, _)) => self.chunk = b.into_inner(),
-            None => {}
+        if let Some(z) = self.coder.take() {
+            self.chunk = z.finish().map_err(compress_failed)?;
         }
         self.send()
     }

@@ -231,8 +231,9 @@ fn serve(dir: &Path) -> (Serve, String) {
     (serve, url)
 }
 
-/// The numbers in `sent N changes (B bytes, G gzipped)`: (B, G), G absent without gzip.
-fn sent_bytes(out: &str) -> (u64, Option<u64>) {
+/// The numbers in `sent N changes (B bytes, Z <unit>)`: (B, Z), Z absent when the request
+/// went plain or in another unit (`gzipped`, `brotli`).
+fn sent_bytes(out: &str, unit: &str) -> (u64, Option<u64>) {
     let inner = out
         .split_once("changes (")
         .and_then(|(_, r)| r.split_once(')'))
@@ -242,14 +243,14 @@ fn sent_bytes(out: &str) -> (u64, Option<u64>) {
     let n =
         |p: Option<&str>, unit: &str| -> Option<u64> { p?.strip_suffix(unit)?.trim().parse().ok() };
     let bytes = n(parts.next(), "bytes").unwrap_or_else(|| panic!("{out}"));
-    (bytes, n(parts.next(), "gzipped"))
+    (bytes, n(parts.next(), unit))
 }
 
 #[test]
-fn sync_gzips_both_ways_unless_told_not_to() {
+fn sync_compresses_both_ways_unless_told_not_to() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (ta, tb) = (token(d, "lyon"), token(d, "lyon"));
+    let (ta, tb, tc) = (token(d, "lyon"), token(d, "lyon"), token(d, "lyon"));
     let (_serve, url) = serve(d);
     let acme = ok(
         d,
@@ -273,20 +274,24 @@ fn sync_gzips_both_ways_unless_told_not_to() {
             )),
         );
     }
-    // The default: the request goes gzipped, and says how small it was.
+    // The default: the request goes in brotli, and says how small it was.
     let out = ok(d, &s(&dev("a.db", &url, &ta, &["sync"])));
     assert!(out.contains("sent 21 changes"), "{out}");
-    let (bytes, zipped) = sent_bytes(&out);
-    let zipped = zipped.unwrap_or_else(|| panic!("no gzipped count: {out}"));
+    let (bytes, zipped) = sent_bytes(&out, "brotli");
+    let zipped = zipped.unwrap_or_else(|| panic!("no brotli count: {out}"));
     assert!(zipped < bytes, "{out}");
+    // `--gzip`: gzip both ways, the same data arrives.
+    let out = ok(d, &s(&dev("c.db", &url, &tc, &["sync", "--gzip"])));
+    assert!(out.contains("received 21 records"), "{out}");
     assert!(
         out.contains(" gzipped), "),
         "the reply's gzipped size too: {out}"
     );
-    // `--no-gzip`: plain both ways, the same data arrives.
+    // `--plain` (or its old name `--no-gzip`): plain both ways, the same data arrives.
     let out = ok(d, &s(&dev("b.db", &url, &tb, &["sync", "--no-gzip"])));
     assert!(out.contains("received 21 records"), "{out}");
-    assert_eq!(sent_bytes(&out).1, None, "{out}");
+    assert!(sent_bytes(&out, "gzipped").0 > 0, "{out}");
+    assert!(!out.contains("brotli") && !out.contains("gzipped"), "{out}");
     let listed = ok(d, &s(&dev("b.db", &url, &tb, &["list", "contact"])));
     assert!(listed.contains("Contact 19"), "{listed}");
 }

@@ -708,8 +708,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         assert_eq!(r.upserts as usize, w.records());
         gz_pull_b = (l3.wire_bytes_sent, l3.wire_bytes_received);
 
-        // A first sync with gzip both ways (the CLI's default for phones), into a scope of its
-        // own so it adds the same N + M records.
+        // A first sync with gzip both ways, into a scope of its own so it adds the same N + M
+        // records.
         let t5 = s.enrol("bench-gzip");
         let mut p5 = s.phone("p5");
         fill_fast(w, &mut p5);
@@ -729,12 +729,14 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         assert_eq!(l6.reply_coding, Some("br"));
         br_pull_b = (l6.wire_bytes_sent, l6.wire_bytes_received);
 
-        // A first sync, gzip request and brotli reply (the CLI's default), into a scope of
-        // its own.
+        // A first sync in brotli both ways (the CLI's default), into a scope of its own.
         let t7 = s.enrol("bench-br");
         let mut p7 = s.phone("p7");
         fill_fast(w, &mut p7);
-        let mut l7 = HttpTransport::new(&s.url(), &t7).gzip(true).brotli(true);
+        let mut l7 = HttpTransport::new(&s.url(), &t7)
+            .gzip(true)
+            .brotli(true)
+            .brotli_requests(true);
         let (took, r) = timed_sync(&mut p7, &mut l7, Mode::Delta, "brotli first sync").await;
         br_first.push(took);
         assert_eq!(r.mapped as usize, w.records());
@@ -813,8 +815,8 @@ async fn end_to_end(w: &Workload, runs: usize, t: &mut Tables) {
         "3.6 s, 4.1 MB sent",
     );
     row(
-        "first sync, gzip request + brotli reply (`.gzip(true).brotli(true)`, the CLI's \
-         default; bytes as they travel)",
+        "first sync, brotli both ways (`.brotli_requests(true)` and `.brotli(true)`, the \
+         CLI's default; bytes as they travel)",
         median(&br_first),
         br_first_b,
         Some(POUCH_PUSH),

@@ -84,18 +84,22 @@ pub enum ClientCommand {
         #[arg(long)]
         clear: bool,
     },
-    /// Sync with the server: send pending changes, apply the reply. The request travels
-    /// gzipped and the reply in brotli (or gzip from a server without it): about 4× and 6×
-    /// fewer bytes, what a phone on a cellular link wants; `--no-gzip` sends and receives
-    /// plain bodies.
+    /// Sync with the server: send pending changes, apply the reply. Both travel in brotli
+    /// (the reply in gzip from a server without it): about 6× fewer bytes, what a phone on a
+    /// cellular link wants; `--gzip` sends gzip instead, `--plain` sends and receives plain
+    /// bodies.
     Sync {
         /// Ask for a full refresh instead of the changes since the last sync.
         #[arg(long)]
         full: bool,
         /// Send and receive plain bodies (no gzip, no brotli): on a LAN or localhost, where
         /// compression's CPU costs more time than the bytes it saves.
+        #[arg(long, alias = "no-gzip", conflicts_with = "gzip")]
+        plain: bool,
+        /// Send the request gzipped and ask for gzip: for a server that answers a brotli
+        /// request with 415 `unsupported_encoding` (one older than brotli requests).
         #[arg(long)]
-        no_gzip: bool,
+        gzip: bool,
     },
 }
 
@@ -299,7 +303,7 @@ where
                 println!("rejected log cleared");
             }
         }
-        ClientCommand::Sync { full, no_gzip } => {
+        ClientCommand::Sync { full, plain, gzip } => {
             let token = args.token.ok_or_else(|| {
                 CliError(
                     "sync needs a token: pass --token TOKEN (or set FERRYSYNC_TOKEN); \
@@ -307,20 +311,36 @@ where
                         .into(),
                 )
             })?;
-            sync(phone, &args.server, &token, full, !no_gzip)?;
+            let coding = match (plain, gzip) {
+                (true, _) => Coding::Plain,
+                (false, true) => Coding::Gzip,
+                (false, false) => Coding::Brotli,
+            };
+            sync(phone, &args.server, &token, full, coding)?;
         }
     }
     Ok(())
 }
 
-/// Syncs (when `gzip`: the request gzipped, the reply asked for in brotli or gzip) and prints what was sent, mapped, rejected and
-/// received.
+/// How `client sync` compresses its bodies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// Plain both ways.
+    Plain,
+    /// The request gzipped, the reply asked for in gzip.
+    Gzip,
+    /// The request in brotli, the reply asked for in brotli or gzip.
+    Brotli,
+}
+
+/// Syncs, the bodies compressed as `coding` says, and prints what was sent, mapped, rejected
+/// and received.
 pub fn sync<S: LocalStore>(
     phone: &mut Phone<S>,
     server: &str,
     token: &str,
     full: bool,
-    gzip: bool,
+    coding: Coding,
 ) -> Result<(), CliError>
 where
     S::Error: Display,
@@ -337,15 +357,18 @@ where
         .enable_all()
         .build()
         .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))?;
-    let mut link = HttpTransport::new(server, token).gzip(gzip).brotli(gzip);
+    let mut link = HttpTransport::new(server, token)
+        .gzip(coding != Coding::Plain)
+        .brotli(coding == Coding::Brotli)
+        .brotli_requests(coding == Coding::Brotli);
     let mode = if full { Mode::Full } else { Mode::Delta };
     let report = rt
         .block_on(phone.sync(&mut link, mode))
         .map_err(|e| CliError(format!("sync failed, nothing changed on this device: {e}")))?;
-    let sent_wire = if gzip {
-        format!(", {} gzipped", link.wire_bytes_sent)
-    } else {
-        String::new()
+    let sent_wire = match coding {
+        Coding::Plain => String::new(),
+        Coding::Gzip => format!(", {} gzipped", link.wire_bytes_sent),
+        Coding::Brotli => format!(", {} brotli", link.wire_bytes_sent),
     };
     let received_wire = match link.reply_coding {
         Some("br") => format!(", {} brotli", link.wire_bytes_received),
