@@ -11,10 +11,13 @@
 //!   exactly as before, a success leaves no orphan and loses no in-flight local edit.
 //! - [`schema::run`]: `LoadedSchema::parse`; an accepted schema validates, hashes the same
 //!   twice, round-trips a body per table and opens as a SQLite store.
+//! - [`coding::run`]: gzip and brotli bodies through the step-wise `Inflater`; each step's
+//!   output is bounded, the chunking changes nothing, an accepted body round-trips.
 //!
 //! `FERRYSYNC_FUZZ_SELFTEST=<target>` (or `all`) plants one deliberate bug per harness (see
 //! [`planted`]); `.ci/fuzz` checks that the fuzzer finds each within seconds.
 
+pub mod coding;
 pub mod frames;
 pub mod reply;
 pub mod request;

@@ -15,6 +15,7 @@ use ferrysync_core::{Hlc, LocalId, RecordRef, ServerId, TableId};
 use ferrysync_fuzz::request::{self, Verdict};
 use ferrysync_fuzz::spec::NOW_MS;
 use ferrysync_fuzz::{reply, schema, with_chunking};
+use ferrysync_sqlite::coding::Deflater;
 use std::path::{Path, PathBuf};
 
 fn body(t: u8, a: &str, b: &str, c: &str) -> Vec<u8> {
@@ -426,6 +427,32 @@ fn main() {
             &with_chunking(&[0, 3, 17, 255], bytes),
         );
         ferrysync_fuzz::frames::run(&with_chunking(&[0, 3, 17, 255], bytes));
+    }
+
+    // Bodies: the request and reply streams in gzip and in brotli (input byte 0: even gzip,
+    // odd brotli), whole and in chunks, and a bomb of each.
+    let dir = root.join("body_coding");
+    let bomb = vec![0u8; 4 << 20];
+    for (name, bytes) in [
+        ("request-story", &story),
+        ("reply-full", &replies[1].1),
+        ("bomb", &bomb),
+    ] {
+        for (coding, mut z) in [
+            ("gzip", Deflater::gzip(6)),
+            ("brotli", Deflater::brotli()),
+        ] {
+            z.write(bytes).expect("compress");
+            let mut zipped = std::mem::take(z.output());
+            zipped.extend_from_slice(&z.finish().expect("compress"));
+            let first = u8::from(coding == "brotli");
+            for (suffix, sizes) in [("", &[][..]), ("-chunked", &[0, 3, 17, 255][..])] {
+                let mut seed = vec![first];
+                seed.extend_from_slice(&with_chunking(sizes, &zipped));
+                write(&dir, &format!("{name}-{coding}{suffix}"), &seed);
+                ferrysync_fuzz::coding::run(&seed);
+            }
+        }
     }
 
     // Schema files: the example, a three-level tree with a scope field, every type.
