@@ -29,6 +29,7 @@
 //! just that side once per size, prints its time, and skips the rest. `delta_warm` (profiles
 //! only) is a second delta on the same connection, as a phone that keeps syncing applies it:
 //! its statements prepared, the renamed contacts named back (rows that shrink: no page splits).
+//! `push` (profiles only) is a second 1 % push on the same connection, after a first one.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use ferrysync_core::body::{self, Value};
@@ -387,7 +388,7 @@ fn rename(phone: &mut SqliteStore, w: &Workload) -> u32 {
 
 /// The phone's side of a 1 % delta push of `renamed` changes ([`rename`]): the engine builds
 /// and sends the request and applies the server's reply (`Accepted`, `Done`: every change
-/// confirmed). No server: its time is not the phone's.
+/// confirmed, as batch `batch`). No server: its time is not the phone's.
 fn push(phone: &mut SqliteStore, renamed: u32, batch: u64) -> Duration {
     let reply = ReplyWriter::new(batch, false, Hlc::new(3_000, 0, 0)).finish(u64::MAX / 2);
     let mut link = ScriptLink::replying(reply);
