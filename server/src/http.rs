@@ -572,8 +572,14 @@ impl BodyDecoder {
         self.sink.reader.hello()
     }
 
-    /// Feeds the start of `data` (bytes as they came on the wire); returns how many were used.
-    /// Some progress is made: bytes used, or (when it returns 0) output put out.
+    /// Whether the decoder holds output that [`feed`](Self::feed) with no input puts out.
+    fn holds_output(&self) -> bool {
+        self.inflater.as_ref().is_some_and(Inflater::holds_output)
+    }
+
+    /// Feeds the start of `data` (bytes as they came on the wire, or none to take out what the
+    /// decoder holds); returns how many were used. Some progress is made: bytes used, or (when
+    /// it returns 0) output put out.
     fn feed(&mut self, data: &[u8], server: &Server) -> Result<usize, ApiError> {
         let result = match &mut self.inflater {
             None => self.sink.write_all(data).map(|()| data.len()),
@@ -584,18 +590,11 @@ impl BodyDecoder {
         result.map_err(|e| self.refusal(&e, server))
     }
 
-    /// Ends the body: puts out what the decoder still holds, checks the end of the compressed
-    /// stream (gzip: its CRC and length), then the frames.
+    /// Ends the body, once the decoder holds no more output (see `receive`): checks the end of
+    /// the compressed stream (gzip: its CRC and length), then the frames.
     fn finish(&mut self, server: &Server) -> Result<(), ApiError> {
         if let Some(z) = &mut self.inflater {
-            let mut rest = || -> io::Result<()> {
-                while z.holds_output() {
-                    let (_, out) = z.step(&[])?;
-                    self.sink.write_all(&out)?;
-                }
-                self.sink.write_all(&z.end()?)
-            };
-            if let Err(e) = rest() {
+            if let Err(e) = z.end().and_then(|rest| self.sink.write_all(&rest)) {
                 return Err(self.refusal(&e, server));
             }
         }
@@ -679,7 +678,8 @@ async fn receive(
     let mut db: Option<DbTask> = None;
     let mut received: u64 = 0;
     let read = async {
-        loop {
+        let mut ended = false;
+        while !ended {
             let next = tokio::time::timeout(cfg.body_timeout, body.frame())
                 .await
                 .map_err(|_| {
@@ -689,23 +689,33 @@ async fn receive(
                         format!("no request bytes for {} s", cfg.body_timeout.as_secs_f64()),
                     )
                 })?;
-            let Some(frame) = next else { break };
-            let frame = frame.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "body_error",
-                    format!("reading the request body failed: {e}"),
-                )
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
+            let data = match next {
+                Some(frame) => {
+                    let frame = frame.map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "body_error",
+                            format!("reading the request body failed: {e}"),
+                        )
+                    })?;
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    data
+                }
+                // The end of the body: what the decoder still holds comes out below, with the
+                // same hand-off to the database as the rest.
+                None => {
+                    ended = true;
+                    Bytes::new()
+                }
             };
             received += data.len() as u64;
             if received > cfg.max_body_bytes {
                 return Err(body_too_large(server));
             }
             let mut data = &data[..];
-            while !data.is_empty() {
+            while !data.is_empty() || dec.holds_output() {
                 let used = dec.feed(data, server)?;
                 data = &data[used..];
                 let sink = &mut dec.sink;
