@@ -3,12 +3,13 @@
 
 use super::CliError;
 use clap::{Args, Subcommand};
+use ferrysync_core::engine::SyncError;
 use ferrysync_core::id::LocalId;
 use ferrysync_core::wire::Mode;
 use ferrysync_core::LocalStore;
 use ferrysync_flash::{store_cache, HostStore};
 use ferrysync_server::LoadedSchema;
-use ferrysync_sqlite::{HttpTransport, Phone, Row};
+use ferrysync_sqlite::{HttpError, HttpTransport, Phone, Row};
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -333,6 +334,19 @@ pub enum Coding {
     Brotli,
 }
 
+/// What to add to a failed sync's message: how to sync with a server older than brotli
+/// requests, which refuses them with 415 `unsupported_encoding`.
+fn sync_hint<E>(e: &SyncError<E, HttpError>, coding: Coding) -> &'static str {
+    match e {
+        SyncError::Transport(HttpError::Status {
+            status: 415, code, ..
+        }) if code == "unsupported_encoding" && coding == Coding::Brotli => {
+            " (this server does not take brotli requests: run `ferrysync client sync --gzip`)"
+        }
+        _ => "",
+    }
+}
+
 /// Syncs, the bodies compressed as `coding` says, and prints what was sent, mapped, rejected
 /// and received.
 pub fn sync<S: LocalStore>(
@@ -362,9 +376,12 @@ where
         .brotli(coding == Coding::Brotli)
         .brotli_requests(coding == Coding::Brotli);
     let mode = if full { Mode::Full } else { Mode::Delta };
-    let report = rt
-        .block_on(phone.sync(&mut link, mode))
-        .map_err(|e| CliError(format!("sync failed, nothing changed on this device: {e}")))?;
+    let report = rt.block_on(phone.sync(&mut link, mode)).map_err(|e| {
+        CliError(format!(
+            "sync failed, nothing changed on this device: {e}{}",
+            sync_hint(&e, coding)
+        ))
+    })?;
     let sent_wire = match coding {
         Coding::Plain => String::new(),
         Coding::Gzip => format!(", {} gzipped", link.wire_bytes_sent),
@@ -404,4 +421,36 @@ where
     }
     println!("cursor {}", report.cursor);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_refusing_brotli_requests_gets_the_gzip_hint() {
+        let refused = |code: &str| -> SyncError<(), HttpError> {
+            SyncError::Transport(HttpError::Status {
+                status: 415,
+                code: code.into(),
+                message: "request content encoding \"br\" is not supported".into(),
+            })
+        };
+        let hint = sync_hint(&refused("unsupported_encoding"), Coding::Brotli);
+        assert!(hint.contains("client sync --gzip"), "{hint}");
+        // Not for gzip requests, another status or code, or another failure.
+        assert_eq!(
+            sync_hint(&refused("unsupported_encoding"), Coding::Gzip),
+            ""
+        );
+        assert_eq!(
+            sync_hint(&refused("unsupported_media_type"), Coding::Brotli),
+            ""
+        );
+        let unreachable: SyncError<(), HttpError> = SyncError::Transport(HttpError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            detail: "refused".into(),
+        });
+        assert_eq!(sync_hint(&unreachable, Coding::Brotli), "");
+    }
 }
