@@ -33,7 +33,7 @@ pub const BROTLI_QUALITY: u32 = 6;
 /// brotli window (log2 of its size): 22 (4 MiB, the reference encoder's default, within RFC
 /// 7932 for every decoder). 20 gives the same bytes on the default pull but 31 % more on the
 /// large one (1.992 MB at quality 6); 24 saves 1.4 % more there for a 16 MiB window.
-const BROTLI_LGWIN: u32 = 22;
+pub const BROTLI_LGWIN: u32 = 22;
 /// Body bytes after which the brotli encoder is flushed (its output made whole, to send).
 /// Left to itself, from quality 4 on it holds a meta-block's output until 8 MiB of input
 /// (2^(lgwin + 1)) or the end: the default pull went out in one piece after its last record,

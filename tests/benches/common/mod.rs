@@ -348,11 +348,14 @@ pub fn gzip_len(bytes: &[u8]) -> usize {
     e.finish().expect("gzip").len()
 }
 
-/// Bytes of `bytes` as brotli at the server's reply settings (quality 6, window 22, one run).
+/// Bytes of `bytes` as brotli at the quality and window bodies travel with
+/// (`ferrysync_sqlite::coding`), in one run: no flushes.
 pub fn brotli_len(bytes: &[u8]) -> usize {
+    use ferrysync_sqlite::coding::{BROTLI_LGWIN, BROTLI_QUALITY};
     let mut out = Vec::new();
     {
-        let mut w = brotli::CompressorWriter::new(&mut out, 64 * 1024, 6, 22);
+        let mut w =
+            brotli::CompressorWriter::new(&mut out, 64 * 1024, BROTLI_QUALITY, BROTLI_LGWIN);
         w.write_all(bytes).expect("brotli");
     }
     out.len()
