@@ -6,9 +6,12 @@
 //! `FERRYSYNC_LOAD_SECS` (default 5) seconds loops: add a company and 4 contacts, sync (delta)
 //! over HTTP. A `503 busy` answer is retried after 50 ms and counted; the latency of a sync
 //! runs from its first try to its end. The server's memory is read from `/proc/<pid>/status`
-//! (VmHWM: peak resident; VmRSS: resident at the end of the level).
+//! (VmHWM: peak resident; VmRSS: resident at the end of the level), its CPU time over the
+//! timed loop from `/proc/<pid>/stat`.
 //!
-//! Client and server share the machine's cores: the figures are for the pair.
+//! Each device is a phone on its own in-memory `SqliteStore`, the store phones run. Client and
+//! server share the machine's cores: syncs/s and latencies are for the pair; the server's CPU
+//! per sync is its own, what one core of a server machine would carry.
 //!
 //! `cargo bench -p ferrysync-tests --bench load`.
 
@@ -16,11 +19,10 @@ mod common;
 
 use common::*;
 use ferrysync_core::engine::SyncError;
-use ferrysync_core::mem::MemStore;
 use ferrysync_core::schema::EXAMPLE;
 use ferrysync_core::wire::Mode;
 use ferrysync_server::{LoadedSchema, SqliteStore as ServerDb};
-use ferrysync_sqlite::{HttpError, HttpTransport, Phone};
+use ferrysync_sqlite::{HttpError, HttpTransport, Phone, SqliteStore};
 use ferrysync_tests::workload::{company, contact, Workload, COMPANY, CONTACT};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -99,6 +101,26 @@ impl ServerProcess {
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
+
+    /// CPU time the server process has used so far, user and system (`/proc/<pid>/stat`,
+    /// counted in clock ticks of 10 ms: a 5 s level holds hundreds of them).
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // state is field 3, utime 14 and stime 15.
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                (rest.split_whitespace())
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
 }
 
 impl Drop for ServerProcess {
@@ -116,7 +138,11 @@ struct Tally {
     first_error: Option<String>,
 }
 
-type Device = Phone<MemStore>;
+/// A device: the phone's own store, in memory. Its cost per sync stays the same however many
+/// records it holds (the test store `MemStore` copies itself whole at each `begin` and scans
+/// for server ids: with one device it grew to take most of the loop, and the figures measured
+/// the client more than the server).
+type Device = Phone<SqliteStore>;
 
 /// One sync, retrying `503 busy`; `Err` for any other failure.
 async fn sync_once(
@@ -227,6 +253,8 @@ fn main() {
             "p99",
             "503 busy (retried)",
             "errors",
+            "server CPU per sync",
+            "server CPU use",
             "server VmHWM",
             "server VmRSS",
         ],
@@ -246,14 +274,16 @@ fn main() {
                 .collect()
         };
         let server = ServerProcess::start(&bin, &db);
-        let tallies: Vec<Tally> = rt.block_on(async {
+        let (tallies, server_cpu): (Vec<Tally>, Duration) = rt.block_on(async {
             // First syncs, not measured.
             let mut ready = Vec::new();
             for token in &tokens {
                 let url = server.url.clone();
                 let token = token.clone();
                 ready.push(tokio::spawn(async move {
-                    let mut phone = Phone::on_store(MemStore::new(), EXAMPLE);
+                    let mut phone = Phone::with_store(
+                        SqliteStore::open_in_memory(EXAMPLE).expect("device store"),
+                    );
                     let mut link = HttpTransport::new(&url, &token);
                     let mut busy = 0;
                     sync_once(&mut phone, &mut link, &mut busy)
@@ -266,6 +296,7 @@ fn main() {
             for r in ready {
                 pairs.push(r.await.expect("task"));
             }
+            let cpu_before = server.cpu();
             let until = Instant::now() + Duration::from_secs(secs as u64);
             let tasks: Vec<_> = pairs
                 .into_iter()
@@ -278,7 +309,7 @@ fn main() {
             for t in tasks {
                 out.push(t.await.expect("task"));
             }
-            out
+            (out, server.cpu().saturating_sub(cpu_before))
         });
         let (hwm, rss) = server.memory();
         drop(server);
@@ -300,6 +331,11 @@ fn main() {
             ms(percentile(&lat, 0.99)),
             tallies.iter().map(|t| t.busy).sum::<u64>().to_string(),
             errors.to_string(),
+            format!(
+                "{:.0} µs",
+                server_cpu.as_secs_f64() * 1e6 / syncs.max(1) as f64
+            ),
+            format!("{:.2} cores", server_cpu.as_secs_f64() / secs as f64),
             format!("{:.1} MB", hwm as f64 / 1024.0),
             format!("{:.1} MB", rss as f64 / 1024.0),
         ]);
