@@ -139,6 +139,32 @@ pub fn server_db(dir: &Path, name: &str) -> (ServerDb, Device) {
     (store, device)
 }
 
+/// [`server_db`] on a file whose pages are `page_size` bytes (see [`file_with_pages`]).
+pub fn server_db_with_pages(dir: &Path, name: &str, page_size: u32) -> (ServerDb, Device) {
+    file_with_pages(&dir.join(name), page_size);
+    server_db(dir, name)
+}
+
+/// Makes `path` a new SQLite file whose pages are `page_size` bytes. A file's page size is
+/// fixed when its first page is written, and the stores (server and phone) leave it to the
+/// file: one opened on this file afterwards keeps these pages.
+pub fn file_with_pages(path: &Path, page_size: u32) {
+    let _ = std::fs::remove_file(path);
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.pragma_update(None, "page_size", page_size)
+        .expect("page_size");
+    c.execute_batch("CREATE TABLE _first_page (x); DROP TABLE _first_page;")
+        .expect("first page");
+    let got: u32 = c
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page_size");
+    assert_eq!(got, page_size, "page size of {}", path.display());
+}
+
+/// Pages of the stores' files on the smaller side of item 4: a row changed on its own page
+/// writes a quarter of the bytes of SQLite's default page.
+pub const SMALL_PAGE: u32 = 1024;
+
 /// A second device of scope `bench` on `store`.
 pub fn another_device(store: &dyn ServerStore) -> Device {
     ferrysync_server::auth::add_device(store, "bench")
