@@ -218,7 +218,9 @@ fn run_size(w: &Workload, rt: &tokio::runtime::Runtime, t: &mut Tables) {
                 let (db, dev) = server_db_with_pages(d.path(), "server.db", SMALL_PAGE);
                 let started = Instant::now();
                 direct::sync(&db, hash(), &dev, params(), &request).expect("sync");
-                started.elapsed()
+                let took = started.elapsed();
+                assert_pages(&d.path().join("server.db"), SMALL_PAGE);
+                took
             },
             || bare_bulk_insert(scratch.path(), w, Commit::Durable),
         );
@@ -429,12 +431,15 @@ fn apply_full_paged(reply: &[u8], records: usize, page_size: Option<u32>) -> Dur
     .expect("apply");
     let took = started.elapsed();
     assert_eq!(report.upserts as usize, records);
+    if let Some(p) = page_size {
+        assert_pages(&path, p);
+    }
     took
 }
 
 /// Page sizes of item 4's floors: SQLite's default (the stores') and 1 KiB, which writes a
 /// quarter of the bytes for a row changed on its own page (and makes a full refresh slower).
-const FLOOR_PAGES: [u32; 2] = [DEFAULT_PAGE, 1024];
+const FLOOR_PAGES: [u32; 2] = [DEFAULT_PAGE, SMALL_PAGE];
 
 /// Turns of item 4 per turn of the other items: a turn costs about a full refresh and a full
 /// push, and the ratios of small deltas move with the host's load more than those of whole
@@ -478,6 +483,8 @@ fn delta_vs_full(w: &Workload, runs: usize, t: &mut Tables, paged_apply: Option<
         let mut phone = phone_on_file(&path);
         let locals = fill_fast(w, &mut phone);
         block_on(phone.sync(&mut DirectLink::new(&db, &dev), Mode::Delta)).expect("first push");
+        assert_pages(&path, SMALL_PAGE);
+        assert_pages(&d.path().join("server-1k.db"), SMALL_PAGE);
         (db, dev, phone, locals)
     });
     let renamed = w.renamed_count();

@@ -155,6 +155,13 @@ pub fn file_with_pages(path: &Path, page_size: u32) {
         .expect("page_size");
     c.execute_batch("CREATE TABLE _first_page (x); DROP TABLE _first_page;")
         .expect("first page");
+    assert_pages(path, page_size);
+}
+
+/// Checks that the SQLite file at `path` has pages of `page_size` bytes (a store opened on a
+/// [`file_with_pages`] file kept them).
+pub fn assert_pages(path: &Path, page_size: u32) {
+    let c = rusqlite::Connection::open(path).expect("open");
     let got: u32 = c
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .expect("page_size");
