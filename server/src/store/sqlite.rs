@@ -993,25 +993,14 @@ mod tests {
         crate::store::testkit::updates_keep_or_move_the_parent(&store);
     }
 
-    /// A sync's commit leaves the log to the checkpointer thread, which copies it into the
-    /// database file soon after; dropping the store ends the thread.
-    #[test]
-    fn the_checkpointer_copies_the_log_after_a_commit() {
+    /// A sync of 500 new companies with local ids from `first`, committed.
+    fn add_companies(store: &SqliteStore, dev: &Device, first: u32) {
         use crate::store::testkit::{company, params};
         use crate::store::{Incoming, OwnedChange};
         use ferrysync_core::wire::Op;
         use ferrysync_core::{Hlc, LocalId, RecordRef, TableId};
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = SqliteStore::open(&path, LoadedSchema::example()).unwrap();
-        let dev = store.add_device("north", &[7; 32], 1).unwrap();
-        // The writer would copy the log itself only past its limit: let a checkpoint before
-        // the sync settle, then measure the database file.
-        std::thread::sleep(CHECKPOINT_REST * 2);
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let before = size(&path);
-        let changes: Vec<_> = (1..=500u32)
+        let changes: Vec<_> = (first..first + 500)
             .map(|l| {
                 Incoming::Change(OwnedChange {
                     table: TableId(0),
@@ -1026,22 +1015,46 @@ mod tests {
             })
             .chain(std::iter::once(Incoming::Commit))
             .collect();
-        let out = store
-            .sync(&dev, params(), &mut changes.into_iter())
-            .unwrap();
+        let out = store.sync(dev, params(), &mut changes.into_iter()).unwrap();
         assert_eq!(out.applied, 500);
-        let wal = dir.path().join("s.db-wal");
-        assert!(size(&wal) > 500 * 40, "the commit wrote the log");
-        // The database file grows only when a checkpoint copies the log into it.
+    }
+
+    fn file_size(p: &Path) -> u64 {
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Waits (up to 20 s) until the database file at `path` holds more than `bytes` bytes: it
+    /// grows only when a checkpoint copies the log into it.
+    fn wait_for_checkpoint(path: &Path, bytes: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while size(&path) < before + 500 * 40 {
+        while file_size(path) <= bytes {
             assert!(
                 Instant::now() < deadline,
                 "no checkpoint: the database file stayed at {} bytes",
-                size(&path)
+                file_size(path)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A sync's commit leaves the log to the checkpointer thread, which copies it into the
+    /// database file soon after; dropping the store ends the thread.
+    #[test]
+    fn the_checkpointer_copies_the_log_after_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, LoadedSchema::example()).unwrap();
+        let dev = store.add_device("north", &[7; 32], 1).unwrap();
+        // The writer would copy the log itself only past its limit: let a checkpoint before
+        // the sync settle, then measure the database file.
+        std::thread::sleep(CHECKPOINT_REST * 2);
+        let before = file_size(&path);
+        add_companies(&store, &dev, 1);
+        assert!(
+            file_size(&dir.path().join("s.db-wal")) > 500 * 40,
+            "the commit wrote the log"
+        );
+        wait_for_checkpoint(&path, before + 500 * 40);
         assert!(
             store
                 .checkpointer
@@ -1056,6 +1069,24 @@ mod tests {
             .query_row("SELECT count(*) FROM company", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 500);
+    }
+
+    /// A commit while the checkpointer rests after a checkpoint is not woken for, but is
+    /// copied when the rest ends.
+    #[test]
+    fn a_commit_during_the_rest_is_copied_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, LoadedSchema::example()).unwrap();
+        let dev = store.add_device("north", &[7; 32], 1).unwrap();
+        std::thread::sleep(CHECKPOINT_REST * 2);
+        let before = file_size(&path);
+        add_companies(&store, &dev, 1);
+        wait_for_checkpoint(&path, before + 500 * 40);
+        // The thread rests now, for CHECKPOINT_REST from the checkpoint just seen.
+        let after_first = file_size(&path);
+        add_companies(&store, &dev, 501);
+        wait_for_checkpoint(&path, after_first + 500 * 40);
     }
 
     #[test]
