@@ -1037,17 +1037,23 @@ mod tests {
         }
     }
 
-    /// A sync's commit leaves the log to the checkpointer thread, which copies it into the
-    /// database file soon after; dropping the store ends the thread.
-    #[test]
-    fn the_checkpointer_copies_the_log_after_a_commit() {
+    /// A serving store on a new file, with one device, once the checkpoint after its creation
+    /// has settled (the writer copies the log itself only past its limit, so the database file
+    /// then grows only by the checkpointer's copies).
+    fn settled_store() -> (tempfile::TempDir, PathBuf, SqliteStore, Device) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let store = SqliteStore::open(&path, LoadedSchema::example()).unwrap();
         let dev = store.add_device("north", &[7; 32], 1).unwrap();
-        // The writer would copy the log itself only past its limit: let a checkpoint before
-        // the sync settle, then measure the database file.
         std::thread::sleep(CHECKPOINT_REST * 2);
+        (dir, path, store, dev)
+    }
+
+    /// A sync's commit leaves the log to the checkpointer thread, which copies it into the
+    /// database file soon after; dropping the store ends the thread.
+    #[test]
+    fn the_checkpointer_copies_the_log_after_a_commit() {
+        let (dir, path, store, dev) = settled_store();
         let before = file_size(&path);
         add_companies(&store, &dev, 1);
         assert!(
@@ -1075,11 +1081,7 @@ mod tests {
     /// copied when the rest ends.
     #[test]
     fn a_commit_during_the_rest_is_copied_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = SqliteStore::open(&path, LoadedSchema::example()).unwrap();
-        let dev = store.add_device("north", &[7; 32], 1).unwrap();
-        std::thread::sleep(CHECKPOINT_REST * 2);
+        let (_dir, path, store, dev) = settled_store();
         let before = file_size(&path);
         add_companies(&store, &dev, 1);
         wait_for_checkpoint(&path, before + 500 * 40);
