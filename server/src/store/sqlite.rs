@@ -460,6 +460,24 @@ struct LiteTx<'c> {
     records: Vec<Option<CachedStatement<'c>>>,
 }
 
+/// The statement in `slots[slot]`, prepared from `sql` (through the connection's cache) the
+/// first time the transaction asks for it: [`LiteTx`]'s statements kept at hand.
+fn held_stmt<'s, 'c>(
+    conn: &'c Connection,
+    slots: &'s mut Vec<Option<CachedStatement<'c>>>,
+    slot: usize,
+    sql: &str,
+) -> Result<&'s mut CachedStatement<'c>, StoreError> {
+    if slots.len() <= slot {
+        slots.resize_with(slot + 1, || None);
+    }
+    let stmt = match slots[slot].take() {
+        Some(stmt) => stmt,
+        None => conn.prepare_cached(sql)?,
+    };
+    Ok(slots[slot].insert(stmt))
+}
+
 /// The statements a sync runs once per record, held by [`LiteTx::record_stmt`].
 #[derive(Clone, Copy)]
 enum RecordStmt {
@@ -501,42 +519,29 @@ impl<'c> LiteTx<'c> {
         ti: usize,
         which: RecordStmt,
     ) -> Result<&mut CachedStatement<'c>, StoreError> {
-        let slot = ti * RecordStmt::COUNT + which as usize;
-        if self.records.len() <= slot {
-            self.records.resize_with(slot + 1, || None);
-        }
-        let stmt = match self.records[slot].take() {
-            Some(stmt) => stmt,
-            None => {
-                let t = &self.sql[ti];
-                self.conn.prepare_cached(match which {
-                    RecordStmt::Meta => &t.meta,
-                    RecordStmt::UpdateKeepParent => t.update_sql(true),
-                    RecordStmt::UpdateMoveParent => t.update_sql(false),
-                    RecordStmt::Delete => &t.delete,
-                })?
-            }
+        let t = &self.sql[ti];
+        let sql = match which {
+            RecordStmt::Meta => &t.meta,
+            RecordStmt::UpdateKeepParent => t.update_sql(true),
+            RecordStmt::UpdateMoveParent => t.update_sql(false),
+            RecordStmt::Delete => &t.delete,
         };
-        Ok(self.records[slot].insert(stmt))
+        let slot = ti * RecordStmt::COUNT + which as usize;
+        held_stmt(self.conn, &mut self.records, slot, sql)
     }
 
     /// The `k`-th multi-row insert of table `ti`, or of `_idmap` for `ti` = the table count.
     fn insert_stmt(&mut self, ti: usize, k: usize) -> Result<&mut CachedStatement<'c>, StoreError> {
-        let slot = ti * BATCH_SIZES.len() + k;
-        if self.inserts.len() <= slot {
-            self.inserts.resize_with(slot + 1, || None);
-        }
-        let stmt = match self.inserts[slot].take() {
-            Some(stmt) => stmt,
-            None => {
-                let sql = match self.batch.tables.get(ti) {
-                    Some(t) => &t[k],
-                    None => &self.batch.idmap[k],
-                };
-                self.conn.prepare_cached(sql)?
-            }
+        let sql = match self.batch.tables.get(ti) {
+            Some(t) => &t[k],
+            None => &self.batch.idmap[k],
         };
-        Ok(self.inserts[slot].insert(stmt))
+        held_stmt(
+            self.conn,
+            &mut self.inserts,
+            ti * BATCH_SIZES.len() + k,
+            sql,
+        )
     }
 
     /// Writes every held row: tables in schema order (parents first), then `_idmap`.
