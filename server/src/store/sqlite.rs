@@ -1082,8 +1082,8 @@ mod tests {
         assert_eq!(n, 500);
     }
 
-    /// A commit while the checkpointer rests after a checkpoint is not woken for, but is
-    /// copied when the rest ends.
+    /// A commit while the checkpointer rests after a checkpoint is remembered, and copied when
+    /// the rest ends.
     #[test]
     fn a_commit_during_the_rest_is_copied_after_it() {
         let (_dir, path, store, dev) = settled_store();
