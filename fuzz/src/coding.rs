@@ -114,7 +114,11 @@ fn decode(mut z: Inflater, chunks: &[&[u8]]) -> (Vec<u8>, End) {
     let step = |z: &mut Inflater, chunk: &[u8], out: &mut Vec<u8>| -> Option<usize> {
         let (used, o) = z.step(chunk).ok()?;
         invariant!(o.len() <= STEP, "a step put out {} bytes", o.len());
-        invariant!(used <= chunk.len(), "a step used {used} of {} bytes", chunk.len());
+        invariant!(
+            used <= chunk.len(),
+            "a step used {used} of {} bytes",
+            chunk.len()
+        );
         invariant!(
             chunk.is_empty() || used > 0 || !o.is_empty(),
             "a step on {} bytes made no progress",

@@ -438,10 +438,7 @@ fn main() {
         ("reply-full", &replies[1].1),
         ("bomb", &bomb),
     ] {
-        for (coding, mut z) in [
-            ("gzip", Deflater::gzip(6)),
-            ("brotli", Deflater::brotli()),
-        ] {
+        for (coding, mut z) in [("gzip", Deflater::gzip(6)), ("brotli", Deflater::brotli())] {
             z.write(bytes).expect("compress");
             // Every compressed byte, as none was taken before the end.
             let zipped = z.finish().expect("compress");
